@@ -1,0 +1,39 @@
+"""How a step reaches a Kling endpoint: one fal_client path, pointed at real fal or the emulator.
+
+Importing this package does not import fal_client: fal_client fixes its hosts when it is imported,
+so the embedded emulator must get the chance to set them first (see
+:mod:`klingflow.emulator.embedded`). :func:`connect` resolves the backend, then imports it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
+from klingflow.backends.config import BackendConfig, BackendKind, resolve_backend
+
+if TYPE_CHECKING:
+    from klingflow.backends.fal import FalBackend
+    from klingflow.store import Store
+
+__all__ = ["BackendConfig", "BackendKind", "connect", "resolve_backend"]
+
+
+def connect(
+    backend: BackendKind | None = None, *, key: str | SecretStr | None = None, store: Store | None = None
+) -> FalBackend:
+    """Resolve the backend (real fal, or the emulator when no key is configured) and return a client.
+
+    Example::
+
+        import asyncio
+        from klingflow.backends import connect
+
+        result = asyncio.run(connect().run("text-to-video", {"prompt": "a red fox in snow"}))
+        print(result.files["video"].path)
+    """
+    config = resolve_backend(backend, key)
+    from klingflow.backends.fal import FalBackend
+
+    return FalBackend(config, store)

@@ -1,0 +1,120 @@
+"""Which fal to talk to, and with which key: real fal, or the emulator (same client, other host).
+
+Resolution order, first match wins:
+
+1. ``backend="emulator"``: the embedded emulator (started in-process on first use).
+2. a key given in code (or by a Prefect block), else ``FAL_KEY`` (or ``FAL_KEY_ID`` +
+   ``FAL_KEY_SECRET``) in the environment: fal_client against the hosts it was imported with
+   (fal.run by default, or whatever ``FAL_RUN_HOST`` / ``FAL_QUEUE_RUN_HOST`` said, e.g. an
+   emulator started with ``klingflow emulator serve`` and its ``emulator env`` lines).
+3. nothing configured: the embedded emulator, so a first run costs nothing.
+
+``backend="fal"`` with no key is an error, never a silent fallback: a user who asked for real
+generations must not get emulator renders by accident.
+
+The backend *identity* goes into cache keys (an emulator render must never be served as a real
+fal output); it never contains the key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, SecretStr
+
+from klingflow.errors import ConfigError
+
+__all__ = ["BackendConfig", "BackendKind", "resolve_backend"]
+
+BackendKind = Literal["fal", "emulator"]
+
+
+class BackendConfig(BaseModel):
+    """A resolved backend: the key (secret), the hosts fal_client uses, and what to trust."""
+
+    kind: BackendKind
+    key: SecretStr
+    queue_host: str
+    run_host: str
+    ca_bundle: Path | None = None
+
+    @property
+    def is_emulator(self) -> bool:
+        """True when the queue host is an emulator on loopback (uploads go to its own route)."""
+        return self.kind == "emulator" or _is_loopback(self.queue_host)
+
+    @property
+    def identity(self) -> str:
+        """What cache keys record about the backend: emulator or the fal host, never the key."""
+        override = os.environ.get("KLINGFLOW_BACKEND_ID")
+        if override:
+            return override
+        return "emulator" if self.is_emulator else f"fal:{self.queue_host}"
+
+
+def _is_loopback(netloc: str) -> bool:
+    host = urlparse(f"//{netloc}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env_key() -> str | None:
+    if key := os.environ.get("FAL_KEY"):
+        return key
+    key_id, secret = os.environ.get("FAL_KEY_ID"), os.environ.get("FAL_KEY_SECRET")
+    return f"{key_id}:{secret}" if key_id and secret else None
+
+
+def _fal_hosts() -> tuple[str, str]:
+    """The hosts fal_client uses in this process (importing it now, after the emulator set them)."""
+    from klingflow.backends.fal import fal_hosts
+
+    return fal_hosts()
+
+
+def _emulator() -> BackendConfig:
+    from klingflow.emulator.embedded import embedded_emulator
+
+    server = embedded_emulator()
+    queue_host, run_host = _fal_hosts()
+    return BackendConfig(
+        kind="emulator",
+        key=SecretStr(server.identity.key),
+        queue_host=queue_host,
+        run_host=run_host,
+        ca_bundle=server.identity.ca_bundle,
+    )
+
+
+def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | None = None) -> BackendConfig:
+    """Resolve the backend to use (see the module docstring for the order)."""
+    if backend not in (None, "fal", "emulator"):
+        raise ConfigError(f"unknown backend {backend!r}", hint="use 'fal' or 'emulator'")
+    if backend == "emulator":
+        return _emulator()
+    secret = key.get_secret_value() if isinstance(key, SecretStr) else key
+    secret = secret or _env_key()
+    if secret is None:
+        if backend == "fal":
+            raise ConfigError(
+                "no fal key is configured",
+                hint="set FAL_KEY, pass key=..., register a FalCredentials block, or use --backend emulator",
+            )
+        return _emulator()
+    queue_host, run_host = _fal_hosts()
+    cert_file = os.environ.get("SSL_CERT_FILE")
+    return BackendConfig(
+        kind="fal",
+        key=SecretStr(secret),
+        queue_host=queue_host,
+        run_host=run_host,
+        ca_bundle=Path(cert_file) if cert_file else None,
+    )

@@ -1,0 +1,321 @@
+"""The one path to a Kling endpoint: ``fal_client.AsyncClient``, against real fal or the emulator.
+
+This is the only module that imports fal_client. It submits, polls status with logs (queue
+position and new log lines go to a callback), fetches the result, cancels, uploads local inputs,
+and downloads outputs into the content-addressed store. fal_client and httpx failures are
+translated here, most specific first, into klingflow errors that say whether a retry can help:
+
+* transient: 429, 5xx, connection errors, timeouts, truncated downloads;
+* permanent: 401/403 (key), 404 (unknown endpoint or request), 422 (fal's validation message).
+
+Local files given as media inputs are uploaded first: to fal's CDN through fal_client on real fal,
+and to the emulator's own upload route on the emulator (fal_client's upload host is a hard-coded
+constant, which we do not patch).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mimetypes
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import fal_client
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from klingflow.backends.config import BackendConfig
+from klingflow.endpoints import get_endpoint, media_inputs, parse_output, validate_input
+from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
+from klingflow.store import Store, StoredFile
+
+__all__ = ["EndpointResult", "FalBackend", "QueueEvent", "RequestHandle", "fal_hosts"]
+
+EventCallback = Callable[["QueueEvent"], Awaitable[None] | None]
+_PERMANENT_HINTS = {
+    401: "check the key: set FAL_KEY, or for the emulator use the key `klingflow emulator env` prints",
+    403: "this key may not call this endpoint",
+    404: "check the endpoint id (or the request id, if resuming an old request)",
+    422: "fix the arguments named above",
+}
+
+
+def fal_hosts() -> tuple[str, str]:
+    """(queue host, run host) that fal_client fixed when it was imported."""
+    from fal_client import client
+
+    return urlparse(client.QUEUE_URL_FORMAT).netloc, urlparse(client.RUN_URL_FORMAT).netloc
+
+
+class RequestHandle(BaseModel):
+    """A submitted request: enough to poll, fetch or cancel it later, from any process."""
+
+    endpoint: str
+    request_id: str
+
+
+class QueueEvent(BaseModel):
+    """One status observation: queue position while queued, new log lines while running."""
+
+    request_id: str
+    status: str
+    queue_position: int | None = None
+    logs: list[dict[str, Any]] = []
+
+
+class EndpointResult(BaseModel):
+    """A finished request: the raw JSON, the parsed output model and the downloaded files."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    handle: RequestHandle
+    raw: dict[str, Any]
+    output: BaseModel
+    files: dict[str, StoredFile]
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+
+
+def _detail(exc: fal_client.client.FalClientHTTPError) -> str:
+    message = exc.message
+    if isinstance(message, list):  # a 422 body: [{"loc": [...], "msg": ..., "type": ...}]
+        parts = []
+        for item in message:
+            loc = (
+                ".".join(str(p) for p in item.get("loc", []) if p != "body") if isinstance(item, dict) else ""
+            )
+            msg = item.get("msg", item) if isinstance(item, dict) else item
+            parts.append(f"{loc}: {msg}" if loc else str(msg))
+        return "; ".join(parts)
+    return str(message)
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    value = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+@contextmanager
+def _translated(endpoint: str, request_id: str | None, error: type[BackendError]) -> Iterator[None]:
+    """Translate fal_client/httpx failures into klingflow errors at the seam."""
+    try:
+        yield
+    except KlingflowError:
+        raise
+    except fal_client.client.FalClientHTTPError as exc:
+        status = exc.status_code
+        transient = status in (408, 409, 429) or status >= 500
+        raise error(
+            _detail(exc),
+            endpoint=endpoint,
+            request_id=request_id,
+            status_code=status,
+            transient=transient,
+            retry_after=_retry_after(exc.response_headers),
+            hint=_PERMANENT_HINTS.get(status, ""),
+        ) from exc
+    except fal_client.client.FalClientTimeoutError as exc:
+        raise ResultTimeout(str(exc), endpoint=endpoint, request_id=request_id, transient=True) from exc
+    except httpx.TimeoutException as exc:
+        raise error(
+            f"timed out talking to fal ({type(exc).__name__})",
+            endpoint=endpoint,
+            request_id=request_id,
+            transient=True,
+        ) from exc
+    except httpx.TransportError as exc:
+        raise error(
+            f"connection to fal failed ({type(exc).__name__}: {exc})",
+            endpoint=endpoint,
+            request_id=request_id,
+            transient=True,
+            hint="is the emulator running? `klingflow emulator serve`",
+        ) from exc
+
+
+def _set_path(document: Any, path: str, value: str) -> None:
+    """Set ``value`` at a media_inputs path such as ``dynamic_masks[0].mask_url``."""
+    keys: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    for key in keys[:-1]:
+        document = document[key]
+    document[keys[-1]] = value
+
+
+def _is_remote(url: str) -> bool:
+    return url.startswith(("http://", "https://", "data:"))
+
+
+class FalBackend:
+    """Calls Kling endpoints through fal_client with one resolved :class:`BackendConfig`."""
+
+    def __init__(
+        self, config: BackendConfig, store: Store | None = None, *, poll_interval: float = 0.25
+    ) -> None:
+        self.config = config
+        self.store = store or Store()
+        self.poll_interval = poll_interval
+        self._client = fal_client.AsyncClient(key=config.key.get_secret_value())
+
+    @property
+    def identity(self) -> str:
+        """What cache keys record about this backend (never the key)."""
+        return self.config.identity
+
+    @property
+    def _verify(self) -> bool | ssl.SSLContext:
+        if self.config.ca_bundle is None:
+            return True
+        return ssl.create_default_context(cafile=str(self.config.ca_bundle))
+
+    async def upload(self, path: Path) -> str:
+        """Upload a local file and return a URL the endpoint can read."""
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if self.config.is_emulator:
+            async with httpx.AsyncClient(verify=self._verify, timeout=120) as client:
+                response = await client.post(
+                    f"https://{self.config.queue_host}/storage/upload",
+                    params={"file_name": path.name},
+                    content=path.read_bytes(),
+                    headers={
+                        "Authorization": f"Key {self.config.key.get_secret_value()}",
+                        "Content-Type": content_type,
+                    },
+                )
+            if response.status_code != 200:
+                raise BackendError(
+                    f"uploading {path} failed: {response.text}",
+                    status_code=response.status_code,
+                    transient=response.status_code >= 500,
+                )
+            return str(response.json()["url"])
+        with _translated("upload", None, BackendError):
+            return str(await self._client.upload_file(path))
+
+    async def prepare(
+        self, endpoint: str, arguments: dict[str, Any], *, base_dir: Path | None = None
+    ) -> dict[str, Any]:
+        """Validate arguments and upload local media files; return the JSON body to submit."""
+        info = get_endpoint(endpoint)
+        model = validate_input(info.id, arguments)
+        body = model.model_dump(mode="json", exclude_none=True)
+        for path, value, _kind in media_inputs(info.id, model):
+            if _is_remote(value):
+                continue
+            local = Path(value) if base_dir is None else base_dir / value
+            if not local.is_file():
+                raise BackendError(
+                    f"media input {path} is neither a URL nor an existing file: {value}", endpoint=info.id
+                )
+            _set_path(body, path, await self.upload(local))
+        return body
+
+    async def submit(self, endpoint: str, body: dict[str, Any]) -> RequestHandle:
+        """Submit a prepared body to the queue; the returned handle is what a journal records."""
+        endpoint_id = get_endpoint(endpoint).id
+        with _translated(endpoint_id, None, SubmitError):
+            handle = await self._client.submit(endpoint_id, body)
+        return RequestHandle(endpoint=endpoint_id, request_id=handle.request_id)
+
+    async def wait(
+        self, handle: RequestHandle, *, on_event: EventCallback | None = None, timeout: float | None = None
+    ) -> tuple[dict[str, Any], float | None, float | None]:
+        """Poll until COMPLETED, forwarding events; return (result JSON, queue s, run s)."""
+        fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
+        started = time.monotonic()
+        began_running: float | None = None
+        seen_logs = 0
+        while True:
+            with _translated(handle.endpoint, handle.request_id, EndpointError):
+                status = await fal_handle.status(with_logs=True)
+            logs = list(getattr(status, "logs", None) or [])
+            if isinstance(status, fal_client.Queued):
+                event = QueueEvent(
+                    request_id=handle.request_id, status="IN_QUEUE", queue_position=status.position
+                )
+            else:
+                began_running = began_running or time.monotonic()
+                name = "COMPLETED" if isinstance(status, fal_client.Completed) else "IN_PROGRESS"
+                event = QueueEvent(request_id=handle.request_id, status=name, logs=logs[seen_logs:])
+                seen_logs = max(seen_logs, len(logs))
+            if on_event is not None:
+                maybe = on_event(event)
+                if asyncio.iscoroutine(maybe):
+                    await maybe
+            if isinstance(status, fal_client.Completed):
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                raise ResultTimeout(
+                    f"request did not complete within {timeout:g} s",
+                    endpoint=handle.endpoint,
+                    request_id=handle.request_id,
+                    transient=True,
+                )
+            await asyncio.sleep(self.poll_interval)
+        finished = time.monotonic()
+        if status.error:
+            raise EndpointError(
+                status.error,
+                endpoint=handle.endpoint,
+                request_id=handle.request_id,
+                transient=status.error_type not in ("request_cancelled",),
+                hint="the request failed on fal; a retry submits it again",
+            )
+        with _translated(handle.endpoint, handle.request_id, EndpointError):
+            result = await self._client.result(handle.endpoint, handle.request_id)
+        queue_s = (began_running or finished) - started
+        return result, queue_s, finished - (began_running or finished)
+
+    async def cancel(self, handle: RequestHandle) -> None:
+        """Ask fal to cancel a request (so a request nobody will use stops costing money)."""
+        with _translated(handle.endpoint, handle.request_id, EndpointError):
+            await self._client.cancel(handle.endpoint, handle.request_id)
+
+    async def download(self, handle: RequestHandle, result: dict[str, Any]) -> EndpointResult:
+        """Parse the output and download every output file into the store (size-checked)."""
+        info = get_endpoint(handle.endpoint)
+        output = parse_output(info.id, result)
+        files: dict[str, StoredFile] = {}
+        for field in info.produces:
+            file = getattr(output, field)
+            suffix = Path(file.file_name or urlparse(file.url).path).suffix
+            try:
+                files[field] = await self.store.download(
+                    file.url, suffix=suffix, expected_size=file.file_size, verify=self._verify
+                )
+            except BackendError as exc:
+                exc.endpoint, exc.request_id = info.id, handle.request_id
+                raise
+        return EndpointResult(handle=handle, raw=result, output=output, files=files)
+
+    async def run(
+        self,
+        endpoint: str,
+        arguments: dict[str, Any],
+        *,
+        on_event: EventCallback | None = None,
+        timeout: float | None = None,
+        base_dir: Path | None = None,
+    ) -> EndpointResult:
+        """Validate, upload, submit, wait and download: one generation, start to finish.
+
+        On timeout the request is cancelled (nobody will use it) and ResultTimeout is raised.
+        """
+        body = await self.prepare(endpoint, arguments, base_dir=base_dir)
+        handle = await self.submit(endpoint, body)
+        try:
+            result, queue_s, run_s = await self.wait(handle, on_event=on_event, timeout=timeout)
+        except ResultTimeout:
+            await self.cancel(handle)
+            raise
+        done = await self.download(handle, result)
+        done.queue_seconds, done.run_seconds = queue_s, run_s
+        return done

@@ -1,0 +1,145 @@
+"""The ``klingflow`` command.
+
+Errors klingflow raises on purpose (:class:`~klingflow.errors.KlingflowError`) are caught at one
+boundary and printed as what / where / hint with exit code 1; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shlex
+import ssl
+import sys
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import httpx
+import typer
+from rich.console import Console
+
+from klingflow.errors import ConfigError, KlingflowError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Declarative Kling video pipelines on fal.ai, with a local fal emulator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+emulator_app = typer.Typer(help="The fal-compatible local emulator.", no_args_is_help=True)
+app.add_typer(emulator_app, name="emulator")
+console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(command: F) -> F:
+    """Render KlingflowError as what/where/hint and exit 1, instead of a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except KlingflowError as exc:
+            console.print(f"[bold red]error[/] [dim]({exc.reference})[/]")
+            if exc.context:
+                console.print(f"  where: {exc.context}", markup=False, highlight=False)
+            console.print(f"  {exc.message}", markup=False, highlight=False)
+            if exc.hint:
+                console.print(f"  hint: {exc.hint}", markup=False, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@emulator_app.command("serve")
+@_friendly_errors
+def emulator_serve(
+    port: Annotated[
+        int, typer.Option(help="Queue port (the run port is PORT+1); 0 picks free ports.")
+    ] = 8790,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    latency: Annotated[float, typer.Option(help="Seconds each request spends IN_PROGRESS.")] = 2.0,
+    workers: Annotated[int, typer.Option(help="Requests processed at once; the rest wait IN_QUEUE.")] = 2,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Faults to inject: KIND[:RATE],... or script=KIND+KIND+ok (kinds: 429 500 502 503 drop "
+            "stuck error result_404 truncated)."
+        ),
+    ] = "",
+    offline: Annotated[
+        bool, typer.Option(help="Never fetch http(s) inputs; use labelled placeholders.")
+    ] = False,
+) -> None:
+    """Run the fal-compatible emulator in the foreground (Ctrl-C stops it)."""
+    from klingflow.emulator.faults import parse_faults
+    from klingflow.emulator.server import EmulatorServer
+
+    try:
+        plan = parse_faults(faults)
+    except ValueError as exc:
+        raise ConfigError(str(exc), context="--faults") from exc
+    server = EmulatorServer(
+        host=host, port=port, latency=latency, workers=workers, faults=plan, fetch_remote=not offline
+    )
+    out = Console()
+    out.print(f"klingflow emulator: queue https://{server.queue_host}  run https://{server.run_host}")
+    out.print('Point fal_client at it with:  eval "$(klingflow emulator env)"')
+    server.serve_forever()
+
+
+def _running_environment(port: int | None) -> dict[str, str]:
+    from klingflow.emulator.server import client_environment, read_server_file
+    from klingflow.emulator.tls import emulator_identity
+
+    identity = emulator_identity()
+    if port is None:
+        info = read_server_file()
+        queue_host, run_host = str(info["queue_host"]), str(info["run_host"])
+    else:
+        queue_host, run_host = f"127.0.0.1:{port}", f"127.0.0.1:{port + 1}"
+    return client_environment(queue_host, run_host, identity.key, identity.ca_bundle)
+
+
+@emulator_app.command("env")
+@_friendly_errors
+def emulator_env(
+    port: Annotated[
+        int | None, typer.Option(help="Queue port of the emulator (default: the running one).")
+    ] = None,
+) -> None:
+    """Print the environment lines that point fal_client (and curl) at the emulator."""
+    for name, value in _running_environment(port).items():
+        print(f"export {name}={shlex.quote(value)}")
+
+
+@emulator_app.command("stats")
+@_friendly_errors
+def emulator_stats(
+    port: Annotated[
+        int | None, typer.Option(help="Queue port of the emulator (default: the running one).")
+    ] = None,
+) -> None:
+    """Print the emulator's counters (submits per endpoint, cancels, faults injected) as JSON."""
+    env = _running_environment(port)
+    try:
+        response = httpx.get(
+            f"https://{env['FAL_QUEUE_RUN_HOST']}/_emulator/stats",
+            headers={"Authorization": f"Key {env['FAL_KEY']}"},
+            verify=ssl.create_default_context(cafile=env["SSL_CERT_FILE"]),
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError(
+            f"cannot reach the emulator ({exc})", hint="is `klingflow emulator serve` running?"
+        ) from exc
+    print(json.dumps(response.json(), indent=2))
+
+
+def main() -> None:
+    """Entry point of the ``klingflow`` console script."""
+    app(prog_name="klingflow")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""The embedded emulator: started in-process when no fal key is configured.
+
+Like Prefect's ephemeral server or LocalStack, it makes klingflow work out of the box: the first
+call that needs a backend starts the emulator on free loopback ports in a daemon thread and points
+fal_client at it. fal_client reads its hosts once, at import, so two cases are handled:
+
+* fal_client not imported yet: ``FAL_RUN_HOST`` / ``FAL_QUEUE_RUN_HOST`` are set before it is,
+  exactly as ``klingflow emulator env`` tells a shell to do.
+* fal_client already imported (a notebook ran ``import fal_client`` first): its hosts are fixed,
+  so ``HTTPS_PROXY`` points at a CONNECT tunnel that joins those host names to the emulator
+  (see :mod:`klingflow.emulator.tunnel`); other hosts pass through to their real destination.
+
+Either way ``SSL_CERT_FILE`` names a bundle of certifi's roots plus the emulator's CA, and
+nothing inside fal_client is patched.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+from klingflow.emulator.server import EmulatorServer
+
+__all__ = ["embedded_emulator", "stop_embedded_emulator"]
+
+_lock = threading.Lock()
+_server: EmulatorServer | None = None
+
+
+def _imported_fal_hosts() -> tuple[str, str] | None:
+    """(queue host, run host) fal_client fixed at import, or None if it is not imported yet."""
+    client = sys.modules.get("fal_client.client")
+    if client is None:
+        return None
+    return urlparse(client.QUEUE_URL_FORMAT).netloc, urlparse(client.RUN_URL_FORMAT).netloc
+
+
+def _trust_bundle(bundle: Path) -> None:
+    current = os.environ.get("SSL_CERT_FILE")
+    if current and Path(current).resolve() != bundle.resolve() and Path(current).is_file():
+        combined = bundle.with_name(f"ca-bundle-{os.getpid()}.pem")
+        combined.write_bytes(Path(current).read_bytes() + b"\n" + bundle.read_bytes())
+        bundle = combined
+    os.environ["SSL_CERT_FILE"] = str(bundle)
+
+
+def _add_no_proxy() -> None:
+    hosts = [h for h in os.environ.get("NO_PROXY", "").split(",") if h]
+    os.environ["NO_PROXY"] = ",".join(dict.fromkeys([*hosts, "127.0.0.1", "localhost", "::1"]))
+
+
+def embedded_emulator() -> EmulatorServer:
+    """Start (once per process) and return the embedded emulator, with fal_client pointed at it."""
+    global _server
+    with _lock:
+        if _server is not None:
+            return _server
+        latency = float(os.environ.get("KLINGFLOW_EMULATOR_LATENCY", "0.5"))
+        workers = int(os.environ.get("KLINGFLOW_EMULATOR_WORKERS", "4"))
+        fetch_remote = os.environ.get("KLINGFLOW_EMULATOR_OFFLINE", "") not in ("1", "true", "yes")
+        imported = _imported_fal_hosts()
+        extra = tuple(host.rsplit(":", 1)[0] for host in imported) if imported else ()
+        server = EmulatorServer(
+            latency=latency, workers=workers, fetch_remote=fetch_remote, extra_hostnames=extra
+        )
+        _trust_bundle(server.identity.ca_bundle)
+        _add_no_proxy()
+        if imported is None:
+            os.environ["FAL_QUEUE_RUN_HOST"] = server.queue_host
+            os.environ["FAL_RUN_HOST"] = server.run_host
+            server.start_in_thread()
+        elif imported == (server.queue_host, server.run_host):
+            server.start_in_thread()
+        else:
+            queue_name, run_name = (host.rsplit(":", 1)[0] for host in imported)
+            server.start_in_thread(tunnel_routes={queue_name: "queue", run_name: "run"})
+            assert server.tunnel is not None
+            os.environ["HTTPS_PROXY"] = f"http://127.0.0.1:{server.tunnel.port}"
+        atexit.register(stop_embedded_emulator)
+        _server = server
+        return server
+
+
+def stop_embedded_emulator() -> None:
+    """Stop the embedded emulator if this process started one."""
+    global _server
+    with _lock:
+        if _server is not None:
+            _server.stop()
+            _server = None

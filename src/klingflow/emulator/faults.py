@@ -1,0 +1,110 @@
+"""Faults the emulator injects on demand, so tests can prove that klingflow recovers.
+
+A fault is chosen when a request arrives (queue submit or direct run), either from a script
+("the next N requests get these faults, in order") or by rate ("each request has a 10 % chance of
+a 503"); rates use a seeded RNG so a run is repeatable. Each kind acts at one stage:
+
+=============  ====================================================================
+kind           effect
+=============  ====================================================================
+``429``        submit answered 429 Too Many Requests with ``Retry-After``
+``500``        submit answered 500 (with ``x-fal-request-id``, so fal_client passes it on)
+``502``        submit answered 502 (idem)
+``503``        submit answered 503 (idem)
+``drop``       submit's connection dropped mid-response (the client sees a protocol error)
+``stuck``      request accepted but never leaves the queue (until cancelled or timed out)
+``error``      request runs and ends COMPLETED with an error; its result answers 500
+``result_404`` request completes, but its output file answers 404
+``truncated``  request completes, but its output file is served cut in half
+=============  ====================================================================
+
+CLI form (``--faults``): ``KIND[:RATE][,KIND[:RATE]...]`` for rates, e.g. ``503:0.2,drop:0.05``;
+``script=KIND+KIND+ok`` scripts the next requests (``ok`` = no fault).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from typing import Literal, get_args
+
+from pydantic import BaseModel, Field, field_validator
+
+__all__ = ["FAULT_KINDS", "FaultKind", "FaultPlan", "Faults", "parse_faults", "SUBMIT_FAULTS"]
+
+FaultKind = Literal["429", "500", "502", "503", "drop", "stuck", "error", "result_404", "truncated"]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+SUBMIT_FAULTS = frozenset({"429", "500", "502", "503", "drop"})
+
+
+class FaultPlan(BaseModel):
+    """What to inject: a script for the next requests and/or a rate per kind."""
+
+    script: list[FaultKind | Literal["ok"]] = Field(default_factory=list)
+    rates: dict[FaultKind, float] = Field(default_factory=dict)
+    retry_after: float = Field(default=1.0, ge=0, description="Retry-After seconds sent with 429.")
+    seed: int = 0
+
+    @field_validator("rates")
+    @classmethod
+    def _rates_are_probabilities(cls, rates: dict[str, float]) -> dict[str, float]:
+        for kind, rate in rates.items():
+            if not 0.0 <= rate <= 1.0:
+                raise ValueError(f"rate for {kind!r} must be between 0 and 1, got {rate}")
+        if sum(rates.values()) > 1.0:
+            raise ValueError("fault rates add up to more than 1")
+        return rates
+
+
+def parse_faults(text: str) -> FaultPlan:
+    """Parse the ``--faults`` CLI form into a FaultPlan (raises ValueError naming the bad part)."""
+    script: list[str] = []
+    rates: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        if part.startswith("script="):
+            script.extend(part.removeprefix("script=").split("+"))
+            continue
+        kind, _, rate = part.partition(":")
+        try:
+            rates[kind] = float(rate) if rate else 1.0
+        except ValueError:
+            raise ValueError(f"bad fault rate in {part!r}: expected KIND:RATE like 503:0.2") from None
+    for kind in [*script, *rates]:
+        if kind not in (*FAULT_KINDS, "ok"):
+            raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+    return FaultPlan.model_validate({"script": script, "rates": rates})
+
+
+class Faults:
+    """Thread-safe fault chooser, with counts of what it injected."""
+
+    def __init__(self, plan: FaultPlan | None = None) -> None:
+        self._lock = threading.Lock()
+        self.injected: dict[str, int] = {}
+        self.configure(plan or FaultPlan())
+
+    def configure(self, plan: FaultPlan) -> None:
+        """Replace the current plan (the counts of what was injected are kept)."""
+        with self._lock:
+            self.plan = plan
+            self._script: deque[str] = deque(plan.script)
+            self._random = random.Random(plan.seed)
+
+    def choose(self) -> str | None:
+        """Pick the fault for the next request, or None; counts what it picks."""
+        with self._lock:
+            fault: str | None = None
+            if self._script:
+                scripted = self._script.popleft()
+                fault = None if scripted == "ok" else scripted
+            elif self.plan.rates:
+                draw, edge = self._random.random(), 0.0
+                for kind, rate in self.plan.rates.items():
+                    edge += rate
+                    if draw < edge:
+                        fault = kind
+                        break
+            if fault:
+                self.injected[fault] = self.injected.get(fault, 0) + 1
+            return fault

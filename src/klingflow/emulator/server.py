@@ -1,0 +1,204 @@
+"""Running the emulator: in the foreground (``klingflow emulator serve``) or in a background thread.
+
+One uvicorn server listens on two TLS sockets, the *queue* port and the *run* port, because fal
+has two hosts (``queue.fal.run`` and ``fal.run``) that share URL paths with different meanings.
+A running server writes ``<home>/emulator/server.json`` so that ``klingflow emulator env`` (from
+any shell) can print the lines that point an unmodified fal_client, or curl, at it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import threading
+from pathlib import Path
+
+import uvicorn
+
+from klingflow.emulator.app import EmulatorState, create_app
+from klingflow.emulator.faults import FaultPlan
+from klingflow.emulator.tls import EmulatorIdentity, emulator_identity, issue_server_cert
+from klingflow.emulator.tunnel import ConnectTunnel
+from klingflow.errors import ConfigError
+from klingflow.home import klingflow_home
+
+__all__ = ["EmulatorServer", "client_environment", "read_server_file"]
+
+_STARTUP_TIMEOUT = 30.0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({exc.strerror})",
+            hint="choose another port with --port, or 0 for any free port",
+        ) from exc
+    return sock
+
+
+def client_environment(queue_host: str, run_host: str, key: str, ca_bundle: Path) -> dict[str, str]:
+    """Environment lines that point an unmodified fal_client (and curl) at an emulator."""
+    no_proxy = ",".join(
+        sorted(
+            {
+                "127.0.0.1",
+                "localhost",
+                "::1",
+                *(os.environ.get("NO_PROXY", "").split(",") if os.environ.get("NO_PROXY") else []),
+            }
+        )
+    )
+    return {
+        "FAL_KEY": key,
+        "FAL_RUN_HOST": run_host,
+        "FAL_QUEUE_RUN_HOST": queue_host,
+        "SSL_CERT_FILE": str(ca_bundle),
+        "CURL_CA_BUNDLE": str(ca_bundle),
+        "NO_PROXY": no_proxy,
+    }
+
+
+def read_server_file(home: Path | None = None) -> dict[str, object]:
+    """The running foreground emulator's address, or ConfigError if none is running."""
+    path = (home or klingflow_home()) / "emulator" / "server.json"
+    try:
+        info = json.loads(path.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
+        raise ConfigError(
+            "no klingflow emulator is running",
+            hint="start one with `klingflow emulator serve` (or pass --port)",
+        ) from None
+    return info
+
+
+class EmulatorServer:
+    """A fal-compatible server on loopback (TLS on a queue port and a run port)."""
+
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        run_port: int | None = None,
+        workers: int = 2,
+        latency: float = 0.5,
+        faults: FaultPlan | None = None,
+        data_dir: Path | None = None,
+        fetch_remote: bool = True,
+        extra_hostnames: tuple[str, ...] = (),
+        home: Path | None = None,
+    ) -> None:
+        self.home = home or klingflow_home()
+        self.identity: EmulatorIdentity = emulator_identity(self.home)
+        self.host = host
+        self._queue_sock = _bind(host, port)
+        self._run_sock = _bind(host, run_port if run_port is not None else (port + 1 if port else 0))
+        self.queue_port = self._queue_sock.getsockname()[1]
+        self.run_port = self._run_sock.getsockname()[1]
+        self.data_dir = data_dir or self.home / "emulator" / "data"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = EmulatorState(
+            key=self.identity.key,
+            data_dir=self.data_dir,
+            run_ports={self.run_port},
+            workers=workers,
+            latency=latency,
+            faults=faults or FaultPlan(),
+            fetch_remote=fetch_remote,
+        )
+        hostnames = tuple(dict.fromkeys((*self._default_hostnames(), *extra_hostnames)))
+        self._cert = issue_server_cert(self.identity, hostnames)
+        config = uvicorn.Config(
+            create_app(self.state),
+            ssl_certfile=str(self._cert),
+            ssl_keyfile=str(self._cert),
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.tunnel: ConnectTunnel | None = None
+
+    def _default_hostnames(self) -> tuple[str, ...]:
+        return (self.host, "127.0.0.1", "localhost", "::1", "fal.run", "queue.fal.run")
+
+    @property
+    def queue_host(self) -> str:
+        return f"{self._netloc_host()}:{self.queue_port}"
+
+    @property
+    def run_host(self) -> str:
+        return f"{self._netloc_host()}:{self.run_port}"
+
+    def _netloc_host(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"[{host}]" if ":" in host else host
+
+    def environment(self) -> dict[str, str]:
+        """The client environment for this server (see :func:`client_environment`)."""
+        return client_environment(self.queue_host, self.run_host, self.identity.key, self.identity.ca_bundle)
+
+    async def _serve(self, tunnel_routes: dict[str, str] | None) -> None:
+        self.loop = asyncio.get_running_loop()
+        if tunnel_routes is not None:
+            ports = {"queue": self.queue_port, "run": self.run_port}
+            self.tunnel = ConnectTunnel(
+                {name: ("127.0.0.1", ports[kind]) for name, kind in tunnel_routes.items()}
+            )
+            await self.tunnel.start()
+        try:
+            await self._server.serve(sockets=[self._queue_sock, self._run_sock])
+        finally:
+            if self.tunnel is not None:
+                await self.tunnel.stop()
+
+    def serve_forever(self) -> None:
+        """Serve in the foreground until interrupted, advertising the address in server.json."""
+        info = self.home / "emulator" / "server.json"
+        info.write_text(
+            json.dumps({"pid": os.getpid(), "queue_host": self.queue_host, "run_host": self.run_host})
+        )
+        try:
+            asyncio.run(self._serve(None))
+        finally:
+            info.unlink(missing_ok=True)
+            self._cert.unlink(missing_ok=True)
+
+    def start_in_thread(self, *, tunnel_routes: dict[str, str] | None = None) -> EmulatorServer:
+        """Start serving on a daemon thread and return once it accepts connections.
+
+        ``tunnel_routes`` (host name -> "queue" | "run") also starts a CONNECT tunnel for them.
+        """
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(self._serve(tunnel_routes),), name="klingflow-emulator", daemon=True
+        )
+        self._thread.start()
+        deadline = threading.Event()
+        for _ in range(int(_STARTUP_TIMEOUT / 0.05)):
+            if self._server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            deadline.wait(0.05)
+        raise ConfigError(
+            "the embedded emulator did not start",
+            hint="run `klingflow emulator serve` in a terminal to see why",
+        )
+
+    def stop(self) -> None:
+        """Stop a server started with :meth:`start_in_thread`."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._cert.unlink(missing_ok=True)

@@ -1,0 +1,79 @@
+"""Shared test set-up: an isolated klingflow home and one real emulator for the session.
+
+fal_client reads its hosts when it is imported, so the emulator's sockets are bound and
+``FAL_RUN_HOST`` / ``FAL_QUEUE_RUN_HOST`` / ``SSL_CERT_FILE`` are set here, at conftest import,
+before any test module imports fal_client. Tests reach it over real HTTPS with the unmodified
+client, exactly as a user's process pointed at ``klingflow emulator serve`` would.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="klingflow-test-home-"))
+os.environ["KLINGFLOW_HOME"] = str(_SESSION_HOME)
+for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
+    os.environ.pop(_name, None)
+
+from klingflow.emulator.faults import FaultPlan  # noqa: E402
+from klingflow.emulator.server import EmulatorServer  # noqa: E402
+
+_SERVER = EmulatorServer(port=0, latency=0.2, workers=4, fetch_remote=False)
+os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_KEY"})
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class EmulatorAdmin:
+    """The session emulator plus its admin routes (counters, faults)."""
+
+    def __init__(self, server: EmulatorServer) -> None:
+        self.server = server
+        self.key = server.identity.key
+        self.base = f"https://{server.queue_host}"
+        self.ssl = ssl.create_default_context(cafile=str(server.identity.ca_bundle))
+        self._client = httpx.Client(verify=self.ssl, headers={"Authorization": f"Key {self.key}"}, timeout=30)
+
+    def stats(self) -> dict[str, Any]:
+        return self._client.get(f"{self.base}/_emulator/stats").raise_for_status().json()
+
+    def reset(self) -> None:
+        self._client.post(f"{self.base}/_emulator/reset").raise_for_status()
+
+    def faults(self, **plan: Any) -> None:
+        self._client.post(
+            f"{self.base}/_emulator/faults", json=FaultPlan(**plan).model_dump()
+        ).raise_for_status()
+
+    def environment(self) -> dict[str, str]:
+        return {**os.environ, **self.server.environment()}
+
+
+@pytest.fixture(scope="session")
+def emulator_server() -> Iterator[EmulatorServer]:
+    _SERVER.start_in_thread()
+    yield _SERVER
+    _SERVER.stop()
+
+
+@pytest.fixture
+def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorAdmin]:
+    """The running session emulator, with counters reset and no faults, before and after a test."""
+    admin = EmulatorAdmin(emulator_server)
+    admin.faults()
+    admin.reset()
+    yield admin
+    admin.faults()
+
+
+@pytest.fixture
+def home() -> Path:
+    return _SESSION_HOME

@@ -1,0 +1,225 @@
+"""The fal backend against the real emulator over HTTPS: round trips, errors, faults."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import fal_client
+import pytest
+
+from klingflow.backends import resolve_backend
+from klingflow.backends.fal import FalBackend, QueueEvent
+from klingflow.errors import BackendError, EndpointError, ResultTimeout, SubmitError
+from klingflow.media import probe
+from klingflow.store import Store, file_sha256
+
+T2V = "fal-ai/kling-video/v1/standard/text-to-video"
+
+
+@pytest.fixture
+def backend(emulator, tmp_path: Path) -> FalBackend:
+    return FalBackend(resolve_backend("fal", key=emulator.key), Store(tmp_path / "store"), poll_interval=0.05)
+
+
+def test_backend_points_at_the_emulator_without_leaking_the_key(backend: FalBackend, emulator) -> None:
+    assert backend.config.is_emulator
+    assert backend.identity == "emulator"
+    assert emulator.key not in repr(backend.config)
+    assert emulator.key not in backend.identity
+
+
+@pytest.mark.parametrize(
+    "aspect_ratio,size", [("16:9", (1280, 720)), ("9:16", (720, 1280)), ("1:1", (960, 960))]
+)
+async def test_text_to_video_round_trip(backend: FalBackend, emulator, aspect_ratio, size) -> None:
+    events: list[QueueEvent] = []
+    result = await backend.run(
+        "text-to-video",
+        {"prompt": f"a lighthouse at dusk {aspect_ratio}", "aspect_ratio": aspect_ratio},
+        on_event=events.append,
+    )
+    stored = result.files["video"]
+    assert backend.store.verify(stored)
+    info = probe(stored.path)
+    assert (info.width, info.height) == size
+    assert abs(info.duration - 5.0) < 1 / 30 + 1e-6
+    assert not info.has_audio
+    assert any(e.status == "IN_PROGRESS" and e.logs for e in events), "log lines reach the callback"
+    assert events[-1].status == "COMPLETED"
+    assert emulator.stats()["submits"] == {T2V: 1}
+
+
+async def test_ten_second_clip_and_camera_control(backend: FalBackend) -> None:
+    result = await backend.run(
+        "text-to-video",
+        {
+            "prompt": "zoom on a city",
+            "duration": 10,
+            "advanced_camera_control": {"movement_type": "zoom", "movement_value": 5},
+        },
+    )
+    assert abs(probe(result.files["video"].path).duration - 10.0) < 1 / 30 + 1e-6
+
+
+async def test_tts_then_avatar_chain_with_local_upload(backend: FalBackend, emulator, tmp_path: Path) -> None:
+    speech = await backend.run(
+        "tts", {"text": "Hello from the klingflow emulator, this is a test.", "voice_speed": 1.5}
+    )
+    audio = probe(speech.files["audio"].path)
+    assert audio.has_audio and not audio.has_video and audio.audio_codec == "mp3"
+    from klingflow.emulator.render import placeholder_image
+
+    face = tmp_path / "face.png"
+    placeholder_image(label="a face", out=face, size=(720, 1280))
+    avatar = await backend.run("ai-avatar", {"image_url": str(face), "audio_url": speech.output.audio.url})
+    video = probe(avatar.files["video"].path)
+    assert video.has_audio and video.has_video
+    assert abs(video.duration - audio.duration) < 0.1
+    assert abs(avatar.output.duration - video.duration) < 0.1
+    assert emulator.stats()["uploads"] == 1
+
+
+async def test_image_to_video_and_effects_from_an_earlier_output(backend: FalBackend, tmp_path: Path) -> None:
+    from klingflow.emulator.render import placeholder_image
+
+    still = tmp_path / "still.png"
+    placeholder_image(label="start", out=still, size=(1280, 720))
+    moving = await backend.run("image-to-video", {"prompt": "snow falls", "image_url": str(still)})
+    assert probe(moving.files["video"].path).width == 1280
+    hug = await backend.run("effects", {"effect_scene": "hug", "input_image_urls": [str(still), str(still)]})
+    assert abs(probe(hug.files["video"].path).duration - 5.0) < 0.05
+
+
+async def test_identical_requests_give_identical_bytes(backend: FalBackend) -> None:
+    first = await backend.run("tts", {"text": "Same words, same bytes."})
+    second = await backend.run("tts", {"text": "Same words, same bytes."})
+    assert first.handle.request_id != second.handle.request_id
+    assert first.files["audio"].sha256 == second.files["audio"].sha256
+    assert file_sha256(second.files["audio"].path) == second.files["audio"].sha256
+
+
+async def test_invalid_input_is_a_permanent_422_naming_the_field(backend: FalBackend) -> None:
+    with pytest.raises(SubmitError) as info:
+        await backend.submit(T2V, {"prompt": "x", "cfg_scale": 3})
+    assert info.value.status_code == 422
+    assert not info.value.transient
+    assert "cfg_scale" in str(info.value)
+
+
+async def test_unknown_effect_scene_is_refused_with_a_suggestion(backend: FalBackend) -> None:
+    with pytest.raises(SubmitError) as info:
+        await backend.submit("effects", {"effect_scene": "hugg"})
+    assert info.value.status_code == 422 and "did you mean 'hug'" in str(info.value)
+
+
+async def test_wrong_key_is_a_permanent_401(emulator, tmp_path: Path) -> None:
+    config = resolve_backend("fal", key="wrong:key")
+    with pytest.raises(SubmitError) as info:
+        await FalBackend(config, Store(tmp_path)).submit(T2V, {"prompt": "x"})
+    assert info.value.status_code == 401 and not info.value.transient
+    assert "wrong:key" not in str(info.value)
+
+
+async def test_cancel_a_stuck_request(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["stuck"])
+    handle = await backend.submit(T2V, {"prompt": "never starts"})
+    with pytest.raises(ResultTimeout):
+        await backend.wait(handle, timeout=0.5)
+    await backend.cancel(handle)
+    with pytest.raises(EndpointError) as info:
+        await backend.wait(handle)
+    assert "cancelled" in str(info.value) and not info.value.transient
+    stats = emulator.stats()
+    assert stats["cancels"] == 1 and stats["faults_injected"] == {"stuck": 1}
+
+
+async def test_run_cancels_on_timeout(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["stuck"])
+    with pytest.raises(ResultTimeout):
+        await backend.run("text-to-video", {"prompt": "stuck forever"}, timeout=0.3)
+    assert emulator.stats()["cancels"] == 1
+
+
+@pytest.mark.parametrize("kind", ["500", "502", "503"])
+async def test_server_errors_on_submit_are_transient(backend: FalBackend, emulator, kind: str) -> None:
+    emulator.faults(script=[kind])
+    with pytest.raises(SubmitError) as info:
+        await backend.submit(T2V, {"prompt": "x"})
+    assert info.value.status_code == int(kind) and info.value.transient
+    assert emulator.stats()["faults_injected"] == {kind: 1}
+
+
+@pytest.mark.parametrize("kind", ["429", "drop"])
+async def test_rate_limit_and_dropped_connection_are_retried_by_fal_client(backend, emulator, kind) -> None:
+    emulator.faults(script=[kind])
+    result = await backend.run("tts", {"text": f"survives a {kind}"})
+    assert result.files["audio"].bytes > 0
+    stats = emulator.stats()
+    assert stats["faults_injected"] == {kind: 1}
+    assert stats["submits"]["fal-ai/kling-video/v1/tts"] == 2
+
+
+async def test_rate_limit_answer_carries_retry_after(emulator) -> None:
+    import httpx
+
+    emulator.faults(script=["429"], retry_after=7)
+    async with httpx.AsyncClient(verify=emulator.ssl) as client:
+        response = await client.post(
+            f"{emulator.base}/{T2V}", json={"prompt": "x"}, headers={"Authorization": f"Key {emulator.key}"}
+        )
+    assert response.status_code == 429 and response.headers["retry-after"] == "7"
+
+
+async def test_completed_with_error(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["error"])
+    with pytest.raises(EndpointError) as info:
+        await backend.run("tts", {"text": "this one fails"})
+    assert "Emulated model failure" in str(info.value) and info.value.request_id
+
+
+async def test_result_file_404_is_permanent(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["result_404"])
+    with pytest.raises(BackendError) as info:
+        await backend.run("tts", {"text": "file vanishes"})
+    assert info.value.status_code == 404 and not info.value.transient
+    assert not list(backend.store.tmp.iterdir()), "no partial download is left behind"
+
+
+async def test_truncated_result_file_is_never_stored(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["truncated"])
+    with pytest.raises(BackendError) as info:
+        await backend.run("tts", {"text": "file cut short"})
+    assert "truncated" in str(info.value) and info.value.transient
+    assert not list(backend.store.objects.rglob("*.mp3"))
+    assert not list(backend.store.tmp.iterdir())
+
+
+async def test_start_timeout_header_is_honoured(emulator) -> None:
+    emulator.faults(script=["stuck"])
+    client = fal_client.AsyncClient(key=emulator.key)
+    handle = await client.submit(T2V, {"prompt": "waits too long"}, start_timeout=1.2)
+    await asyncio.sleep(1.5)
+    status = await handle.status()
+    assert isinstance(status, fal_client.Completed) and status.error
+    with pytest.raises(fal_client.client.FalClientHTTPError) as info:
+        await handle.get()
+    assert info.value.status_code == 504
+    assert info.value.response_headers.get("x-fal-request-timeout-type") == "user"
+
+
+async def test_queue_positions_are_reported(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["stuck", "stuck", "stuck", "stuck", "stuck"])
+    handles = [await backend.submit(T2V, {"prompt": f"queued {i}"}) for i in range(5)]
+    client = fal_client.AsyncClient(key=emulator.key)
+    status = await client.status(T2V, handles[-1].request_id)
+    assert isinstance(status, fal_client.Queued)
+    for handle in handles:
+        await backend.cancel(handle)
+
+
+async def test_direct_run_route(emulator) -> None:
+    client = fal_client.AsyncClient(key=emulator.key)
+    result = await client.run("fal-ai/kling-video/v1/tts", {"text": "direct run"})
+    assert result["audio"]["url"].endswith(".mp3")
+    assert emulator.stats()["runs"] == {"fal-ai/kling-video/v1/tts": 1}
