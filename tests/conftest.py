@@ -8,9 +8,14 @@ client, exactly as a user's process pointed at ``klingflow emulator serve`` woul
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import ssl
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -77,3 +82,49 @@ def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorAdmin]:
 @pytest.fixture
 def home() -> Path:
     return _SESSION_HOME
+
+
+KLINGFLOW = [sys.executable, "-m", "klingflow.cli"]
+CLIENT_VARIABLES = ("FAL_KEY", "FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "HTTPS_PROXY")
+
+
+@contextlib.contextmanager
+def serve_emulator(home: Path, *options: str) -> Iterator[dict[str, str]]:
+    """`klingflow emulator serve --port 0 ...` in its own process and home.
+
+    Yields the environment a user gets from `eval "$(klingflow emulator env)"`, plus KLINGFLOW_HOME.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
+    env["KLINGFLOW_HOME"] = str(home)
+    server = subprocess.Popen(
+        [*KLINGFLOW, "emulator", "serve", "--port", "0", "--offline", *options],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "emulator" / "server.json").exists():
+            assert server.poll() is None, server.stdout.read() if server.stdout else "emulator exited"
+            assert time.monotonic() < deadline, "emulator did not start"
+            time.sleep(0.1)
+        printed = subprocess.run(
+            [*KLINGFLOW, "emulator", "env"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        lines = dict(re.findall(r"^export (\w+)=(.*)$", printed, re.M))
+        yield {**env, **{k: v.strip("'") for k, v in lines.items()}}
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def emulator_stats(env: dict[str, str]) -> dict[str, Any]:
+    """The counters of the emulator that `env` points at."""
+    context = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+    response = httpx.get(
+        f"https://{env['FAL_QUEUE_RUN_HOST']}/_emulator/stats",
+        headers={"Authorization": f"Key {env['FAL_KEY']}"},
+        verify=context,
+    )
+    return response.raise_for_status().json()

@@ -11,19 +11,18 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from conftest import KLINGFLOW, serve_emulator
 from klingflow.media import probe
 
 pytestmark = pytest.mark.slow
 
 SEED = Path(__file__).parent / "data" / "seed-kling-v1-standard.md"
-KLINGFLOW = [sys.executable, "-m", "klingflow.cli"]
 
 # The seed has no TTS tab; this is the same quick-start shape for fal-ai/kling-video/v1/tts.
 TTS_SNIPPET = """
@@ -56,32 +55,8 @@ def seed_python_snippets() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """`klingflow emulator serve --port 0` in its own process and home; yields `emulator env`'s lines."""
-    home = tmp_path_factory.mktemp("served-home")
-    env = {**os.environ, "KLINGFLOW_HOME": str(home)}
-    for name in ("FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE"):
-        env.pop(name, None)
-    server = subprocess.Popen(
-        [*KLINGFLOW, "emulator", "serve", "--port", "0", "--latency", "0.3", "--offline"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not (home / "emulator" / "server.json").exists():
-            assert server.poll() is None, server.stdout.read()
-            assert time.monotonic() < deadline, "emulator did not start"
-            time.sleep(0.1)
-        printed = subprocess.run(
-            [*KLINGFLOW, "emulator", "env"], env=env, capture_output=True, text=True, check=True
-        ).stdout
-        lines = dict(re.findall(r"^export (\w+)=(.*)$", printed, re.M))
-        yield {**env, **{k: v.strip("'") for k, v in lines.items()}}
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
+    with serve_emulator(tmp_path_factory.mktemp("served-home"), "--latency", "0.3") as env:
+        yield env
 
 
 def test_env_prints_what_fal_client_needs(served: dict[str, str]) -> None:

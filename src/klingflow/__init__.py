@@ -1,0 +1,48 @@
+"""klingflow: declarative Kling video pipelines on fal.ai, run as Prefect flows.
+
+The public API, imported lazily so that ``import klingflow`` stays cheap and importing the core
+never imports Prefect (or fal_client, whose hosts must be set before it is imported)::
+
+    from klingflow import run_pipeline, load_pipeline, plan_pipeline
+
+    result = run_pipeline("deployments/pipelines/avatar.yaml", inputs={"line": "Hello!"})
+    result.final        # {"presenter": PosixPath(".../presenter.mp4")}
+    result.ledger       # one typed pandas row per step execution
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "PipelineFailed",
+    "PipelineSpec",
+    "RunOptions",
+    "RunResult",
+    "arun_pipeline",
+    "check",
+    "load_pipeline",
+    "parse_pipeline",
+    "plan_pipeline",
+    "run_pipeline",
+]
+
+_LOCATIONS = {
+    "PipelineFailed": "klingflow.flows.pipeline",
+    "arun_pipeline": "klingflow.flows.pipeline",
+    "run_pipeline": "klingflow.flows.pipeline",
+    "PipelineSpec": "klingflow.spec",
+    "check": "klingflow.spec",
+    "load_pipeline": "klingflow.spec",
+    "parse_pipeline": "klingflow.spec",
+    "RunOptions": "klingflow.runtime",
+    "plan_pipeline": "klingflow.runtime",
+    "RunResult": "klingflow.runner",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LOCATIONS:
+        return getattr(importlib.import_module(_LOCATIONS[name]), name)
+    raise AttributeError(f"module 'klingflow' has no attribute {name!r}")

@@ -12,6 +12,7 @@ import shlex
 import ssl
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
@@ -134,6 +135,143 @@ def emulator_stats(
             f"cannot reach the emulator ({exc})", hint="is `klingflow emulator serve` running?"
         ) from exc
     print(json.dumps(response.json(), indent=2))
+
+
+def _parse_sets(values: list[str]) -> dict[str, str]:
+    parsed = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(
+                f"--set expects name=value, got {item!r}",
+                context="--set",
+                hint='for example --set subject="a lighthouse keeper"',
+            )
+        parsed[name.strip()] = value
+    return parsed
+
+
+FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Set a pipeline input: name=value (repeatable).")
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(help="emulator or fal (default: fal when FAL_KEY is set, else the embedded emulator)."),
+]
+
+
+@app.command()
+@_friendly_errors
+def validate(
+    file: FileArg,
+    set_: SetOpt = None,
+) -> None:
+    """Check a pipeline completely, without running or spending anything."""
+    from klingflow.spec import check, load_pipeline
+
+    validated = check(load_pipeline(file), _parse_sets(set_ or []))
+    Console().print(
+        f"[green]ok[/] {file}: {len(validated.order)} steps, order: {' -> '.join(validated.order)}"
+    )
+
+
+@app.command()
+@_friendly_errors
+def plan(
+    file: FileArg,
+    set_: SetOpt = None,
+    backend: BackendOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
+) -> None:
+    """Show each step's status (cached / run / resume), estimated cost and seconds, and the total."""
+    from klingflow.runtime import RunOptions, plan_pipeline
+
+    result = plan_pipeline(file, _parse_sets(set_ or []), RunOptions(backend=backend, refresh=refresh))
+    Console().print(result.table())
+
+
+class _Progress:
+    """Live counts (done / running / cached / failed) and one line per finished step."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.running: set[str] = set()
+        self.counts = {"completed": 0, "cached": 0, "failed": 0, "skipped": 0}
+
+    def __call__(self, name: str, record: Any) -> None:
+        if record is None:
+            self.running.add(name)
+            return
+        self.running.discard(name)
+        self.counts[record.status] = self.counts.get(record.status, 0) + 1
+        mark = {
+            "completed": "[green]done[/]",
+            "cached": "[cyan]cached[/]",
+            "failed": "[red]FAILED[/]",
+            "skipped": "[yellow]skipped[/]",
+        }[record.status]
+        detail = f"${record.estimated_cost_usd:.3f}" if record.status == "completed" else ""
+        if record.error:
+            detail = record.error.splitlines()[0]
+        self.console.print(f"{mark:>22} {name:<24} {detail}  [dim]({self.summary()})[/]", highlight=False)
+
+    def summary(self) -> str:
+        return (
+            f"{self.counts['completed']} done, {len(self.running)} running, {self.counts['cached']} cached, "
+            f"{self.counts['failed']} failed"
+        )
+
+
+@app.command()
+@_friendly_errors
+def run(
+    file: FileArg,
+    set_: SetOpt = None,
+    backend: BackendOpt = None,
+    concurrency: Annotated[
+        int, typer.Option(help="Requests in flight at once (fal accounts have a cap).")
+    ] = 4,
+    refresh: Annotated[bool, typer.Option(help="Regenerate every step instead of using the cache.")] = False,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Refuse to start if the uncached estimate exceeds USD.")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Where to copy the final outputs (default ./klingflow-out/NAME).")
+    ] = None,
+) -> None:
+    """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths."""
+    from klingflow.flows.pipeline import PipelineFailed, run_pipeline
+    from klingflow.spec import load_pipeline
+
+    spec = load_pipeline(file)
+    out_dir = out or Path("klingflow-out") / spec.name
+    console = Console()
+    progress = _Progress(console)
+    try:
+        result = run_pipeline(
+            spec,
+            _parse_sets(set_ or []),
+            backend=backend,
+            concurrency=concurrency,
+            refresh=refresh,
+            max_cost_usd=max_cost,
+            out_dir=out_dir,
+            progress=progress,
+        )
+    except PipelineFailed as exc:
+        _print_final(console, exc.result)
+        raise
+    _print_final(console, result)
+
+
+def _print_final(console: Console, result: Any) -> None:
+    spent = sum(r.estimated_cost_usd for r in result.records)
+    console.print(
+        f"\n[bold]{result.pipeline}[/]: {result.status}, estimated spend ${spent:.3f} (run {result.run_id})"
+    )
+    for step_id, path in result.final.items():
+        console.print(f"  {step_id}: {path.resolve()}", highlight=False)
 
 
 def main() -> None:

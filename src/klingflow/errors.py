@@ -10,6 +10,7 @@ Hierarchy::
     KlingflowError
     ├── ConfigError                  a setting or credential is missing or wrong
     ├── SpecError                    a pipeline or argument is invalid (file, step, field)
+    ├── BudgetError                  the run's estimated cost is over the limit (nothing was spent)
     ├── BackendError                 talking to fal (or the emulator) failed
     │   ├── SubmitError              the request never got a request id
     │   ├── EndpointError            fal answered with an error (status, request id)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "BackendError",
+    "BudgetError",
     "ConfigError",
     "EndpointError",
     "KlingflowError",
@@ -74,6 +76,12 @@ class SpecError(KlingflowError):
         elif problems:
             message = problems[0]
         super().__init__(message, context=context, hint=hint)
+
+
+class BudgetError(KlingflowError):
+    """The plan's uncached estimate exceeds the budget; refused before any submission."""
+
+    reference = "over-budget"
 
 
 class BackendError(KlingflowError):

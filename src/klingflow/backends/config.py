@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import sys
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
@@ -28,7 +29,7 @@ from pydantic import BaseModel, SecretStr
 
 from klingflow.errors import ConfigError
 
-__all__ = ["BackendConfig", "BackendKind", "resolve_backend"]
+__all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend"]
 
 BackendKind = Literal["fal", "emulator"]
 
@@ -50,10 +51,24 @@ class BackendConfig(BaseModel):
     @property
     def identity(self) -> str:
         """What cache keys record about the backend: emulator or the fal host, never the key."""
-        override = os.environ.get("KLINGFLOW_BACKEND_ID")
-        if override:
-            return override
-        return "emulator" if self.is_emulator else f"fal:{self.queue_host}"
+        return _identity("emulator" if self.is_emulator else f"fal:{self.queue_host}")
+
+
+def _identity(default: str) -> str:
+    return os.environ.get("KLINGFLOW_BACKEND_ID") or default
+
+
+def planned_identity(backend: BackendKind | None = None, key: str | SecretStr | None = None) -> str:
+    """The identity :func:`resolve_backend` would give, without starting anything (for plans)."""
+    if backend == "emulator" or (backend is None and not key and not _env_key()):
+        return _identity("emulator")
+    client = sys.modules.get("fal_client.client")
+    if client is not None:
+        queue_host = urlparse(client.QUEUE_URL_FORMAT).netloc
+    else:
+        run_host = os.environ.get("FAL_RUN_HOST", "fal.run")
+        queue_host = os.environ.get("FAL_QUEUE_RUN_HOST", f"queue.{run_host}")
+    return _identity("emulator" if _is_loopback(queue_host) else f"fal:{queue_host}")
 
 
 def _is_loopback(netloc: str) -> bool:

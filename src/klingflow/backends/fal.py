@@ -31,6 +31,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from klingflow.backends.config import BackendConfig
+from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.endpoints import get_endpoint, media_inputs, parse_output, validate_input
 from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
 from klingflow.store import Store, StoredFile
@@ -51,22 +52,6 @@ def fal_hosts() -> tuple[str, str]:
     from fal_client import client
 
     return urlparse(client.QUEUE_URL_FORMAT).netloc, urlparse(client.RUN_URL_FORMAT).netloc
-
-
-class RequestHandle(BaseModel):
-    """A submitted request: enough to poll, fetch or cancel it later, from any process."""
-
-    endpoint: str
-    request_id: str
-
-
-class QueueEvent(BaseModel):
-    """One status observation: queue position while queued, new log lines while running."""
-
-    request_id: str
-    status: str
-    queue_position: int | None = None
-    logs: list[dict[str, Any]] = []
 
 
 class EndpointResult(BaseModel):

@@ -15,7 +15,7 @@ kind           effect
 ``stuck``      request accepted but never leaves the queue (until cancelled or timed out)
 ``error``      request runs and ends COMPLETED with an error; its result answers 500
 ``result_404`` request completes, but its output file answers 404
-``truncated``  request completes, but its output file is served cut in half
+``truncated``  request completes, but its output file is served cut in half (once)
 =============  ====================================================================
 
 CLI form (``--faults``): ``KIND[:RATE][,KIND[:RATE]...]`` for rates, e.g. ``503:0.2,drop:0.05``;

@@ -29,6 +29,16 @@ __all__ = ["EmulatorServer", "client_environment", "read_server_file"]
 _STARTUP_TIMEOUT = 30.0
 
 
+class _PromptServer(uvicorn.Server):
+    """Exits at once when told to: fal_client keeps idle keep-alive connections open, and waiting for
+    them only delays the stop (and ends in an error line). In-flight requests are abandoned, as in a
+    crash; a client resumes them from its journal."""
+
+    def handle_exit(self, sig: int, frame: object) -> None:
+        self.force_exit = True
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+
 def _bind(host: str, port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -125,7 +135,7 @@ class EmulatorServer:
             lifespan="on",
             timeout_graceful_shutdown=2,
         )
-        self._server = uvicorn.Server(config)
+        self._server = _PromptServer(config)
         self._thread: threading.Thread | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.tunnel: ConnectTunnel | None = None
@@ -198,7 +208,7 @@ class EmulatorServer:
 
     def stop(self) -> None:
         """Stop a server started with :meth:`start_in_thread`."""
-        self._server.should_exit = True
+        self._server.force_exit = self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._cert.unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The one Prefect flow that runs any pipeline, and the Python entry points around it.
+
+``pipeline_flow`` takes JSON-friendly parameters (a pipeline file, its inputs, run options), so it
+can be deployed and started from the Prefect UI; each step becomes a task run named after its
+step id. A run with failed steps ends in the Failed state with a summary of what failed and why,
+after every independent branch has finished and been cached.
+
+With no Prefect API configured, Prefect starts its ephemeral server; klingflow then turns off the
+two server services that print tracebacks at shutdown on Prefect 3.8 (analytics and the task-run
+recorder), and only then: a user's own Prefect settings are never overridden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_SERVER_ANALYTICS_ENABLED,
+    PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
+    temporary_settings,
+)
+
+from klingflow.errors import KlingflowError
+from klingflow.runner import ProgressHook, RunResult
+from klingflow.runtime import RunOptions, arun
+from klingflow.spec import PipelineSpec
+from klingflow.tasks import run_step_as_task
+
+__all__ = ["PipelineFailed", "arun_pipeline", "pipeline_flow", "run_pipeline"]
+
+# In-process extras that are not flow parameters (a callback and objects can't go through the API).
+_local_options: ContextVar[RunOptions | None] = ContextVar("klingflow_options", default=None)
+_local_progress: ContextVar[ProgressHook | None] = ContextVar("klingflow_progress", default=None)
+_local_spec: ContextVar[PipelineSpec | None] = ContextVar("klingflow_spec", default=None)
+
+
+class PipelineFailed(KlingflowError):
+    """Some steps failed; ``result`` holds everything that did run (outputs, ledger rows)."""
+
+    reference = "pipeline-failed"
+
+    def __init__(self, result: RunResult) -> None:
+        lines = [f"{step}: {reason}" for step, reason in result.failures.items()]
+        super().__init__(
+            f"{len(result.failures)} step(s) did not complete:\n  " + "\n  ".join(lines),
+            context=f"pipeline '{result.pipeline}'",
+            hint="fix the cause and run again: completed steps are cached and not paid twice",
+        )
+        self.result = result
+
+
+@contextlib.contextmanager
+def quiet_ephemeral_server() -> Iterator[None]:
+    """Turn off the ephemeral server's noisy services, only when klingflow is the one starting it."""
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with temporary_settings(
+        updates={
+            PREFECT_SERVER_ANALYTICS_ENABLED: False,
+            PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
+        }
+    ):
+        yield
+
+
+def _run_name() -> str:
+    parameters = flow_run.parameters or {}
+    return Path(str(parameters.get("pipeline", "pipeline"))).stem
+
+
+@flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)
+async def pipeline_flow(
+    pipeline: str,
+    inputs: dict[str, Any] | None = None,
+    backend: str | None = None,
+    concurrency: int = 4,
+    refresh: bool = False,
+    max_cost_usd: float | None = None,
+    out_dir: str | None = None,
+) -> RunResult:
+    """Run a klingflow pipeline: each Kling call a cached, retried task; independent steps in parallel."""
+    base = _local_options.get() or RunOptions()
+    options = base.model_copy(
+        update={
+            "backend": backend or base.backend,
+            "concurrency": concurrency,
+            "refresh": refresh or base.refresh,
+            "max_cost_usd": max_cost_usd if max_cost_usd is not None else base.max_cost_usd,
+            "out_dir": Path(out_dir) if out_dir else base.out_dir,
+        }
+    )
+    run_id = str(flow_run.id) if flow_run.id else None
+    result = await arun(
+        _local_spec.get() or pipeline,
+        inputs,
+        options,
+        wrap=run_step_as_task,
+        progress=_local_progress.get(),
+        run_id=run_id,
+    )
+    result.flow_run_id = run_id
+    if result.failures:
+        raise PipelineFailed(result)
+    return result
+
+
+async def arun_pipeline(
+    pipeline: str | Path | PipelineSpec,
+    inputs: dict[str, Any] | None = None,
+    *,
+    options: RunOptions | None = None,
+    progress: ProgressHook | None = None,
+) -> RunResult:
+    """Run a pipeline as a Prefect flow and return its result (raises PipelineFailed with it on failure)."""
+    options = options or RunOptions()
+    spec = pipeline if isinstance(pipeline, PipelineSpec) else None
+    name = spec.source or spec.name if spec else pipeline
+    tokens = (_local_options.set(options), _local_progress.set(progress), _local_spec.set(spec))
+    try:
+        with quiet_ephemeral_server():
+            state = await pipeline_flow(
+                str(name),
+                inputs,
+                backend=options.backend,
+                concurrency=options.concurrency,
+                refresh=options.refresh,
+                max_cost_usd=options.max_cost_usd,
+                out_dir=str(options.out_dir) if options.out_dir else None,
+                return_state=True,
+            )
+    finally:
+        for var, token in zip((_local_options, _local_progress, _local_spec), tokens, strict=True):
+            var.reset(token)  # type: ignore[attr-defined]
+    value = await state.aresult(raise_on_failure=False)
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
+def run_pipeline(
+    pipeline: str | Path | PipelineSpec,
+    inputs: dict[str, Any] | None = None,
+    *,
+    backend: str | None = None,
+    concurrency: int = 4,
+    refresh: bool = False,
+    max_cost_usd: float | None = None,
+    out_dir: str | Path | None = None,
+    options: RunOptions | None = None,
+    progress: ProgressHook | None = None,
+) -> RunResult:
+    """Run a pipeline from plain Python and return its outputs and ledger.
+
+    Example::
+
+        from klingflow import run_pipeline
+
+        result = run_pipeline("deployments/pipelines/avatar.yaml", inputs={"line": "Hello!"})
+        print(result.final, result.ledger[["step_id", "status", "estimated_cost_usd"]])
+    """
+    base = options or RunOptions()
+    merged = base.model_copy(
+        update={
+            "backend": backend or base.backend,
+            "concurrency": concurrency,
+            "refresh": refresh or base.refresh,
+            "max_cost_usd": max_cost_usd if max_cost_usd is not None else base.max_cost_usd,
+            "out_dir": Path(out_dir) if out_dir else base.out_dir,
+        }
+    )
+    return asyncio.run(arun_pipeline(pipeline, inputs, options=merged, progress=progress))

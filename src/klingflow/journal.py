@@ -1,0 +1,124 @@
+"""The durable journal: what happened to each cache key, so no request is ever paid for twice.
+
+One small JSON record per cache key, under ``<home>/journal/``. A generation writes its record
+*before* it polls (``submitted`` with fal's request id), and again when its outputs are safely in
+the store (``done`` with their sha256). So:
+
+* a re-run finds ``done`` and, after verifying the stored files, uses them: a cache hit;
+* a re-run after a crash, ``kill -9`` or a retry finds ``submitted`` and polls that request id
+  instead of submitting again;
+* a record whose files are gone or corrupt is forgotten, and the step regenerates.
+
+Records are written to a temporary file and renamed, so a crash mid-write leaves the old record
+or the new one, never half of one. The journal is shared by every pipeline run as the same user,
+which makes the cache shared too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from klingflow.home import klingflow_home
+
+__all__ = ["Journal", "JournalEntry", "OutputRecord"]
+
+
+class OutputRecord(BaseModel):
+    """One stored output of a generation: enough to find and verify it in the store."""
+
+    sha256: str
+    suffix: str
+    bytes: int
+    url: str | None = None
+
+
+class JournalEntry(BaseModel):
+    """What the journal knows about one cache key."""
+
+    key: str
+    endpoint: str
+    backend: str
+    status: Literal["submitted", "done"]
+    request_id: str | None = None
+    submitted_at: datetime | None = None
+    finished_at: datetime | None = None
+    outputs: dict[str, OutputRecord] = Field(default_factory=dict)
+    values: dict[str, Any] = Field(default_factory=dict, description="Non-file outputs, e.g. duration.")
+
+
+class Journal:
+    """File-backed journal under ``root`` (default ``<klingflow home>/journal``)."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or klingflow_home() / "journal"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> JournalEntry | None:
+        """The entry for ``key``, or None (an unreadable record counts as none)."""
+        try:
+            return JournalEntry.model_validate_json(self._path(key).read_text())
+        except (FileNotFoundError, ValidationError, json.JSONDecodeError):
+            return None
+
+    def _write(self, entry: JournalEntry) -> None:
+        path = self._path(entry.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write(entry.model_dump_json(indent=1))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(name, path)
+
+    def record_submitted(self, key: str, *, endpoint: str, backend: str, request_id: str) -> JournalEntry:
+        """Remember a request id before polling it (the step that makes resume possible)."""
+        entry = JournalEntry(
+            key=key,
+            endpoint=endpoint,
+            backend=backend,
+            status="submitted",
+            request_id=request_id,
+            submitted_at=datetime.now(UTC),
+        )
+        self._write(entry)
+        return entry
+
+    def record_done(
+        self,
+        key: str,
+        *,
+        endpoint: str,
+        backend: str,
+        request_id: str | None,
+        outputs: dict[str, OutputRecord],
+        values: dict[str, Any] | None = None,
+        submitted_at: datetime | None = None,
+    ) -> JournalEntry:
+        """Remember a finished generation's stored outputs."""
+        entry = JournalEntry(
+            key=key,
+            endpoint=endpoint,
+            backend=backend,
+            status="done",
+            request_id=request_id,
+            submitted_at=submitted_at,
+            finished_at=datetime.now(UTC),
+            outputs=outputs,
+            values=values or {},
+        )
+        self._write(entry)
+        return entry
+
+    def forget(self, key: str) -> None:
+        """Drop the entry (its request failed, its files are gone, or the user asked to refresh)."""
+        self._path(key).unlink(missing_ok=True)

@@ -1,0 +1,180 @@
+"""The plan: what a run will do and what it will cost, before anything is spent.
+
+Walking the steps in order, each one is classified without submitting anything:
+
+* ``cached``: its cache key is known (every input is a literal or a cached upstream output) and
+  the journal holds verified outputs for it: it costs nothing;
+* ``resume``: a request for this key was already submitted (and paid for) by an earlier run that
+  did not finish: the run will poll it, at no new cost;
+* ``run``: it will be generated and costs its endpoint's price.
+
+A step downstream of one that will run cannot know its inputs yet, so it is planned as ``run``
+(its own arguments still give the price). Media operations are local and free. The budget check
+(``max_cost_usd``) compares the total of ``run`` steps with the limit and refuses to start.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from rich.table import Table
+
+from klingflow.endpoints import estimate_cost, estimate_seconds, validate_input
+from klingflow.errors import BudgetError
+from klingflow.operations import OPERATION_OUTPUTS, operation_key_for
+from klingflow.spec import ValidatedPipeline, merged_arguments, resolve, step_endpoint
+from klingflow.steps import StepContext, _plain, cached_files, generation_key_for
+
+__all__ = ["Plan", "PlannedStep", "check_budget", "make_plan"]
+
+_PENDING = Path("/pending")
+
+
+class PlannedStep(BaseModel):
+    """One step (or foreach item) of the plan."""
+
+    step_id: str
+    item_index: int | None = None
+    uses: str
+    kind: str = "endpoint"
+    status: str
+    estimated_cost_usd: float = 0.0
+    estimated_seconds: float | None = None
+    cache_key: str | None = None
+
+
+class Plan(BaseModel):
+    """Every planned step, and the money the run would spend."""
+
+    pipeline: str
+    steps: list[PlannedStep]
+
+    @property
+    def total_cost_usd(self) -> float:
+        """What the steps that will run are expected to cost."""
+        return round(sum(s.estimated_cost_usd for s in self.steps if s.status == "run"), 6)
+
+    def count(self, status: str, kind: str = "endpoint") -> int:
+        """How many planned generations (or operations) have this status."""
+        return sum(1 for s in self.steps if s.status == status and s.kind == kind)
+
+    def table(self) -> Table:
+        """A rich table for the CLI."""
+        table = Table(title=f"plan: {self.pipeline}")
+        for column in ("step", "uses", "status", "est. cost", "seconds"):
+            table.add_column(column, justify="right" if column in ("est. cost", "seconds") else "left")
+        for step in self.steps:
+            name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
+            seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
+            table.add_row(name, step.uses, step.status, f"${step.estimated_cost_usd:.3f}", seconds)
+        operations = sum(1 for s in self.steps if s.kind == "operation")
+        table.caption = (
+            f"to spend: ${self.total_cost_usd:.3f} ({self.count('run')} generations to run, "
+            f"{self.count('cached')} cached, {self.count('resume')} to resume; "
+            f"{operations} local operations, free)"
+        )
+        return table
+
+
+def _placeholder_outputs(kind: str) -> dict[str, Any]:
+    return (
+        {
+            "video": _PENDING / "video.mp4",
+            "audio": _PENDING / "audio.mp3",
+            "image": _PENDING / "image.png",
+            "duration": None,
+        }
+        if kind
+        else {}
+    )
+
+
+def _plan_one(
+    pipeline: ValidatedPipeline,
+    ctx: StepContext,
+    step_id: str,
+    arguments: dict[str, Any],
+    known: bool,
+    item_index: int | None,
+) -> tuple[PlannedStep, dict[str, Any] | None]:
+    step = next(s for s in pipeline.spec.steps if s.id == step_id)
+    endpoint = step_endpoint(pipeline.spec, step)
+    body = _plain(arguments)
+    planned = PlannedStep(
+        step_id=step_id,
+        item_index=item_index,
+        uses=step.uses,
+        status="run",
+        kind="endpoint" if endpoint else "operation",
+    )
+    if endpoint is None:
+        key = operation_key_for(ctx, step.uses, arguments) if known else None
+        kind = OPERATION_OUTPUTS[step.uses][0]
+    else:
+        model = validate_input(endpoint.id, body)
+        key = generation_key_for(ctx, endpoint.id, body)[1] if known else None
+        audio = arguments.get("audio_url")
+        seconds = None
+        if isinstance(audio, Path) and audio.is_file():
+            from klingflow.media import probe
+
+            seconds = probe(audio).duration
+        planned.estimated_seconds = estimate_seconds(endpoint.id, model) or seconds
+        planned.estimated_cost_usd = estimate_cost(
+            endpoint.id, model, output_seconds=seconds, prices=ctx.prices
+        )
+        kind = next(iter(endpoint.produces.values()))
+    planned.cache_key = key
+    entry = ctx.journal.get(key) if key and step.cache and not (step.refresh or ctx.refresh) else None
+    files = cached_files(ctx, entry)
+    if files is not None and entry is not None:
+        planned.status, planned.estimated_cost_usd = "cached", 0.0
+        outputs: dict[str, Any] = {kind: next(iter(files.values())).path}
+        outputs["duration"] = entry.values.get("duration")
+        return planned, outputs
+    if entry is not None and entry.status == "submitted":
+        planned.status, planned.estimated_cost_usd = "resume", 0.0
+    return planned, None
+
+
+def make_plan(pipeline: ValidatedPipeline, ctx: StepContext) -> Plan:
+    """Plan every step of a checked pipeline (no network, no submissions)."""
+    outputs: dict[str, dict[str, Any]] = {}
+    known: set[str] = set()
+    planned: list[PlannedStep] = []
+    for step in (next(s for s in pipeline.spec.steps if s.id == sid) for sid in pipeline.order):
+        ready = pipeline.dependencies[step.id] <= known
+        raw = merged_arguments(pipeline.spec, step)
+        context = {"inputs": pipeline.inputs, "outputs": outputs}
+        items = [None] if step.foreach is None else list(resolve(step.foreach, **context))
+        results = []
+        for index, item in enumerate(items):
+            arguments = resolve(raw, **context, item=item) if step.foreach else resolve(raw, **context)
+            results.append(
+                _plan_one(pipeline, ctx, step.id, arguments, ready, None if step.foreach is None else index)
+            )
+        planned.extend(p for p, _ in results)
+        found = [o for _, o in results]
+        if all(o is not None for o in found):
+            known.add(step.id)
+        placeholder = _placeholder_outputs(step.uses)
+        chosen = [o if o is not None else placeholder for o in found]
+        outputs[step.id] = (
+            chosen[0]
+            if step.foreach is None
+            else {name: [o.get(name) for o in chosen] for name in placeholder}
+        )
+    return Plan(pipeline=pipeline.spec.name, steps=planned)
+
+
+def check_budget(plan: Plan, max_cost_usd: float | None) -> None:
+    """Refuse to start (BudgetError) when the uncached estimate exceeds ``max_cost_usd``."""
+    if max_cost_usd is not None and plan.total_cost_usd > max_cost_usd:
+        raise BudgetError(
+            f"this run would spend an estimated ${plan.total_cost_usd:.3f}, "
+            f"over the limit of ${max_cost_usd:.3f}",
+            context=f"pipeline '{plan.pipeline}'",
+            hint="raise --max-cost (or max_cost_usd in the pipeline); `klingflow plan` shows each step",
+        )

@@ -1,0 +1,243 @@
+"""Running a checked pipeline: every step as soon as its references are ready, failures contained.
+
+This is the orchestration core, free of Prefect: each step is an asyncio task that waits for the
+steps it refers to, resolves its arguments, and runs (a generation through :mod:`klingflow.steps`,
+or a media operation through :mod:`klingflow.operations`). A failed step fails only its
+dependants, which are recorded as skipped; independent branches finish and are cached. A foreach
+step runs its items side by side and exposes its outputs as lists.
+
+The Prefect layer passes a ``wrap`` hook that runs each step inside a Prefect task named after it;
+a plain Python call passes none and gets exactly the same caching, resume and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import BaseModel, ConfigDict
+
+from klingflow.ledger import to_frame
+from klingflow.operations import run_operation
+from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
+from klingflow.steps import Logger, StepContext, StepFailed, StepRecord, run_generation
+
+__all__ = ["RunResult", "StepCall", "StepWrapper", "execute"]
+
+StepCall = Callable[[Logger], Awaitable[StepRecord]]
+StepWrapper = Callable[[str, StepCall], Awaitable[StepRecord]]
+logger = logging.getLogger(__name__)
+ProgressHook = Callable[[str, StepRecord | None], None]
+"""Called with (step name, None) when a step starts and (step name, its record) when it ends."""
+
+
+class RunResult(BaseModel):
+    """What a run produced: outputs per step, one record per execution, and what failed."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    run_id: str
+    pipeline: str
+    status: str
+    outputs: dict[str, dict[str, Any]]
+    records: list[StepRecord]
+    failures: dict[str, str]
+    final: dict[str, Path]
+    flow_run_id: str | None = None
+
+    @property
+    def ledger(self) -> pd.DataFrame:
+        """The run's ledger rows as a typed DataFrame (see :mod:`klingflow.ledger`)."""
+        return to_frame(
+            {
+                **r.model_dump(exclude={"outputs"}),
+                "run_id": self.run_id,
+                "pipeline": self.pipeline,
+                "flow_run_id": self.flow_run_id,
+            }
+            for r in self.records
+        )
+
+
+async def _direct(_: str, call: StepCall) -> StepRecord:
+    return await call(print)
+
+
+def _labels(raw: Any, resolved: Any) -> list[str]:
+    """Step ids for each clip of a list argument (contact sheets show where each clip came from)."""
+    labels: list[str] = []
+    for entry, value in zip(
+        raw if isinstance(raw, list) else [raw],
+        resolved if isinstance(resolved, list) else [resolved],
+        strict=False,
+    ):
+        refs = [r for r in find_references(entry) if r.kind == "step"]
+        name = refs[0].step_id if refs else str(entry)
+        labels.extend([f"{name}[{i}]" for i in range(len(value))] if isinstance(value, list) else [name])
+    return labels
+
+
+class _Run:
+    def __init__(
+        self, pipeline: ValidatedPipeline, ctx: StepContext, wrap: StepWrapper, progress: ProgressHook | None
+    ) -> None:
+        self.pipeline, self.ctx, self.wrap, self.progress = pipeline, ctx, wrap, progress
+        self.outputs: dict[str, dict[str, Any]] = {}
+        self.records: list[StepRecord] = []
+        self.failures: dict[str, str] = {}
+        self.done: dict[str, asyncio.Event] = {step: asyncio.Event() for step in pipeline.order}
+        self.steps = {step.id: step for step in pipeline.spec.steps}
+
+    def _record(self, record: StepRecord) -> None:
+        self.records.append(record)
+        if self.progress is not None:
+            name = record.step_id if record.item_index is None else f"{record.step_id}[{record.item_index}]"
+            self.progress(name, record)
+
+    async def _one(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
+        step = self.steps[step_id]
+        endpoint = step_endpoint(self.pipeline.spec, step)
+
+        async def call(log: Logger) -> StepRecord:
+            def forward(event: Any) -> None:
+                if event.status == "IN_QUEUE":
+                    log(f"{step_id}: in queue, position {event.queue_position}")
+                for line in event.logs:
+                    log(f"{step_id}: {line.get('message', '')}")
+
+            if endpoint is not None:
+                return await run_generation(
+                    self.ctx,
+                    step_id=step_id,
+                    endpoint=endpoint.id,
+                    arguments=arguments,
+                    item_index=item_index,
+                    retries=step.retries,
+                    timeout=step.timeout,
+                    use_cache=step.cache,
+                    refresh=step.refresh,
+                    on_event=forward,
+                    log=log,
+                )
+            return await run_operation(
+                self.ctx,
+                step_id=step_id,
+                operation=step.uses,
+                arguments=arguments,
+                labels=_labels(step.with_.get("inputs"), arguments.get("inputs")),
+                item_index=item_index,
+                use_cache=step.cache,
+                refresh=step.refresh,
+                log=log,
+            )
+
+        name = step_id if item_index is None else f"{step_id}[{item_index}]"
+        if self.progress is not None:
+            self.progress(name, None)
+        return await self.wrap(name, call)
+
+    async def _step(self, step_id: str) -> None:
+        step = self.steps[step_id]
+        for dependency in self.pipeline.dependencies[step_id]:
+            await self.done[dependency].wait()
+        blocked = sorted(d for d in self.pipeline.dependencies[step_id] if d in self.failures)
+        try:
+            if blocked:
+                self.failures[step_id] = f"skipped: depends on failed step(s) {', '.join(blocked)}"
+                self._record(
+                    StepRecord(
+                        step_id=step_id,
+                        kind=self.pipeline.kind(step_id),
+                        endpoint=step.uses,
+                        backend="",
+                        status="skipped",
+                        error=self.failures[step_id],
+                    )
+                )
+                return
+            raw = merged_arguments(self.pipeline.spec, step)
+            context = {"inputs": self.pipeline.inputs, "outputs": self.outputs}
+            if step.foreach is None:
+                records = [await self._guarded(step_id, resolve(raw, **context), None)]
+            else:
+                items = resolve(step.foreach, **context)
+                records = list(
+                    await asyncio.gather(
+                        *(
+                            self._guarded(step_id, resolve(raw, **context, item=item), index)
+                            for index, item in enumerate(items)
+                        )
+                    )
+                )
+            failed = [r for r in records if r.status == "failed"]
+            if failed:
+                self.failures[step_id] = "; ".join(r.error or "failed" for r in failed)
+            elif step.foreach is None:
+                self.outputs[step_id] = records[0].outputs
+            else:
+                names = {name for r in records for name in r.outputs}
+                self.outputs[step_id] = {name: [r.outputs.get(name) for r in records] for name in names}
+        finally:
+            self.done[step_id].set()
+
+    async def _guarded(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
+        try:
+            record = await self._one(step_id, arguments, item_index)
+        except StepFailed as exc:
+            record = exc.record
+        except Exception as exc:  # a bug must not lose the other branches' work: record it, keep going
+            logger.exception("step %s crashed", step_id)
+            step = self.steps[step_id]
+            record = StepRecord(
+                step_id=step_id,
+                item_index=item_index,
+                kind=self.pipeline.kind(step_id),
+                endpoint=step.uses,
+                backend="",
+                status="failed",
+                error=f"internal error: {type(exc).__name__}: {exc}",
+            )
+        self._record(record)
+        return record
+
+
+async def execute(
+    pipeline: ValidatedPipeline,
+    ctx: StepContext,
+    *,
+    wrap: StepWrapper | None = None,
+    progress: ProgressHook | None = None,
+    run_id: str | None = None,
+) -> RunResult:
+    """Run every step of a checked pipeline and return what it produced."""
+    run = _Run(pipeline, ctx, wrap or _direct, progress)
+    started = datetime.now(UTC)
+    await asyncio.gather(*(run._step(step_id) for step_id in pipeline.order))
+    dependants = {d for deps in pipeline.dependencies.values() for d in deps}
+    final: dict[str, Path] = {}
+    for step_id in (s for s in pipeline.order if s not in dependants):
+        out = run.outputs.get(step_id, {})
+        for kind in ("video", "audio", "image"):
+            value = out.get(kind)
+            if isinstance(value, Path):
+                final[step_id] = value
+            elif isinstance(value, list):
+                final.update({f"{step_id}-{i}": v for i, v in enumerate(value) if isinstance(v, Path)})
+    run.records.sort(key=lambda r: (pipeline.order.index(r.step_id), r.item_index or 0))
+    for record in run.records:
+        record.started_at = record.started_at or started
+    return RunResult(
+        run_id=run_id or uuid.uuid4().hex[:12],
+        pipeline=pipeline.spec.name,
+        status="failed" if run.failures else "completed",
+        outputs=run.outputs,
+        records=run.records,
+        failures=run.failures,
+        final=final,
+    )

@@ -1,0 +1,103 @@
+"""The declarative pipeline: read it, check all of it before anything is paid for, and derive its DAG.
+
+A pipeline is short YAML (or the same data built in Python)::
+
+    name: story
+    inputs:
+      subject: {type: string, default: "a lighthouse keeper"}
+      shots: {type: list, default: ["dawn over the sea", "a storm rolls in"]}
+    defaults:
+      text-to-video: {negative_prompt: "blur, distort, and low quality"}
+    steps:
+      - id: opening
+        uses: text-to-video
+        with: {prompt: "Wide shot of ${inputs.subject}", duration: 5}
+      - id: shots
+        uses: text-to-video
+        foreach: ${inputs.shots}
+        with: {prompt: "${inputs.subject}: ${item}"}
+      - id: final_cut
+        uses: concat
+        with: {inputs: ["${steps.opening.video}", "${steps.shots.video}"]}
+
+``uses`` names a Kling endpoint (``text-to-video``, ``image-to-video``, ``effects``, ``ai-avatar``,
+``tts``, or a fal id) or a media operation (:data:`OPERATIONS`: ``concat``, ``last_frame``,
+``mux_audio``, ``contact_sheet``). ``defaults`` gives arguments per endpoint under every step's ``with``.
+
+References. ``${inputs.NAME}``, ``${steps.ID.OUTPUT}`` (``video``, ``image``, ``audio`` and, for
+video or audio, ``duration``) and ``${item}`` (inside a ``foreach`` step). A string that is exactly
+one reference is replaced by the value itself; references inside longer text are interpolated, which
+media cannot be. A foreach step's outputs are lists, spliced into lists where they appear. The DAG comes
+from these references alone. Inside ``{ }`` or ``[ ]`` YAML needs references quoted:
+``{video: "${steps.opening.video}"}``.
+
+Local media paths are relative to the pipeline file's folder; http(s) and ``data:`` URLs are fine too.
+
+Example::
+
+    from klingflow.spec import check, load_pipeline
+
+    validated = check(load_pipeline("story.yaml"), {"subject": "a fox"})
+    for step_id in validated.order:
+        ...
+"""
+
+from __future__ import annotations
+
+from klingflow.spec._arguments import (
+    ValueKind,
+    is_url,
+    local_path,
+    merged_arguments,
+    step_endpoint,
+)
+from klingflow.spec._check import check
+from klingflow.spec._graph import ValidatedPipeline
+from klingflow.spec._models import (
+    InputSpec,
+    InputType,
+    PipelineSpec,
+    StepSpec,
+    load_pipeline,
+    parse_pipeline,
+)
+from klingflow.spec._operations import (
+    OPERATIONS,
+    ConcatSpec,
+    ContactSheetSpec,
+    LastFrameSpec,
+    MuxAudioSpec,
+    OperationInfo,
+    TargetSpec,
+    TransitionSpec,
+)
+from klingflow.spec._references import NO_ITEM, Reference, find_references, parse_reference, resolve
+
+__all__ = [
+    "NO_ITEM",
+    "OPERATIONS",
+    "ConcatSpec",
+    "ContactSheetSpec",
+    "InputSpec",
+    "InputType",
+    "LastFrameSpec",
+    "MuxAudioSpec",
+    "OperationInfo",
+    "PipelineSpec",
+    "Reference",
+    "StepSpec",
+    "TargetSpec",
+    "TransitionSpec",
+    "ValidatedPipeline",
+    "ValueKind",
+    "check",
+    "find_references",
+    "is_url",
+    "load_pipeline",
+    "local_path",
+    "merged_arguments",
+    "parse_pipeline",
+    "parse_reference",
+    "resolve",
+    "step_endpoint",
+]

@@ -1,0 +1,208 @@
+"""Running pipelines against the real emulator: caching, resume, retries, concurrency, budget, ledger."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from klingflow.errors import BudgetError
+from klingflow.journal import Journal
+from klingflow.runtime import RunOptions, arun, plan_pipeline
+from klingflow.spec import parse_pipeline
+from klingflow.steps import RetryPolicy
+from klingflow.store import Store
+
+T2V = "fal-ai/kling-video/v1/standard/text-to-video"
+TTS = "fal-ai/kling-video/v1/tts"
+
+
+@pytest.fixture
+def options(emulator, tmp_path: Path) -> RunOptions:
+    """Run options with a private cache (store + journal) and the session emulator as backend."""
+    return RunOptions(
+        backend="fal",
+        key=emulator.key,
+        store=Store(tmp_path / "store"),
+        journal=Journal(tmp_path / "journal"),
+        retry=RetryPolicy(retries=4, base_delay=0.05),
+    )
+
+
+def fan_out(prompts: list[str], *, tts: bool = True) -> dict:
+    steps = [
+        {
+            "id": "shots",
+            "uses": "text-to-video",
+            "foreach": "${inputs.prompts}",
+            "with": {"prompt": "${item}"},
+        }
+    ]
+    if tts:
+        steps.append({"id": "voice", "uses": "tts", "with": {"text": "${inputs.line}"}})
+    return {
+        "name": "fan_out",
+        "inputs": {
+            "prompts": {"type": "list", "default": prompts},
+            "line": {"type": "string", "default": "A line of narration."},
+        },
+        "steps": steps,
+    }
+
+
+async def test_fan_out_then_full_cache_hit(options: RunOptions, emulator) -> None:
+    spec = parse_pipeline(fan_out(["one", "two", "three"]))
+    first = await arun(spec, None, options)
+    assert first.status == "completed"
+    assert [r.status for r in first.records] == ["completed"] * 4
+    assert len(first.outputs["shots"]["video"]) == 3
+    assert emulator.stats()["submits"] == {T2V: 3, TTS: 1}
+    emulator.reset()
+    second = await arun(spec, None, options)
+    assert [r.status for r in second.records] == ["cached"] * 4
+    assert emulator.stats()["total_submits"] == 0, "a fully cached re-run submits nothing"
+    assert second.outputs["shots"]["video"] == first.outputs["shots"]["video"]
+    ledger = second.ledger
+    assert list(ledger["status"]) == ["cached"] * 4
+    assert ledger["estimated_cost_usd"].sum() == 0
+    assert str(ledger["finished_at"].dtype) == "datetime64[us, UTC]"
+
+
+async def test_edit_reruns_only_the_changed_step_and_its_dependants(options: RunOptions, emulator) -> None:
+    data = {
+        "name": "chain",
+        "steps": [
+            {"id": "voice", "uses": "tts", "with": {"text": "First line."}},
+            {"id": "other", "uses": "tts", "with": {"text": "Independent line."}},
+            {"id": "face", "uses": "text-to-video", "with": {"prompt": "a portrait", "aspect_ratio": "9:16"}},
+            {"id": "still", "uses": "last_frame", "with": {"video": "${steps.face.video}"}},
+            {
+                "id": "talk",
+                "uses": "ai-avatar",
+                "with": {"image_url": "${steps.still.image}", "audio_url": "${steps.voice.audio}"},
+            },
+        ],
+    }
+    await arun(parse_pipeline(data), None, options)
+    emulator.reset()
+    data["steps"][0]["with"]["text"] = "An edited first line."
+    edited = await arun(parse_pipeline(data), None, options)
+    statuses = {r.step_id: r.status for r in edited.records}
+    assert statuses == {
+        "voice": "completed",
+        "other": "cached",
+        "face": "cached",
+        "still": "cached",
+        "talk": "completed",
+    }
+    assert emulator.stats()["submits"] == {TTS: 1, "fal-ai/kling-video/v1/standard/ai-avatar": 1}
+
+
+async def test_corrupt_or_missing_cache_file_is_regenerated(options: RunOptions, emulator) -> None:
+    spec = parse_pipeline(fan_out(["corrupt me", "delete me"], tts=False))
+    first = await arun(spec, None, options)
+    corrupt, missing = first.outputs["shots"]["video"]
+    corrupt.write_bytes(corrupt.read_bytes()[:-10] + b"0123456789")
+    missing.unlink()
+    emulator.reset()
+    second = await arun(spec, None, options)
+    assert [r.status for r in second.records] == ["completed", "completed"]
+    assert emulator.stats()["submits"] == {T2V: 2}
+    assert all(options.store.verify(s) for s in [options.store.find(r.sha256) for r in second.records])
+
+
+async def test_refresh_regenerates(options: RunOptions, emulator) -> None:
+    spec = parse_pipeline(fan_out(["again"], tts=False))
+    await arun(spec, None, options)
+    emulator.reset()
+    again = await arun(spec, None, options.model_copy(update={"refresh": True}))
+    assert [r.status for r in again.records] == ["completed"]
+    assert emulator.stats()["submits"] == {T2V: 1}
+
+
+async def test_concurrency_cap_holds(options: RunOptions, emulator) -> None:
+    spec = parse_pipeline(fan_out([f"capped shot {i}" for i in range(6)], tts=False))
+    result = await arun(spec, None, options.model_copy(update={"concurrency": 2}))
+    assert result.status == "completed"
+    stats = emulator.stats()
+    assert stats["submits"] == {T2V: 6}
+    assert stats["max_open"] == 2, "never more than 2 requests in flight"
+
+
+async def test_transient_faults_are_recovered(options: RunOptions, emulator) -> None:
+    emulator.faults(script=["503", "500", "error", "truncated"])
+    result = await arun(parse_pipeline(fan_out(["recovering"], tts=False)), None, options)
+    assert result.status == "completed"
+    record = result.records[0]
+    assert record.attempts == 5
+    assert emulator.stats()["faults_injected"] == {"503": 1, "500": 1, "error": 1, "truncated": 1}
+
+
+async def test_permanent_fault_fails_at_once_and_spares_independent_branches(options, emulator) -> None:
+    data = {
+        "name": "partial",
+        "steps": [
+            {"id": "bad", "uses": "text-to-video", "with": {"prompt": "file vanishes"}},
+            {"id": "after_bad", "uses": "last_frame", "with": {"video": "${steps.bad.video}"}},
+            {"id": "good", "uses": "tts", "with": {"text": "I still finish."}},
+        ],
+    }
+    emulator.faults(script=["result_404"])
+    result = await arun(parse_pipeline(data), None, options)
+    statuses = {r.step_id: r.status for r in result.records}
+    assert statuses == {"bad": "failed", "after_bad": "skipped", "good": "completed"}
+    bad = next(r for r in result.records if r.step_id == "bad")
+    assert bad.attempts == 1 and "404" in bad.error
+    assert "bad" in result.failures["after_bad"]
+    assert emulator.stats()["submits"] == {T2V: 1, TTS: 1}
+    emulator.reset()
+    rerun = await arun(parse_pipeline(data), None, options)
+    assert {r.step_id: r.status for r in rerun.records} == {
+        "bad": "completed",
+        "after_bad": "completed",
+        "good": "cached",
+    }
+
+
+async def test_step_timeout_cancels_the_request(options: RunOptions, emulator) -> None:
+    data = {
+        "name": "slow",
+        "steps": [{"id": "stuck", "uses": "tts", "timeout": 0.5, "with": {"text": "stuck"}}],
+    }
+    emulator.faults(script=["stuck"])
+    result = await arun(parse_pipeline(data), None, options)
+    assert result.records[0].status == "failed" and "0.5 s" in result.records[0].error
+    assert emulator.stats()["cancels"] == 1
+
+
+async def test_budget_refuses_before_any_submit(options: RunOptions, emulator) -> None:
+    spec = parse_pipeline(fan_out(["a", "b", "c"]))
+    plan = plan_pipeline(spec, None, options)
+    assert plan.total_cost_usd == pytest.approx(3 * 0.225 + 0.007)
+    with pytest.raises(BudgetError) as info:
+        await arun(spec, None, options.model_copy(update={"max_cost_usd": 0.5}))
+    assert "0.682" in str(info.value) and "0.500" in str(info.value)
+    assert emulator.stats()["total_submits"] == 0
+
+
+async def test_plan_shows_cached_steps_after_a_run(options: RunOptions) -> None:
+    spec = parse_pipeline(fan_out(["planned"]))
+    await arun(spec, None, options)
+    plan = plan_pipeline(spec, None, options)
+    assert [s.status for s in plan.steps] == ["cached", "cached"]
+    assert plan.total_cost_usd == 0
+
+
+async def test_resume_polls_the_journaled_request(options: RunOptions, emulator) -> None:
+    """A run that dies after submitting leaves the request id in the journal; the next run polls it."""
+    spec = parse_pipeline(fan_out(["resume me"], tts=False))
+    run = asyncio.create_task(arun(spec, None, options))
+    while not list(options.journal.root.rglob("*.json")):
+        await asyncio.sleep(0.02)
+    run.cancel()  # the process "dies" with the request in flight
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    resumed = await arun(spec, None, options)
+    assert resumed.records[0].status == "completed"
+    assert emulator.stats()["submits"] == {T2V: 1}, "resumed, not submitted again"
