@@ -34,7 +34,15 @@ if TYPE_CHECKING:
 
 from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.cache import canonical_json, generation_key, media_digest
-from klingflow.endpoints import canonical_arguments, estimate_cost, get_endpoint, media_inputs, validate_input
+from klingflow.endpoints import (
+    canonical_arguments,
+    estimate_cost,
+    get_endpoint,
+    is_url,
+    media_inputs,
+    set_media_input,
+    validate_input,
+)
 from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
 from klingflow.journal import Journal, JournalEntry, OutputRecord
 from klingflow.media import probe
@@ -48,7 +56,6 @@ __all__ = [
     "cached_files",
     "generation_key_for",
     "run_generation",
-    "set_path",
 ]
 
 Logger = Callable[[str], None]
@@ -142,16 +149,6 @@ class StepContext:
         return self._limiter
 
 
-def set_path(document: Any, path: str, value: Any) -> None:
-    """Set ``value`` at an endpoint field path such as ``dynamic_masks[0].mask_url``."""
-    import re
-
-    keys: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-    for key in keys[:-1]:
-        document = document[key]
-    document[keys[-1]] = value
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
@@ -160,10 +157,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return value
-
-
-def _is_local(value: str) -> bool:
-    return not value.startswith(("http://", "https://", "data:"))
 
 
 def _shown_arguments(body: dict[str, Any]) -> str:
@@ -233,8 +226,8 @@ def generation_key_for(ctx: StepContext, endpoint_id: str, body: dict[str, Any])
     model = validate_input(endpoint_id, body)
     keyed = canonical_arguments(model)
     for path, value, _kind in media_inputs(endpoint_id, model):
-        local = ctx.base_dir / value if ctx.base_dir and _is_local(value) else Path(value)
-        set_path(keyed, path, media_digest(local if _is_local(value) else value, ctx.store))
+        local = ctx.base_dir / value if ctx.base_dir and not is_url(value) else Path(value)
+        set_media_input(keyed, path, media_digest(value if is_url(value) else local, ctx.store))
     return model, generation_key(endpoint_id, keyed, ctx.backend_identity)
 
 

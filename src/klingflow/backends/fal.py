@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import mimetypes
-import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,7 +31,14 @@ from pydantic import BaseModel, ConfigDict
 
 from klingflow.backends.config import BackendConfig
 from klingflow.backends.handles import QueueEvent, RequestHandle
-from klingflow.endpoints import get_endpoint, media_inputs, parse_output, validate_input
+from klingflow.endpoints import (
+    get_endpoint,
+    is_url,
+    media_inputs,
+    parse_output,
+    set_media_input,
+    validate_input,
+)
 from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
 from klingflow.store import Store, StoredFile
 
@@ -127,18 +133,6 @@ def _translated(endpoint: str, request_id: str | None, error: type[BackendError]
         ) from exc
 
 
-def _set_path(document: Any, path: str, value: str) -> None:
-    """Set ``value`` at a media_inputs path such as ``dynamic_masks[0].mask_url``."""
-    keys: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-    for key in keys[:-1]:
-        document = document[key]
-    document[keys[-1]] = value
-
-
-def _is_remote(url: str) -> bool:
-    return url.startswith(("http://", "https://", "data:"))
-
-
 class FalBackend:
     """Calls Kling endpoints through fal_client with one resolved :class:`BackendConfig`."""
 
@@ -193,14 +187,14 @@ class FalBackend:
         model = validate_input(info.id, arguments)
         body = model.model_dump(mode="json", exclude_none=True)
         for path, value, _kind in media_inputs(info.id, model):
-            if _is_remote(value):
+            if is_url(value):
                 continue
             local = Path(value) if base_dir is None else base_dir / value
             if not local.is_file():
                 raise BackendError(
                     f"media input {path} is neither a URL nor an existing file: {value}", endpoint=info.id
                 )
-            _set_path(body, path, await self.upload(local))
+            set_media_input(body, path, await self.upload(local))
         return body
 
     async def submit(self, endpoint: str, body: dict[str, Any]) -> RequestHandle:

@@ -19,8 +19,6 @@ import hashlib
 import mimetypes
 import re
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -152,17 +150,9 @@ def _result_response(req: EmulatedRequest) -> Response:
 
 
 def create_app(state: EmulatorState) -> FastAPI:
-    """Build the FastAPI app over ``state`` (the queue workers start with the app)."""
+    """Build the FastAPI app over ``state`` (whoever serves it starts and stops ``state.queue``)."""
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        state.queue.start()
-        yield
-        await state.queue.stop()
-
-    app = FastAPI(
-        title="klingflow fal emulator", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
-    )
+    app = FastAPI(title="klingflow fal emulator", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.emulator = state
 
     def authorised(request: Request) -> bool:

@@ -132,7 +132,7 @@ class EmulatorServer:
             ssl_keyfile=str(self._cert),
             log_level="warning",
             access_log=False,
-            lifespan="on",
+            lifespan="off",
             timeout_graceful_shutdown=2,
         )
         self._server = _PromptServer(config)
@@ -167,9 +167,11 @@ class EmulatorServer:
                 {name: ("127.0.0.1", ports[kind]) for name, kind in tunnel_routes.items()}
             )
             await self.tunnel.start()
+        self.state.queue.start()
         try:
             await self._server.serve(sockets=[self._queue_sock, self._run_sock])
         finally:
+            await self.state.queue.stop()
             if self.tunnel is not None:
                 await self.tunnel.stop()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -34,8 +35,10 @@ __all__ = [
     "estimate_cost",
     "estimate_seconds",
     "get_endpoint",
+    "is_url",
     "media_inputs",
     "parse_output",
+    "set_media_input",
     "unit_price",
     "validate_input",
 ]
@@ -285,3 +288,16 @@ def estimate_cost(
     if seconds is None:
         seconds = assumed_seconds if output_seconds is None else output_seconds
     return round(price * seconds, 6)
+
+
+def is_url(value: str) -> bool:
+    """Whether a media value is fetched by fal itself (http, https or a data: URI), not a local file."""
+    return value.startswith(("http://", "https://", "data:"))
+
+
+def set_media_input(document: Any, path: str, value: Any) -> None:
+    """Set ``value`` at a :func:`media_inputs` path such as ``dynamic_masks[0].mask_url`` in a JSON body."""
+    keys: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+    for key in keys[:-1]:
+        document = document[key]
+    document[keys[-1]] = value

@@ -151,18 +151,20 @@ class ConcatPlan:
 
 
 def _first_difference(first: VideoFacts, other: VideoFacts) -> str:
-    for name, mine, theirs in zip(_COPY_KEY_FIELDS, first.copy_key, other.copy_key, strict=True):
-        if mine != theirs:
-            return name if isinstance(mine, bytes) else f"{name} ({theirs} vs {mine})"
-    return "nothing"
+    """Name the first copy-key property in which two clips differ (with both values, when short)."""
+    return next(
+        name if isinstance(mine, bytes) else f"{name} ({theirs} vs {mine})"
+        for name, mine, theirs in zip(_COPY_KEY_FIELDS, first.copy_key, other.copy_key, strict=True)
+        if mine != theirs
+    )
 
 
 def _copy_refusal(
-    clips: tuple[VideoFacts, ...], size: tuple[int, int], rate: Fraction, transition: Transition | None
+    clips: tuple[VideoFacts, ...], size: tuple[int, int], rate: Fraction, *, crossfade: bool
 ) -> str | None:
     """Why the packets cannot simply be joined, or None when the probes prove they can."""
     first = clips[0]
-    if transition is not None:
+    if crossfade:
         return "a crossfade needs the frames re-encoded"
     if (first.codec, first.pixel_format) != ("h264", "yuv420p"):
         return f"clip 1 ({first.path}) is {first.codec} {first.pixel_format}, the output is h264 yuv420p"
@@ -199,7 +201,7 @@ def plan_concat(
                 context=where(context, clips[shortest].path),
                 hint="use a transition shorter than the shortest clip",
             )
-    refusal = _copy_refusal(clips, size, rate, transition if overlap else None)
+    refusal = _copy_refusal(clips, size, rate, crossfade=overlap > 0)
     if refusal is None:
         reason = (
             f"all {len(clips)} clips share codec, profile, size, pixel format, aspect, frame rate, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from klingflow.endpoints import ENDPOINTS, EndpointInfo
+from klingflow.endpoints import ENDPOINTS, EndpointInfo, is_url
 from klingflow.spec._models import PipelineSpec, StepSpec
 from klingflow.spec._operations import OPERATIONS, OperationInfo
 from klingflow.spec._problems import DocPath
@@ -111,11 +111,6 @@ def placeholder(kind: ValueKind | None) -> Any:
     if kind in _EXTENSIONS:
         return f"https://klingflow.invalid/ref.{_EXTENSIONS[kind]}"
     return "placeholder"
-
-
-def is_url(value: str) -> bool:
-    """Whether a media value is a URL fal can fetch (http, https or a data: URL)."""
-    return value.startswith(("http://", "https://", "data:"))
 
 
 def local_path(spec: PipelineSpec, value: str) -> Path | None:

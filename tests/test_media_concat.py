@@ -1,0 +1,325 @@
+"""concat() on real clips: Kling-like emulator renders and short lavfi test sources.
+
+Every test asserts probed or decoded properties of the output (packets, frames, samples), not
+just that a file appeared.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from klingflow.emulator.render import placeholder_image, render_ai_avatar, render_text_to_video, render_tts
+from klingflow.errors import MediaError
+from klingflow.media import ConcatResult, ConcatTarget, Transition, concat, probe, run_ffmpeg
+
+FRAME = 1 / 30
+
+
+def _video_packets(path: Path) -> list[bytes]:
+    """Every video packet's payload, in file order."""
+    with av.open(str(path)) as container:
+        return [bytes(packet) for packet in container.demux(container.streams.video[0]) if packet.size]
+
+
+def _samples(path: Path) -> tuple[np.ndarray, int]:
+    """All decoded audio as float (channels, samples), and the sample rate."""
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        chunks = [frame.to_ndarray() for frame in container.decode(stream)]
+        return np.concatenate(chunks, axis=1), stream.codec_context.sample_rate
+
+
+def _rms(samples: np.ndarray, rate: int, start: float, end: float) -> float:
+    window = samples[:, int(start * rate) : int(end * rate)]
+    return float(np.sqrt(np.mean(window.astype(np.float64) ** 2)))
+
+
+def _frame(path: Path, index: int) -> np.ndarray:
+    """Decoded frame ``index`` as RGB."""
+    with av.open(str(path)) as container:
+        for number, frame in enumerate(container.decode(video=0)):
+            if number == index:
+                return frame.to_ndarray(format="rgb24")
+    raise AssertionError(f"{path} has no frame {index}")
+
+
+def _lavfi(
+    out: Path,
+    *,
+    size: str = "320x180",
+    rate: int = 30,
+    seconds: float = 2,
+    colour: str = "red",
+    tone: int | None = None,
+    sample_rate: int = 48_000,
+    channels: int = 2,
+) -> Path:
+    """A solid-colour H.264 clip, with an AAC sine tone when ``tone`` is given."""
+    args = ["-f", "lavfi", "-i", f"color=c={colour}:s={size}:r={rate}:d={seconds}"]
+    if tone:
+        args += ["-f", "lavfi", "-i", f"sine=frequency={tone}:sample_rate={sample_rate}:duration={seconds}"]
+        args += ["-c:a", "aac", "-ac", str(channels)]
+    args += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"]
+    args += ["-y", str(out)]
+    run_ffmpeg(args, context=str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def kling(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Kling-shaped emulator renders: 16:9 5 s twice, 9:16 10 s, 1:1 5 s, and an ai-avatar with speech."""
+    folder = tmp_path_factory.mktemp("kling")
+    clips: dict[str, Path] = {}
+    for name, prompt, duration, aspect in [
+        ("wide", "a fox at dusk", 5, "16:9"),
+        ("wide_b", "a red boat on a lake", 5, "16:9"),
+        ("tall", "a lighthouse in fog", 10, "9:16"),
+        ("square", "a cup of tea", 5, "1:1"),
+    ]:
+        clips[name] = folder / f"{name}.mp4"
+        render_text_to_video(
+            prompt=prompt,
+            duration=duration,
+            aspect_ratio=aspect,
+            camera_control=None,
+            advanced_camera_control=None,
+            out=clips[name],
+        )
+    face, voice = folder / "face.png", folder / "voice.mp3"
+    placeholder_image(label="presenter", out=face, size=(1280, 720))
+    render_tts(
+        text="Welcome back. Here is the forecast for today.",
+        voice_id="Calm_Woman",
+        voice_speed=1.0,
+        out=voice,
+    )
+    clips["avatar"] = folder / "avatar.mp4"
+    render_ai_avatar(prompt="presenter speaking", image=face, audio=voice, out=clips["avatar"])
+    return clips
+
+
+def test_identical_clips_are_joined_by_stream_copy(
+    kling: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs = [kling["wide"], kling["wide_b"], kling["wide"]]
+    with caplog.at_level(logging.INFO, logger="klingflow.media"):
+        result = concat(inputs, tmp_path / "cut.mp4", context="step 'final_cut'")
+    assert result.path_taken == "stream_copy"
+    assert "stream_copy" in caplog.text and "share codec" in caplog.text
+    # Proof of the path, independent of timing: every output packet is an input packet, bit for bit.
+    assert _video_packets(result.path) == [packet for clip in inputs for packet in _video_packets(clip)]
+    info = probe(result.path)
+    assert (info.width, info.height, info.fps, info.video_codec, info.pixel_format) == (
+        1280,
+        720,
+        30.0,
+        "h264",
+        "yuv420p",
+    )
+    assert info.frames == 450 and abs(info.video_duration - 15.0) <= FRAME
+    assert not info.has_audio
+    assert result.info == info
+
+
+def test_clips_with_and_without_audio_keep_sync_on_the_copy_path(
+    kling: dict[str, Path], tmp_path: Path
+) -> None:
+    avatar = probe(kling["avatar"])
+    inputs = [kling["avatar"], kling["wide"], kling["avatar"]]
+    result = concat(inputs, tmp_path / "cut.mp4")
+    assert result.path_taken == "stream_copy", result.reason
+    assert _video_packets(result.path) == [packet for clip in inputs for packet in _video_packets(clip)]
+    info = result.info
+    expected = 2 * avatar.video_duration + 5.0
+    assert abs(info.video_duration - expected) <= FRAME
+    assert info.has_audio and (info.audio_codec, info.sample_rate, info.channels) == ("aac", 48_000, 2)
+    assert abs(info.audio_duration - info.video_duration) <= 0.05
+    samples, rate = _samples(result.path)
+    speech_end = avatar.video_duration
+    # The silent clip got a silent track exactly where its frames are; speech resumes after it.
+    assert _rms(samples, rate, speech_end + 0.05, speech_end + 4.95) < 1e-4
+    assert _rms(samples, rate, 0.1, speech_end - 0.1) > 0.01
+    assert _rms(samples, rate, speech_end + 5.1, expected - 0.1) > 0.01
+
+
+@pytest.fixture(scope="module")
+def mixed_cut(kling: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> ConcatResult:
+    """16:9 5 s + 9:16 10 s + 1:1 5 s + avatar (speech): needs the normalising path."""
+    out = tmp_path_factory.mktemp("mixed") / "cut.mp4"
+    return concat([kling["wide"], kling["tall"], kling["square"], kling["avatar"]], out)
+
+
+def test_mixed_aspects_normalise_to_the_first_clips_size(mixed_cut: ConcatResult) -> None:
+    assert mixed_cut.path_taken == "normalised"
+    assert "differs from clip 1 in" in mixed_cut.reason
+    info = probe(mixed_cut.path)
+    assert (info.width, info.height, info.display_aspect, info.fps) == (1280, 720, "16:9", 30.0)
+    assert (info.video_codec, info.pixel_format) == ("h264", "yuv420p")
+
+
+def test_mixed_lengths_add_up_and_audio_agrees(kling: dict[str, Path], mixed_cut: ConcatResult) -> None:
+    expected = 5.0 + 10.0 + 5.0 + probe(kling["avatar"]).video_duration
+    info = probe(mixed_cut.path)
+    assert abs(info.video_duration - expected) <= FRAME
+    assert info.has_audio and (info.sample_rate, info.channels) == (48_000, 2)
+    assert abs(info.audio_duration - info.video_duration) <= 0.05
+    samples, rate = _samples(mixed_cut.path)
+    assert _rms(samples, rate, 0.1, 19.9) < 1e-4  # three silent text-to-video clips
+    assert _rms(samples, rate, 20.1, expected - 0.1) > 0.01  # the avatar's speech
+
+
+def test_other_aspects_are_pillarboxed_into_the_frame(mixed_cut: ConcatResult) -> None:
+    wide = _frame(mixed_cut.path, 75)  # middle of the 16:9 clip
+    tall = _frame(mixed_cut.path, 300)  # middle of the 9:16 clip
+    square = _frame(mixed_cut.path, 525)  # middle of the 1:1 clip
+    assert wide[:, :100].mean() > 40 and wide[:, -100:].mean() > 40
+    # 720x1280 scaled to 405x720 leaves 437 black columns each side; 960x960 to 720 leaves 280.
+    assert tall[:, :430].max() < 24 and tall[:, -430:].max() < 24 and tall[:, 500:780].mean() > 40
+    assert square[:, :270].max() < 24 and square[:, -270:].max() < 24 and square[:, 300:980].mean() > 40
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two-second lavfi clips where only the property under test varies."""
+    folder = tmp_path_factory.mktemp("small")
+    return {
+        "red_wide": _lavfi(folder / "red_wide.mp4", colour="red", tone=440),
+        "blue_wide": _lavfi(folder / "blue_wide.mp4", colour="blue"),
+        "green_wide": _lavfi(folder / "green_wide.mp4", colour="lime", tone=880),
+        "white_square": _lavfi(folder / "white_square.mp4", size="240x240", colour="white"),
+        "red_25fps_mono": _lavfi(
+            folder / "red_25.mp4", rate=25, colour="red", tone=440, sample_rate=44_100, channels=1
+        ),
+    }
+
+
+def test_target_aspect_letterboxes_with_pad(small: dict[str, Path], tmp_path: Path) -> None:
+    result = concat(
+        [small["red_wide"], small["white_square"]],
+        tmp_path / "square.mp4",
+        target=ConcatTarget(aspect_ratio="1:1"),
+    )
+    info = result.info
+    # The first clip's pixel count (320x180) at 1:1 is 240x240, as 1280x720 gives Kling's 960x960.
+    assert result.path_taken == "normalised" and (info.width, info.height) == (240, 240)
+    red = _frame(result.path, 30)
+    assert red[:25].max() < 24 and red[-25:].max() < 24  # letterbox bars above and below
+    assert red[120, 120, 0] > 200 and red[120, 120, 2] < 60
+    assert _frame(result.path, 90)[5:-5, 5:-5].min() > 200  # the square clip fills the square frame
+
+
+def test_target_aspect_crops_to_fill(small: dict[str, Path], tmp_path: Path) -> None:
+    target = ConcatTarget(aspect_ratio="9:16", fit="crop")
+    result = concat([small["red_wide"], small["white_square"]], tmp_path / "tall.mp4", target=target)
+    assert (result.info.width, result.info.height) == (180, 320)
+    red = _frame(result.path, 30)
+    assert red[..., 0].min() > 200  # cropped, so no black bars anywhere
+    assert _frame(result.path, 90).min() > 200
+
+
+def test_mixed_frame_rates_and_audio_layouts_are_unified(small: dict[str, Path], tmp_path: Path) -> None:
+    inputs = [small["red_25fps_mono"], small["green_wide"]]
+    first_rate = concat(inputs, tmp_path / "at25.mp4")
+    assert first_rate.path_taken == "normalised" and "frame rate" in first_rate.reason
+    assert first_rate.info.fps == 25.0 and first_rate.info.frames == 100
+    at30 = concat(inputs, tmp_path / "at30.mp4", target=ConcatTarget(fps=30, sample_rate=44_100, channels=1))
+    info = at30.info
+    assert info.fps == 30.0 and info.frames == 120 and abs(info.video_duration - 4.0) <= FRAME
+    assert (info.sample_rate, info.channels) == (44_100, 1)
+    assert abs(info.audio_duration - info.video_duration) <= 0.05
+
+
+def test_crossfade_overlaps_video_and_audio(small: dict[str, Path], tmp_path: Path) -> None:
+    inputs = [small["red_wide"], small["blue_wide"], small["green_wide"]]
+    result = concat(inputs, tmp_path / "faded.mp4", transition=Transition(duration=0.5))
+    assert result.path_taken == "normalised" and "crossfade" in result.reason
+    info = probe(result.path)
+    assert abs(info.video_duration - (6.0 - 2 * 0.5)) <= FRAME and info.frames == 150
+    assert abs(info.audio_duration - info.video_duration) <= 0.05
+    red, blue = _frame(result.path, 30)[90, 160], _frame(result.path, 60)[90, 160]
+    midway = _frame(result.path, 52)[90, 160]  # 1.5 s + 7 of 15 fade frames
+    assert red[0] > 200 > red[2] + 150 and blue[2] > 200 > blue[0] + 150
+    assert 60 < midway[0] < 190 and 60 < midway[2] < 190  # a blend of red and blue
+    samples, rate = _samples(result.path)
+    assert _rms(samples, rate, 0.1, 1.4) > 0.05  # red's tone (lavfi sine: amplitude 1/8)
+    assert _rms(samples, rate, 2.05, 2.45) < 1e-4  # blue is silent once the fades are over
+    assert _rms(samples, rate, 1.6, 1.9) < _rms(samples, rate, 0.1, 1.4)  # the tone fading out
+
+
+def test_a_transition_longer_than_a_clip_is_refused(small: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(MediaError, match="not shorter than clip 1") as caught:
+        concat(
+            [small["red_wide"], small["blue_wide"]],
+            tmp_path / "x.mp4",
+            transition=Transition(duration=2.5),
+            context="step 'reel'",
+        )
+    assert "step 'reel'" in str(caught.value) and str(small["red_wide"]) in str(caught.value)
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_target_is_validated() -> None:
+    with pytest.raises(ValidationError, match="even"):
+        ConcatTarget(width=1279, height=720)
+    with pytest.raises(ValidationError, match="is not 9:16"):
+        ConcatTarget(aspect_ratio="9:16", width=1280, height=720)
+    with pytest.raises(ValidationError):
+        Transition(duration=0)
+
+
+def test_missing_and_non_media_inputs_name_step_and_file(small: dict[str, Path], tmp_path: Path) -> None:
+    missing = tmp_path / "gone.mp4"
+    with pytest.raises(MediaError, match="does not exist") as caught:
+        concat([small["red_wide"], missing], tmp_path / "out" / "cut.mp4", context="step 'final_cut'")
+    assert "step 'final_cut'" in str(caught.value) and str(missing) in str(caught.value)
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("this is not a video\n" * 50)
+    with pytest.raises(MediaError, match="not a readable media file") as caught:
+        concat([notes], tmp_path / "out" / "cut.mp4", context="step 'final_cut'")
+    assert "step 'final_cut'" in str(caught.value) and str(notes) in str(caught.value)
+    assert caught.value.stderr_tail  # libav's own reason
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def _damaged(clip: Path, out: Path) -> Path:
+    """The clip with its header intact and its media data overwritten: probes fine, decodes to garbage."""
+    data = bytearray(clip.read_bytes())
+    start = data.find(b"mdat") + 64
+    data[start:] = bytes((7 * index + 13) % 256 for index in range(len(data) - start))
+    out.write_bytes(bytes(data))
+    return out
+
+
+def test_ffmpeg_failure_names_step_and_file_and_leaves_nothing(
+    small: dict[str, Path], tmp_path: Path
+) -> None:
+    broken = _damaged(small["red_wide"], tmp_path / "broken.mp4")
+    out_dir = tmp_path / "out"
+    with pytest.raises(MediaError, match="ffmpeg exited") as caught:
+        concat(
+            [small["blue_wide"], broken],
+            out_dir / "cut.mp4",
+            target=ConcatTarget(fps=25),
+            context="step 'final_cut'",
+        )
+    message = str(caught.value)
+    assert "step 'final_cut'" in message and str(out_dir / "cut.mp4") in message
+    assert "ffmpeg said:" in message and caught.value.stderr_tail
+    assert list(out_dir.iterdir()) == []  # no partial file where a cache could find it
+
+
+def test_a_truncated_input_is_refused_on_the_copy_path(kling: dict[str, Path], tmp_path: Path) -> None:
+    data = kling["wide"].read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 2])  # the index is whole, half the frames are gone
+    out = tmp_path / "cut.mp4"
+    with pytest.raises(MediaError, match="came out wrong") as caught:
+        concat([kling["wide"], truncated], out, context="step 'final_cut'")
+    assert "step 'final_cut'" in str(caught.value) and str(truncated) in caught.value.hint
+    assert [p.name for p in tmp_path.iterdir()] == ["truncated.mp4"]
