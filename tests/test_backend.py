@@ -223,3 +223,12 @@ async def test_direct_run_route(emulator) -> None:
     result = await client.run("fal-ai/kling-video/v1/tts", {"text": "direct run"})
     assert result["audio"]["url"].endswith(".mp3")
     assert emulator.stats()["runs"] == {"fal-ai/kling-video/v1/tts": 1}
+
+
+async def test_scripted_fault_can_target_one_endpoint(backend: FalBackend, emulator) -> None:
+    emulator.faults(script=["error@text-to-video"])
+    speech = await backend.run("tts", {"text": "not the target"})
+    assert speech.files["audio"].bytes > 0
+    with pytest.raises(EndpointError):
+        await backend.run("text-to-video", {"prompt": "the target"})
+    assert emulator.stats()["faults_injected"] == {"error": 1}

@@ -148,7 +148,7 @@ async def test_permanent_fault_fails_at_once_and_spares_independent_branches(opt
             {"id": "good", "uses": "tts", "with": {"text": "I still finish."}},
         ],
     }
-    emulator.faults(script=["result_404"])
+    emulator.faults(script=["result_404@text-to-video"])
     result = await arun(parse_pipeline(data), None, options)
     statuses = {r.step_id: r.status for r in result.records}
     assert statuses == {"bad": "failed", "after_bad": "skipped", "good": "completed"}

@@ -86,13 +86,13 @@ def test_failed_steps_end_the_flow_failed_with_a_summary(
     pipeline.write_text("""name: fails
 steps:
   - id: doomed
-    uses: tts
-    with: {text: "this request fails"}
+    uses: text-to-video
+    with: {prompt: "this request fails"}
   - id: fine
     uses: tts
     with: {text: "this one is fine"}
 """)
-    emulator.faults(script=["error", "ok", "error"])
+    emulator.faults(script=["error@text-to-video", "error@text-to-video"])
     with pytest.raises(PipelineFailed) as info:
         run_pipeline(pipeline, options=options)
     result = info.value.result

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 
 from klingflow.backends import BackendKind, connect
 from klingflow.backends.config import planned_identity
+from klingflow.claims import claims_from_env
 from klingflow.journal import Journal
 from klingflow.planning import Plan, check_budget, make_plan
 from klingflow.runner import ProgressHook, RunResult, StepWrapper, execute
@@ -39,6 +40,7 @@ class RunOptions(BaseModel):
     store: Store | None = None
     journal: Journal | None = None
     prices: dict[str, float] | None = None
+    claims: str | None = None
 
 
 def _load(pipeline: str | Path | PipelineSpec) -> PipelineSpec:
@@ -57,6 +59,7 @@ def prepare(
         journal=options.journal or Journal(),
         backend_identity=planned_identity(options.backend, key),
         backend_factory=lambda: connect(options.backend, key=key, store=ctx.store),
+        claims=claims_from_env(options.claims),
         concurrency=options.concurrency,
         retry=options.retry,
         refresh=options.refresh,

@@ -19,9 +19,10 @@ again. Permanent errors (401/403/404/422) fail at once with fal's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.cache import canonical_json, generation_key, media_digest
+from klingflow.claims import DEFAULT_TTL, Claims, FileClaims, new_owner
 from klingflow.endpoints import (
     canonical_arguments,
     estimate_cost,
@@ -126,6 +128,9 @@ class StepContext:
     journal: Journal
     backend_identity: str
     backend_factory: Callable[[], FalBackend]
+    claims: Claims = field(default_factory=FileClaims)
+    owner: str = field(default_factory=new_owner)
+    claim_ttl: float = DEFAULT_TTL
     concurrency: int = 4
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     refresh: bool = False
@@ -284,110 +289,174 @@ async def run_generation(
             return record
         ctx.journal.forget(key)
         entry = None
-    await _generate(
+    generation = _Generation(
         ctx,
         record,
         info.id,
         body,
-        model,
-        entry,
         kinds,
         ctx.retry.retries if retries is None else retries,
         timeout,
         on_event,
         log,
     )
-    record.estimated_cost_usd = estimate_cost(
-        info.id, model, output_seconds=record.duration_s, prices=ctx.prices
-    )
+    while True:
+        if ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl):
+            try:
+                entry = ctx.journal.get(key)  # a dead holder may have left a request id: resume it
+                if (
+                    entry is not None
+                    and entry.status == "done"
+                    and _cache_hit(ctx, entry, record, kinds, log)
+                ):
+                    break
+                async with _renewing(ctx, key, log):
+                    await generation.run(entry, may_submit=True)
+            finally:
+                ctx.claims.release(key, ctx.owner)
+            record.estimated_cost_usd = estimate_cost(
+                info.id, model, output_seconds=record.duration_s, prices=ctx.prices
+            )
+            break
+        entry = ctx.journal.get(key)
+        if entry is not None and entry.status == "done" and _cache_hit(ctx, entry, record, kinds, log):
+            break
+        if entry is not None and entry.status == "submitted" and entry.request_id:
+            log(f"{step_id}: joining request {entry.request_id}, in flight for {ctx.claims.holder(key)}")
+            try:
+                await generation.run(entry, may_submit=False)
+            except _RequestGone:
+                continue
+            record.status = "joined"
+            break
+        await asyncio.sleep(0.2)  # the holder is submitting; its request id is about to appear
+    record.finished_at = datetime.now(UTC)
     return record
 
 
-async def _generate(
-    ctx: StepContext,
-    record: StepRecord,
-    endpoint: str,
-    body: dict[str, Any],
-    model: BaseModel,
-    entry: JournalEntry | None,
-    kinds: dict[str, str],
-    retries: int,
-    timeout: float | None,
-    on_event: Callable[[QueueEvent], None] | None,
-    log: Logger,
-) -> None:
-    backend, key = ctx.backend, record.cache_key or ""
-    handle = (
-        RequestHandle(endpoint=endpoint, request_id=entry.request_id) if entry and entry.request_id else None
-    )
-    resumed = handle is not None
-    if resumed:
-        log(f"{record.step_id}: resuming request {handle.request_id} instead of submitting again")
-        record.submitted_at = entry.submitted_at if entry else None
-    while True:
-        record.attempts += 1
-        try:
-            async with ctx.limiter:
-                if handle is None:
-                    prepared = await backend.prepare(endpoint, body, base_dir=ctx.base_dir)
-                    handle = await backend.submit(endpoint, prepared)
-                    record.submitted_at = datetime.now(UTC)
-                    ctx.journal.record_submitted(
-                        key, endpoint=endpoint, backend=record.backend, request_id=handle.request_id
+class _RequestGone(Exception):
+    """A joined request failed or is unknown: the claim holder will submit again; join or claim anew."""
+
+
+@contextlib.asynccontextmanager
+async def _renewing(ctx: StepContext, key: str, log: Logger) -> AsyncIterator[None]:
+    """Renew the claim on ``key`` while the body runs, so other workers see a live holder."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ctx.claim_ttl / 3)
+            if not ctx.claims.renew(key, ctx.owner, ctx.claim_ttl):
+                log(f"lost the claim on {key[:12]} (expired); another worker may join this request")
+
+    task = asyncio.create_task(renew())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+@dataclass
+class _Generation:
+    """Submit-or-resume, poll, download and journal one generation, retrying what is transient."""
+
+    ctx: StepContext
+    record: StepRecord
+    endpoint: str
+    body: dict[str, Any]
+    kinds: dict[str, str]
+    retries: int
+    timeout: float | None
+    on_event: Callable[[QueueEvent], None] | None
+    log: Logger
+
+    async def run(self, entry: JournalEntry | None, *, may_submit: bool) -> None:
+        """Poll ``entry``'s request (or submit one, if allowed) until its outputs are stored."""
+        ctx, record, endpoint, log = self.ctx, self.record, self.endpoint, self.log
+        backend, key = ctx.backend, record.cache_key or ""
+        handle = (
+            RequestHandle(endpoint=endpoint, request_id=entry.request_id)
+            if entry and entry.request_id
+            else None
+        )
+        resumed = handle is not None
+        if resumed and may_submit:
+            log(f"{record.step_id}: resuming request {handle.request_id} instead of submitting again")
+        if resumed:
+            record.submitted_at = entry.submitted_at if entry else None
+        while True:
+            record.attempts += 1
+            try:
+                async with ctx.limiter:
+                    if handle is None:
+                        if not may_submit:
+                            raise _RequestGone
+                        prepared = await backend.prepare(endpoint, self.body, base_dir=ctx.base_dir)
+                        handle = await backend.submit(endpoint, prepared)
+                        record.submitted_at = datetime.now(UTC)
+                        ctx.journal.record_submitted(
+                            key, endpoint=endpoint, backend=record.backend, request_id=handle.request_id
+                        )
+                    record.request_id = handle.request_id
+                    started = time.monotonic()
+                    result, queue_s, run_s = await backend.wait(
+                        handle, on_event=self.on_event, timeout=self.timeout
                     )
-                record.request_id = handle.request_id
-                started = time.monotonic()
-                result, queue_s, run_s = await backend.wait(handle, on_event=on_event, timeout=timeout)
-                done = await backend.download(handle, result)
-            break
-        except ResultTimeout as exc:
-            await _give_up(ctx, backend, handle, key, log)
-            record.status = "failed"
-            record.error = f"did not finish within {timeout:g} s (step timeout); the request was cancelled"
-            raise StepFailed(record) from exc
-        except BackendError as exc:
-            request_dead = isinstance(exc, EndpointError) and (
-                exc.status_code is None or (resumed and exc.status_code == 404)
-            )
-            file_lost = type(exc) is BackendError and not exc.transient  # the result file is gone for good
-            if request_dead or file_lost or isinstance(exc, SubmitError):
-                ctx.journal.forget(key)
-                handle = None
-            if request_dead and resumed and exc.status_code == 404:
-                log(f"{record.step_id}: fal no longer knows request {record.request_id}; submitting anew")
-                resumed = False
-                continue
-            if not exc.transient or record.attempts > retries:
-                record.status, record.error = "failed", str(exc)
+                    done = await backend.download(handle, result)
+                break
+            except ResultTimeout as exc:
+                if may_submit:
+                    await _give_up(ctx, backend, handle, key, log)
+                record.status = "failed"
+                record.error = (
+                    f"did not finish within {self.timeout:g} s (step timeout); the request was cancelled"
+                )
                 raise StepFailed(record) from exc
-            wait = ctx.retry.delay(record.attempts, exc.retry_after)
-            log(
-                f"{record.step_id}: {exc.message} (transient); "
-                f"retry {record.attempts}/{retries} in {wait:.1f} s"
-            )
-            await asyncio.sleep(wait)
-    record.queue_seconds, record.run_seconds = queue_s, run_s
-    if record.queue_seconds is None:
-        record.queue_seconds = time.monotonic() - started
-    duration = getattr(done.output, "duration", None)
-    for name, stored in done.files.items():
-        describe_output(record, stored, kinds[name], duration=duration)
-        record.output_url = getattr(done.output, name).url
-    ctx.journal.record_done(
-        key,
-        endpoint=endpoint,
-        backend=record.backend,
-        request_id=handle.request_id,
-        submitted_at=record.submitted_at,
-        values={"duration": record.duration_s},
-        outputs={
-            name: OutputRecord(
-                sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(done.output, name).url
-            )
-            for name, f in done.files.items()
-        },
-    )
-    record.finished_at = datetime.now(UTC)
+            except BackendError as exc:
+                request_dead = isinstance(exc, EndpointError) and (
+                    exc.status_code is None or (resumed and exc.status_code == 404)
+                )
+                file_lost = (
+                    type(exc) is BackendError and not exc.transient
+                )  # the result file is gone for good
+                if request_dead or file_lost or isinstance(exc, SubmitError):
+                    if not may_submit:
+                        raise _RequestGone from exc
+                    ctx.journal.forget(key)
+                    handle = None
+                if request_dead and resumed and exc.status_code == 404:
+                    log(f"{record.step_id}: fal no longer knows request {record.request_id}; submitting anew")
+                    resumed = False
+                    continue
+                if not exc.transient or record.attempts > self.retries:
+                    record.status, record.error = "failed", str(exc)
+                    raise StepFailed(record) from exc
+                wait = ctx.retry.delay(record.attempts, exc.retry_after)
+                log(
+                    f"{record.step_id}: {exc.message} (transient); "
+                    f"retry {record.attempts}/{self.retries} in {wait:.1f} s"
+                )
+                await asyncio.sleep(wait)
+        record.queue_seconds, record.run_seconds = queue_s, run_s
+        if record.queue_seconds is None:
+            record.queue_seconds = time.monotonic() - started
+        duration = getattr(done.output, "duration", None)
+        for name, stored in done.files.items():
+            describe_output(record, stored, self.kinds[name], duration=duration)
+            record.output_url = getattr(done.output, name).url
+        ctx.journal.record_done(
+            key,
+            endpoint=endpoint,
+            backend=record.backend,
+            request_id=handle.request_id,
+            submitted_at=record.submitted_at,
+            values={"duration": record.duration_s},
+            outputs={
+                name: OutputRecord(
+                    sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(done.output, name).url
+                )
+                for name, f in done.files.items()
+            },
+        )
 
 
 async def _give_up(

@@ -266,7 +266,7 @@ def create_app(state: EmulatorState) -> FastAPI:
             return _error(404, f"Application '{endpoint_id}' not found")
         direct = request.scope["server"][1] in state.run_ports
         (state.runs if direct else state.submits)[endpoint_id] += 1
-        fault = state.faults.choose()
+        fault = state.faults.choose(endpoint_id, ENDPOINTS[endpoint_id].alias)
         if fault in SUBMIT_FAULTS:
             return _submit_fault_response(fault, state.faults.plan.retry_after)
         try:

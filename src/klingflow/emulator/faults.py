@@ -19,7 +19,9 @@ kind           effect
 =============  ====================================================================
 
 CLI form (``--faults``): ``KIND[:RATE][,KIND[:RATE]...]`` for rates, e.g. ``503:0.2,drop:0.05``;
-``script=KIND+KIND+ok`` scripts the next requests (``ok`` = no fault).
+``script=KIND+KIND+ok`` scripts the next requests (``ok`` = no fault). A script entry may name an
+endpoint, ``KIND@ALIAS`` (e.g. ``error@tts``): it then waits for the next request to that endpoint,
+so a test with concurrent steps knows which step gets the fault.
 """
 
 from __future__ import annotations
@@ -41,10 +43,19 @@ SUBMIT_FAULTS = frozenset({"429", "500", "502", "503", "drop"})
 class FaultPlan(BaseModel):
     """What to inject: a script for the next requests and/or a rate per kind."""
 
-    script: list[FaultKind | Literal["ok"]] = Field(default_factory=list)
+    script: list[str] = Field(default_factory=list)
     rates: dict[FaultKind, float] = Field(default_factory=dict)
     retry_after: float = Field(default=1.0, ge=0, description="Retry-After seconds sent with 429.")
     seed: int = 0
+
+    @field_validator("script")
+    @classmethod
+    def _script_kinds_are_known(cls, script: list[str]) -> list[str]:
+        for entry in script:
+            kind = entry.partition("@")[0]
+            if kind not in (*FAULT_KINDS, "ok"):
+                raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
+        return script
 
     @field_validator("rates")
     @classmethod
@@ -70,7 +81,7 @@ def parse_faults(text: str) -> FaultPlan:
             rates[kind] = float(rate) if rate else 1.0
         except ValueError:
             raise ValueError(f"bad fault rate in {part!r}: expected KIND:RATE like 503:0.2") from None
-    for kind in [*script, *rates]:
+    for kind in [*(entry.partition("@")[0] for entry in script), *rates]:
         if kind not in (*FAULT_KINDS, "ok"):
             raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
     return FaultPlan.model_validate({"script": script, "rates": rates})
@@ -91,13 +102,15 @@ class Faults:
             self._script: deque[str] = deque(plan.script)
             self._random = random.Random(plan.seed)
 
-    def choose(self) -> str | None:
-        """Pick the fault for the next request, or None; counts what it picks."""
+    def choose(self, endpoint_id: str = "", alias: str = "") -> str | None:
+        """Pick the fault for the next request to this endpoint, or None; counts what it picks."""
         with self._lock:
             fault: str | None = None
-            if self._script:
-                scripted = self._script.popleft()
-                fault = None if scripted == "ok" else scripted
+            scripted = next((e for e in self._script if e.partition("@")[2] in ("", endpoint_id, alias)), None)
+            if scripted is not None:
+                self._script.remove(scripted)
+                kind = scripted.partition("@")[0]
+                fault = None if kind == "ok" else kind
             elif self.plan.rates:
                 draw, edge = self._random.random(), 0.0
                 for kind, rate in self.plan.rates.items():
