@@ -57,13 +57,15 @@ def _lavfi(
     seconds: float = 2,
     colour: str = "red",
     tone: int | None = None,
+    tone_seconds: float | None = None,
     sample_rate: int = 48_000,
     channels: int = 2,
 ) -> Path:
-    """A solid-colour H.264 clip, with an AAC sine tone when ``tone`` is given."""
+    """A solid-colour H.264 clip, with an AAC sine tone (as long as the video unless told) when ``tone``."""
     args = ["-f", "lavfi", "-i", f"color=c={colour}:s={size}:r={rate}:d={seconds}"]
     if tone:
-        args += ["-f", "lavfi", "-i", f"sine=frequency={tone}:sample_rate={sample_rate}:duration={seconds}"]
+        length = tone_seconds or seconds
+        args += ["-f", "lavfi", "-i", f"sine=frequency={tone}:sample_rate={sample_rate}:duration={length}"]
         args += ["-c:a", "aac", "-ac", str(channels)]
     args += ["-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"]
     args += ["-y", str(out)]
@@ -193,10 +195,27 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "blue_wide": _lavfi(folder / "blue_wide.mp4", colour="blue"),
         "green_wide": _lavfi(folder / "green_wide.mp4", colour="lime", tone=880),
         "white_square": _lavfi(folder / "white_square.mp4", size="240x240", colour="white"),
+        "red_long_tone": _lavfi(folder / "red_long_tone.mp4", colour="red", tone=440, tone_seconds=2.6),
+        "blue_short_tone": _lavfi(folder / "blue_short_tone.mp4", colour="blue", tone=660, tone_seconds=1.2),
         "red_25fps_mono": _lavfi(
             folder / "red_25.mp4", rate=25, colour="red", tone=440, sample_rate=44_100, channels=1
         ),
     }
+
+
+def test_each_clips_audio_is_cut_or_padded_to_its_video(small: dict[str, Path], tmp_path: Path) -> None:
+    # Video 2 s each; sound 2.6 s, none, 1.2 s. Sound must not spill into the next clip's frames.
+    inputs = [small["red_long_tone"], small["blue_wide"], small["blue_short_tone"]]
+    result = concat(inputs, tmp_path / "cut.mp4")
+    assert result.path_taken == "stream_copy", result.reason
+    info = result.info
+    assert abs(info.video_duration - 6.0) <= FRAME and abs(info.audio_duration - info.video_duration) <= 0.05
+    samples, rate = _samples(result.path)
+    assert samples.shape[1] / rate == pytest.approx(6.0, abs=0.03)  # every sample a player will play
+    assert _rms(samples, rate, 0.1, 1.95) > 0.05
+    assert _rms(samples, rate, 2.03, 3.97) < 1e-4  # the long tone stopped with its clip
+    assert _rms(samples, rate, 4.05, 5.15) > 0.05
+    assert _rms(samples, rate, 5.25, 5.97) < 1e-4  # the short tone was followed by silence
 
 
 def test_target_aspect_letterboxes_with_pad(small: dict[str, Path], tmp_path: Path) -> None:

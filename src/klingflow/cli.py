@@ -30,6 +30,8 @@ app = typer.Typer(
 )
 emulator_app = typer.Typer(help="The fal-compatible local emulator.", no_args_is_help=True)
 app.add_typer(emulator_app, name="emulator")
+blocks_app = typer.Typer(help="Prefect blocks: fal credentials and Kling defaults.", no_args_is_help=True)
+app.add_typer(blocks_app, name="blocks")
 console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -230,22 +232,24 @@ def run(
     set_: SetOpt = None,
     backend: BackendOpt = None,
     concurrency: Annotated[
-        int, typer.Option(help="Requests in flight at once (fal accounts have a cap).")
-    ] = 4,
+        int | None, typer.Option(help="Requests in flight at once (default 4, or the defaults block's).")
+    ] = None,
     refresh: Annotated[bool, typer.Option(help="Regenerate every step instead of using the cache.")] = False,
     max_cost: Annotated[
         float | None, typer.Option(help="Refuse to start if the uncached estimate exceeds USD.")
     ] = None,
+    credentials: Annotated[str | None, typer.Option(help="Name of a FalCredentials block to use.")] = None,
+    defaults: Annotated[str | None, typer.Option(help="Name of a KlingDefaults block to use.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Where to copy the final outputs (default ./klingflow-out/NAME).")
     ] = None,
 ) -> None:
     """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths."""
     from klingflow.flows.pipeline import PipelineFailed, run_pipeline
+    from klingflow.runtime import RunOptions
     from klingflow.spec import load_pipeline
 
     spec = load_pipeline(file)
-    out_dir = out or Path("klingflow-out") / spec.name
     console = Console()
     progress = _Progress(console)
     try:
@@ -253,10 +257,13 @@ def run(
             spec,
             _parse_sets(set_ or []),
             backend=backend,
+            credentials=credentials,
+            defaults=defaults,
             concurrency=concurrency,
             refresh=refresh,
             max_cost_usd=max_cost,
-            out_dir=out_dir,
+            out_dir=out,  # else the defaults block's output_location, else ./klingflow-out/NAME
+            options=RunOptions(out_dir=Path("klingflow-out") / spec.name),
             progress=progress,
         )
     except PipelineFailed as exc:
@@ -272,6 +279,33 @@ def _print_final(console: Console, result: Any) -> None:
     )
     for step_id, path in result.final.items():
         console.print(f"  {step_id}: {path.resolve()}", highlight=False)
+
+
+@blocks_app.command("register")
+@_friendly_errors
+def blocks_register() -> None:
+    """Register the FalCredentials and KlingDefaults block types with the current Prefect API."""
+    from klingflow.blocks import register_blocks
+
+    for slug in register_blocks():
+        Console().print(f"registered block type [bold]{slug}[/]")
+
+
+@app.command()
+@_friendly_errors
+def serve(
+    pipelines: Annotated[list[Path] | None, typer.Argument(help="Pipeline files to serve on demand.")] = None,
+    prefect_file: Annotated[
+        Path, typer.Option(help="Deployments to serve when no pipeline is given.")
+    ] = Path("deployments/prefect.yaml"),
+) -> None:
+    """Serve deployments from this process (Prefect's serve): prefect.yaml's, or one per pipeline file."""
+    from prefect import serve as prefect_serve
+
+    from klingflow.flows.serving import file_deployments, project_deployments
+
+    deployments = file_deployments(pipelines) if pipelines else project_deployments(prefect_file)
+    prefect_serve(*deployments)
 
 
 def main() -> None:

@@ -22,7 +22,9 @@ from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 from klingflow.steps import RetryPolicy, StepContext
 from klingflow.store import Store
 
-__all__ = ["RunOptions", "arun", "export_outputs", "plan_pipeline", "prepare"]
+DEFAULT_CONCURRENCY = 4
+
+__all__ = ["DEFAULT_CONCURRENCY", "RunOptions", "arun", "export_outputs", "plan_pipeline", "prepare"]
 
 
 class RunOptions(BaseModel):
@@ -32,7 +34,7 @@ class RunOptions(BaseModel):
 
     backend: BackendKind | None = None
     key: SecretStr | None = None
-    concurrency: int = 4
+    concurrency: int | None = None  # None: 4, or a KlingDefaults block's
     refresh: bool = False
     max_cost_usd: float | None = None
     out_dir: Path | None = None
@@ -41,17 +43,27 @@ class RunOptions(BaseModel):
     journal: Journal | None = None
     prices: dict[str, float] | None = None
     claims: str | None = None
+    extra_defaults: dict[str, dict[str, Any]] | None = None
 
 
-def _load(pipeline: str | Path | PipelineSpec) -> PipelineSpec:
-    return pipeline if isinstance(pipeline, PipelineSpec) else load_pipeline(pipeline)
+def _load(
+    pipeline: str | Path | PipelineSpec, extra_defaults: dict[str, dict[str, Any]] | None
+) -> PipelineSpec:
+    spec = pipeline if isinstance(pipeline, PipelineSpec) else load_pipeline(pipeline)
+    if not extra_defaults:
+        return spec
+    merged = {
+        name: {**extra_defaults.get(name, {}), **spec.defaults.get(name, {})}
+        for name in {*extra_defaults, *spec.defaults}
+    }
+    return spec.model_copy(update={"defaults": merged})  # the pipeline's own defaults win
 
 
 def prepare(
     pipeline: str | Path | PipelineSpec, inputs: dict[str, Any] | None, options: RunOptions
 ) -> tuple[ValidatedPipeline, StepContext]:
     """Load and check the pipeline (raising one SpecError with every problem) and build the step context."""
-    validated = check(_load(pipeline), inputs or {})
+    validated = check(_load(pipeline, options.extra_defaults), inputs or {})
     source = validated.spec.source
     key = options.key
     ctx = StepContext(
@@ -60,7 +72,7 @@ def prepare(
         backend_identity=planned_identity(options.backend, key),
         backend_factory=lambda: connect(options.backend, key=key, store=ctx.store),
         claims=claims_from_env(options.claims),
-        concurrency=options.concurrency,
+        concurrency=options.concurrency or DEFAULT_CONCURRENCY,
         retry=options.retry,
         refresh=options.refresh,
         base_dir=source.parent if source else None,

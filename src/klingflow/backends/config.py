@@ -29,7 +29,7 @@ from pydantic import BaseModel, SecretStr
 
 from klingflow.errors import ConfigError
 
-__all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend"]
+__all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend", "use_hosts"]
 
 BackendKind = Literal["fal", "emulator"]
 
@@ -133,3 +133,29 @@ def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | N
         run_host=run_host,
         ca_bundle=Path(cert_file) if cert_file else None,
     )
+
+
+def use_hosts(queue_host: str | None, run_host: str | None, ca_bundle: str | None = None) -> None:
+    """Point fal_client at other hosts (a credentials block's override), before it is imported.
+
+    fal_client reads its hosts once, at import, and klingflow never patches it: in a process that
+    already imported it with other hosts this is an error that says so (Prefect workers start a
+    fresh process per flow run, so deployments are never in that case).
+    """
+    if not queue_host and not run_host:
+        return
+    queue_host = queue_host or run_host
+    run_host = run_host or queue_host
+    client = sys.modules.get("fal_client.client")
+    if client is not None:
+        current = (urlparse(client.QUEUE_URL_FORMAT).netloc, urlparse(client.RUN_URL_FORMAT).netloc)
+        if current != (queue_host, run_host):
+            raise ConfigError(
+                f"fal_client was already imported with hosts {current[0]} / {current[1]}",
+                context="host override",
+                hint="start a fresh Python process (fal_client reads its hosts "
+                "once, at import), or set FAL_QUEUE_RUN_HOST / FAL_RUN_HOST before importing it",
+            )
+    os.environ["FAL_QUEUE_RUN_HOST"], os.environ["FAL_RUN_HOST"] = str(queue_host), str(run_host)
+    if ca_bundle:
+        os.environ["SSL_CERT_FILE"] = ca_bundle

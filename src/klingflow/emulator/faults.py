@@ -106,7 +106,9 @@ class Faults:
         """Pick the fault for the next request to this endpoint, or None; counts what it picks."""
         with self._lock:
             fault: str | None = None
-            scripted = next((e for e in self._script if e.partition("@")[2] in ("", endpoint_id, alias)), None)
+            scripted = next(
+                (e for e in self._script if e.partition("@")[2] in ("", endpoint_id, alias)), None
+            )
             if scripted is not None:
                 self._script.remove(scripted)
                 kind = scripted.partition("@")[0]

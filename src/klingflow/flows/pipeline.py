@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -28,13 +28,15 @@ from prefect.settings import (
     temporary_settings,
 )
 
+from klingflow.backends.config import use_hosts
+from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.errors import KlingflowError
 from klingflow.runner import ProgressHook, RunResult
 from klingflow.runtime import RunOptions, arun
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
-__all__ = ["PipelineFailed", "arun_pipeline", "pipeline_flow", "run_pipeline"]
+__all__ = ["PipelineFailed", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
 
 # In-process extras that are not flow parameters (a callback and objects can't go through the API).
 _local_options: ContextVar[RunOptions | None] = ContextVar("klingflow_options", default=None)
@@ -77,32 +79,43 @@ def _run_name() -> str:
     return Path(str(parameters.get("pipeline", "pipeline"))).stem
 
 
-@flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)
-async def pipeline_flow(
+async def run_body(
     pipeline: str,
-    inputs: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None,
+    *,
     backend: str | None = None,
-    concurrency: int = 4,
+    credentials: str | None = None,
+    defaults: str | None = None,
+    concurrency: int | None = None,
     refresh: bool = False,
     max_cost_usd: float | None = None,
     out_dir: str | None = None,
 ) -> RunResult:
-    """Run a klingflow pipeline: each Kling call a cached, retried task; independent steps in parallel."""
+    """What every klingflow flow does: resolve blocks and options, run the pipeline, fail on failures.
+
+    Explicit parameters win over a ``KlingDefaults`` block, which wins over built-in defaults.
+    """
     base = _local_options.get() or RunOptions()
-    options = base.model_copy(
-        update={
-            "backend": backend or base.backend,
-            "concurrency": concurrency,
-            "refresh": refresh or base.refresh,
-            "max_cost_usd": max_cost_usd if max_cost_usd is not None else base.max_cost_usd,
-            "out_dir": Path(out_dir) if out_dir else base.out_dir,
-        }
+    update: dict[str, Any] = {"backend": backend or base.backend, "refresh": refresh or base.refresh}
+    if credentials:
+        block = await FalCredentials.aload(credentials)
+        use_hosts(block.queue_host, block.run_host, block.ca_bundle)
+        update.update(key=block.key, backend=backend or "fal")
+    team = await KlingDefaults.aload(defaults) if defaults else None
+    update["concurrency"] = concurrency or (team.concurrency if team else base.concurrency)
+    update["max_cost_usd"] = next(
+        (v for v in (max_cost_usd, team.max_cost_usd if team else None, base.max_cost_usd) if v is not None),
+        None,
     )
+    location = out_dir or (team.output_location if team else None)
+    update["out_dir"] = Path(location) if location else base.out_dir
+    if team:
+        update["extra_defaults"] = team.arguments
     run_id = str(flow_run.id) if flow_run.id else None
     result = await arun(
         _local_spec.get() or pipeline,
         inputs,
-        options,
+        base.model_copy(update=update),
         wrap=run_step_as_task,
         progress=_local_progress.get(),
         run_id=run_id,
@@ -113,14 +126,50 @@ async def pipeline_flow(
     return result
 
 
+@flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)
+async def pipeline_flow(
+    pipeline: str,
+    inputs: dict[str, Any] | None = None,
+    backend: Literal["emulator", "fal"] | None = None,
+    credentials: str | None = None,
+    defaults: str | None = None,
+    concurrency: int | None = None,
+    refresh: bool = False,
+    max_cost_usd: float | None = None,
+    out_dir: str | None = None,
+) -> RunResult:
+    """Run any klingflow pipeline file: each Kling call a cached, retried task; independent steps in parallel.
+
+    ``credentials`` and ``defaults`` name a FalCredentials and a KlingDefaults block.
+    """
+    return await run_body(
+        pipeline,
+        inputs,
+        backend=backend,
+        credentials=credentials,
+        defaults=defaults,
+        concurrency=concurrency,
+        refresh=refresh,
+        max_cost_usd=max_cost_usd,
+        out_dir=out_dir,
+    )
+
+
 async def arun_pipeline(
     pipeline: str | Path | PipelineSpec,
     inputs: dict[str, Any] | None = None,
     *,
     options: RunOptions | None = None,
+    credentials: str | None = None,
+    defaults: str | None = None,
+    out_dir: str | Path | None = None,
     progress: ProgressHook | None = None,
 ) -> RunResult:
-    """Run a pipeline as a Prefect flow and return its result (raises PipelineFailed with it on failure)."""
+    """Run a pipeline as a Prefect flow and return its result (raises PipelineFailed with it on failure).
+
+    ``credentials`` / ``defaults`` name a FalCredentials / KlingDefaults block. The outputs go to
+    ``out_dir``, else the defaults block's ``output_location``, else ``options.out_dir``.
+    """
     options = options or RunOptions()
     spec = pipeline if isinstance(pipeline, PipelineSpec) else None
     name = spec.source or spec.name if spec else pipeline
@@ -130,11 +179,10 @@ async def arun_pipeline(
             state = await pipeline_flow(
                 str(name),
                 inputs,
-                backend=options.backend,
+                credentials=credentials,
+                defaults=defaults,
                 concurrency=options.concurrency,
-                refresh=options.refresh,
-                max_cost_usd=options.max_cost_usd,
-                out_dir=str(options.out_dir) if options.out_dir else None,
+                out_dir=str(out_dir) if out_dir else None,
                 return_state=True,
             )
     finally:
@@ -151,14 +199,18 @@ def run_pipeline(
     inputs: dict[str, Any] | None = None,
     *,
     backend: str | None = None,
-    concurrency: int = 4,
+    credentials: str | None = None,
+    defaults: str | None = None,
+    concurrency: int | None = None,
     refresh: bool = False,
     max_cost_usd: float | None = None,
     out_dir: str | Path | None = None,
     options: RunOptions | None = None,
     progress: ProgressHook | None = None,
 ) -> RunResult:
-    """Run a pipeline from plain Python and return its outputs and ledger.
+    """Run a pipeline from plain Python (a script or a notebook cell) and return its outputs and ledger.
+
+    Blocks work here as in deployments: ``credentials="fal-production"``, ``defaults="studio"``.
 
     Example::
 
@@ -171,10 +223,14 @@ def run_pipeline(
     merged = base.model_copy(
         update={
             "backend": backend or base.backend,
-            "concurrency": concurrency,
+            "concurrency": concurrency or base.concurrency,
             "refresh": refresh or base.refresh,
             "max_cost_usd": max_cost_usd if max_cost_usd is not None else base.max_cost_usd,
             "out_dir": Path(out_dir) if out_dir else base.out_dir,
         }
     )
-    return asyncio.run(arun_pipeline(pipeline, inputs, options=merged, progress=progress))
+    return asyncio.run(
+        arun_pipeline(
+            pipeline, inputs, options=merged, credentials=credentials, defaults=defaults, progress=progress
+        )
+    )

@@ -92,7 +92,9 @@ def frame_at(video: Path, seconds: float | None, *, context: str) -> Image.Image
         if sought:
             _seek(container, stream, jump)
         frame = _decoded_at(container, stream, wanted)
-        landed_late = frame is not None and wanted is not None and Fraction(frame.time or 0) > wanted
+        landed_late = (
+            frame is not None and wanted is not None and Fraction(frame.time or 0) > wanted + _EPSILON
+        )
         if sought and (frame is None or landed_late):
             # The index put the keyframe after the wanted time: decode from the start instead.
             container.seek(0, stream=stream, backward=True)
