@@ -149,21 +149,28 @@ async def _flow_runs(ids: list[str]) -> list[Any]:
         return [await client.read_flow_run(i) for i in ids]
 
 
-def test_two_workers_share_the_work_and_pay_once(team: dict[str, str], tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def deployed(team: dict[str, str]) -> dict[str, str]:
+    """The README's multi-machine set-up: a process work pool and `prefect deploy --all`."""
     subprocess.run(
         [*PREFECT, "work-pool", "create", "klingflow", "--type", "process", "--overwrite"],
         env=team,
         check=True,
         capture_output=True,
     )
-    deployed = subprocess.run(
+    done = subprocess.run(
         [*PREFECT, "--no-prompt", "deploy", "--all", "--prefect-file", "deployments/prefect.yaml"],
         env=team,
         cwd=REPO,
         capture_output=True,
         text=True,
     )
-    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return team
+
+
+def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_path: Path) -> None:
+    team = deployed
     workers = [
         _start(
             team,
@@ -204,3 +211,67 @@ def test_two_workers_share_the_work_and_pay_once(team: dict[str, str], tmp_path:
     finally:
         for worker in workers:
             _stop(worker)
+
+
+def _journal_requests(home: Path) -> int:
+    return sum(
+        '"status":"submitted"' in p.read_text().replace(" ", "") for p in (home / "journal").rglob("*.json")
+    )
+
+
+def test_a_killed_worker_is_taken_over_without_a_second_submit(
+    deployed: dict[str, str], tmp_path: Path
+) -> None:
+    team = deployed
+    parameters = {"inputs": {"subject": "a worker that dies", "beats": ["first", "second"]}}
+    before = emulator_stats(team)["submits"].get(T2V, 0)
+    doomed = _start(
+        team,
+        *PREFECT,
+        "worker",
+        "start",
+        "--pool",
+        "klingflow",
+        "--name",
+        "doomed",
+        "--limit",
+        "1",
+        log=tmp_path / "doomed.log",
+    )
+    with _api(team):
+        first = run_deployment("klingflow-story/story", parameters=parameters, timeout=0)
+        deadline = time.monotonic() + 120
+        while _journal_requests(Path(team["KLINGFLOW_HOME"])) < 3:  # opening + 2 beats in flight
+            assert time.monotonic() < deadline, (tmp_path / "doomed.log").read_text()[-2000:]
+            time.sleep(0.1)
+        (state,) = asyncio.run(_flow_runs([str(first.id)]))
+        os.kill(int(str(state.infrastructure_pid).rsplit(":", 1)[-1]), signal.SIGKILL)  # the flow-run process
+        os.killpg(doomed.pid, signal.SIGKILL)  # and its worker
+        doomed.wait()
+        assert emulator_stats(team)["open"] > 0, "the requests were still in flight when the worker died"
+        survivor = _start(
+            team,
+            *PREFECT,
+            "worker",
+            "start",
+            "--pool",
+            "klingflow",
+            "--name",
+            "survivor",
+            log=tmp_path / "survivor.log",
+        )
+        try:
+            second = run_deployment("klingflow-story/story", parameters=parameters, timeout=0)
+            deadline = time.monotonic() + 300
+            while True:
+                (state,) = asyncio.run(_flow_runs([str(second.id)]))
+                if state.state and state.state.is_final():
+                    break
+                assert time.monotonic() < deadline, state.state_name
+                time.sleep(1)
+            assert state.state_name == "Completed", (tmp_path / "survivor.log").read_text()[-3000:]
+            log = (tmp_path / "survivor.log").read_text()
+            assert "resuming request" in log or "joining request" in log
+        finally:
+            _stop(survivor)
+    assert emulator_stats(team)["submits"].get(T2V, 0) - before == 3, "no step was submitted twice"
