@@ -141,7 +141,8 @@ def main() -> None:
     ratio = klingflow_s / hand_s
     row = (
         f"| {datetime.now(UTC):%Y-%m-%d} | {options.n} | {options.concurrency} | {options.latency:g} s | "
-        f"{hand_s:.1f} s | {klingflow_s:.1f} s | {100 * (ratio - 1):+.0f} % | {cached_s:.1f} s | {cached_submits} |"
+        f"{hand_s:.1f} s | {klingflow_s:.1f} s | {100 * (ratio - 1):+.0f} % | "
+        f"{cached_s:.1f} s | {cached_submits} |"
     )
     print(row)
     doc = REPO / "docs" / "benchmarks.md"
