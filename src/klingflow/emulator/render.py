@@ -24,11 +24,8 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 import tempfile
-import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +45,7 @@ from klingflow.emulator._render_effects import dual_effect, single_effect, traje
 from klingflow.emulator._render_scene import fitted_image, image_size, scene_canvas
 from klingflow.emulator.labels import banner_image, placeholder_picture, seed_of
 from klingflow.errors import MediaError
-from klingflow.media import probe, run_ffmpeg
+from klingflow.media import atomic_output, probe, run_ffmpeg
 
 __all__ = [
     "FPS",
@@ -105,18 +102,6 @@ def _frame_count(duration: float) -> int:
     return frames
 
 
-@contextmanager
-def _atomic(out: Path) -> Iterator[Path]:
-    """Yield a partial name next to ``out``; rename it over ``out`` only if the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    try:
-        yield partial
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)
-
-
 def _still(picture: Image.Image, tmp: Path, name: str) -> Any:
     """Save a picture as PNG and return it as a one-frame ffmpeg input at 30 fps."""
     path = tmp / f"{name}.png"
@@ -143,7 +128,7 @@ def _write_video(video: Any, *, frames: int, out: Path, context: str, audio: Any
     else:
         options.update({"c:a": "aac", "b:a": "128k", "ar": _AVATAR_AUDIO_RATE, "flags:a": "+bitexact"})
         streams = [video, audio]
-    with _atomic(out) as partial:
+    with atomic_output(out) as partial:
         run_ffmpeg(ffmpeg.output(*streams, str(partial), **options), context=context)
 
 
@@ -302,7 +287,7 @@ def render_ai_avatar(*, prompt: str, image: Path, audio: Path, out: Path) -> flo
 
 def _write_mp3(pcm: bytes, *, rate: int, title: str, out: Path, context: str) -> None:
     """Encode mono s16le samples to MP3 (libmp3lame, bitexact, only a title tag) at ``out``."""
-    with _atomic(out) as partial:
+    with atomic_output(out) as partial:
         arguments = [
             *f"-f s16le -ar {rate} -ac 1 -i pipe:0 -c:a libmp3lame -b:a 64k".split(),
             *"-map_metadata -1 -fflags +bitexact -flags:a +bitexact".split(),
@@ -328,7 +313,7 @@ def render_tts(*, text: str, voice_id: str, voice_speed: float, out: Path) -> fl
 
 def placeholder_image(*, label: str, out: Path, size: tuple[int, int] = (1024, 1024)) -> None:
     """A PNG standing in for an image input that could not be fetched, labelled PLACEHOLDER + label."""
-    with _atomic(out) as partial:
+    with atomic_output(out) as partial:
         placeholder_picture(label, size).save(partial, format="PNG")
 
 
