@@ -7,12 +7,14 @@
    at once runs on both workers, and the emulator counts one submit per step.
 3. A worker is killed (SIGKILL) while it holds claims on in-flight requests; a run on the other
    worker takes the claims over and finishes by polling the recorded request ids: no second submit.
-4. The Prefect UI in headless Chromium shows the completed run.
+4. The Prefect UI in headless Chromium shows the completed run and its klingflow artifacts
+   (with KLINGFLOW_UPDATE_DOCS=1 the test refreshes docs/prefect-ui.png).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import signal
 import socket
@@ -26,11 +28,15 @@ from typing import Any
 import httpx
 import pytest
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
+from klingflow import ledger
 from klingflow.media import probe
+from test_report import chromium_page, evaluate
 
 pytestmark = pytest.mark.slow
 
@@ -135,13 +141,52 @@ def test_serve_then_run_story_nightly_with_parameters(team: dict[str, str], tmp_
                     "out_dir": str(tmp_path / "out"),
                 },
             )
-        assert run.state is not None and run.state.is_completed(), (tmp_path / "serve.log").read_text()[
-            -3000:
-        ]
+        log = (tmp_path / "serve.log").read_text()
+        assert run.state is not None and run.state.is_completed(), log[-3000:]
         final = probe(tmp_path / "out" / "final_cut.mp4")
         assert (final.width, final.height) == (720, 1280) and abs(final.duration - 15.0) < 0.1
+        rows = ledger.load(run=str(run.id), root=Path(team["KLINGFLOW_HOME"]) / "ledger")
+        assert list(rows["step_id"]) == ["opening", "beats", "keyframe", "flourish", "final_cut"]
+        assert (rows["flow_run_id"] == str(run.id)).all()
+        with _api(team):
+            keys = asyncio.run(_artifact_keys(str(run.id)))
+        assert {"klingflow-story-ledger", "klingflow-story-summary"} <= keys
+        _check_ui(team, str(run.id))
     finally:
         _stop(served)
+
+
+async def _artifact_keys(flow_run_id: str) -> set[str]:
+    async with get_client() as client:
+        artifacts = await client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+            limit=50,
+            sort=ArtifactSort.CREATED_DESC,
+        )
+    return {a.key for a in artifacts if a.key}
+
+
+def _check_ui(team: dict[str, str], flow_run_id: str) -> None:
+    """The Prefect UI, in headless Chromium, shows the run Completed and its klingflow artifacts."""
+    ui = team["PREFECT_API_URL"].removesuffix("/api")
+
+    def wait_for(call, text: str) -> str:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 60
+        while True:
+            body = evaluate(call, "document.body ? document.body.innerText : ''") or ""
+            if text in body:
+                return body
+            assert time.monotonic() < deadline, f"{text!r} never appeared in the UI: {body[:1500]}"
+            time.sleep(0.5)
+
+    with chromium_page(f"{ui}/runs/flow-run/{flow_run_id}") as call:
+        wait_for(call, "Completed")
+        wait_for(call, "final_cut")  # the task runs are listed by step id
+        evaluate(call, "document.querySelector('li.p-tab#artifacts').click()")
+        wait_for(call, "klingflow-story-summary")
+        shot = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+    if os.environ.get("KLINGFLOW_UPDATE_DOCS"):
+        (REPO / "docs" / "prefect-ui.png").write_bytes(shot)
 
 
 async def _flow_runs(ids: list[str]) -> list[Any]:

@@ -107,7 +107,8 @@ def test_the_core_never_imports_prefect() -> None:
         "import sys\n"
         "import klingflow, klingflow.spec, klingflow.endpoints, klingflow.backends, klingflow.backends.fal\n"
         "import klingflow.emulator.server, klingflow.store, klingflow.media, klingflow.ledger\n"
-        "import klingflow.journal, klingflow.cache, klingflow.operations\n"
+        "import klingflow.journal, klingflow.cache, klingflow.operations, klingflow.runs, klingflow.report\n"
+        "import klingflow.cli_ledger, klingflow.claims\n"
         "import klingflow.runtime, klingflow.runner, klingflow.planning, klingflow.steps, klingflow.cli\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect'], 'prefect imported'\n"
     )

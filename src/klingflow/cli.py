@@ -19,6 +19,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from klingflow.cli_ledger import add_ledger_commands
 from klingflow.errors import ConfigError, KlingflowError
 
 __all__ = ["app", "main"]
@@ -53,6 +54,9 @@ def _friendly_errors(command: F) -> F:
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+add_ledger_commands(app, _friendly_errors)
 
 
 @emulator_app.command("serve")

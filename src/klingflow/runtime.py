@@ -18,6 +18,7 @@ from klingflow.claims import claims_from_env
 from klingflow.journal import Journal
 from klingflow.planning import Plan, check_budget, make_plan
 from klingflow.runner import ProgressHook, RunResult, StepWrapper, execute
+from klingflow.runs import record_run
 from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 from klingflow.steps import RetryPolicy, StepContext
 from klingflow.store import Store
@@ -112,6 +113,7 @@ async def arun(
     wrap: StepWrapper | None = None,
     progress: ProgressHook | None = None,
     run_id: str | None = None,
+    flow_run_id: str | None = None,
 ) -> RunResult:
     """Check, plan, enforce the budget, run every step, and export the final outputs."""
     options = options or RunOptions()
@@ -120,6 +122,8 @@ async def arun(
     if limit is not None:
         check_budget(make_plan(validated, ctx), limit)
     result = await execute(validated, ctx, wrap=wrap, progress=progress, run_id=run_id)
+    result.flow_run_id = flow_run_id
     if options.out_dir is not None:
         result.final = export_outputs(result, options.out_dir)
+    record_run(result, validated, out_dir=options.out_dir, secrets=[options.key] if options.key else [])
     return result

@@ -31,6 +31,7 @@ from prefect.settings import (
 from klingflow.backends.config import use_hosts
 from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.errors import KlingflowError
+from klingflow.flows.artifacts import publish_artifacts
 from klingflow.runner import ProgressHook, RunResult
 from klingflow.runtime import RunOptions, arun
 from klingflow.spec import PipelineSpec
@@ -119,8 +120,9 @@ async def run_body(
         wrap=run_step_as_task,
         progress=_local_progress.get(),
         run_id=run_id,
+        flow_run_id=run_id,
     )
-    result.flow_run_id = run_id
+    await publish_artifacts(result.run_id)
     if result.failures:
         raise PipelineFailed(result)
     return result

@@ -1,0 +1,78 @@
+"""No secret in anything a run leaves behind: ledger, manifest, contact sheet, report, Prefect artifacts.
+
+The planted key is the one the run really uses (the session emulator is told to accept only it,
+so it travels in every request's headers), it is in FAL_KEY, and it is also pasted into a prompt
+and into a failing input's file name, so that it reaches the ledger's prompt, arguments and error
+texts; every file written and every artifact is then searched for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.testing.utilities import prefect_test_harness
+
+from klingflow import ledger
+from test_artifacts import read_artifacts, recorded_flow
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sk-test-planted-secret-123456"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server() -> Any:
+    """One temporary Prefect server for this module."""
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def _text(path: Path) -> str:
+    """A file's content as searchable text; parquet also decoded (its pages may be compressed)."""
+    raw = path.read_bytes().decode("latin-1")
+    return raw + pq.read_table(path).to_pandas().to_csv() if path.suffix == ".parquet" else raw
+
+
+def test_the_planted_key_appears_in_no_file_and_no_artifact(
+    emulator: Any, emulator_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home, out = tmp_path / "home", tmp_path / "out"
+    monkeypatch.setenv("KLINGFLOW_HOME", str(home))
+    monkeypatch.setenv("FAL_KEY", SECRET)
+    monkeypatch.setattr(emulator_server.state, "key", SECRET)
+    broken = tmp_path / f"clip-{SECRET}.mp4"
+    broken.write_bytes(b"this is not a video " * 50)
+    data = {
+        "name": "secrets",
+        "steps": [
+            {"id": "shot", "uses": "text-to-video", "with": {"prompt": f"a kite, key {SECRET} oops"}},
+            {"id": "voice", "uses": "tts", "with": {"text": "Nothing to see here."}},
+            {"id": "broken", "uses": "last_frame", "with": {"video": str(broken)}},
+        ],
+    }
+    ids = asyncio.run(recorded_flow(data, SECRET, str(home), str(out)))
+
+    frame = ledger.load(run=ids["run_id"])
+    assert list(frame["status"]) == ["completed", "completed", "failed"], "the key really worked"
+    assert "***" in frame.loc[0, "prompt"] and "***" in frame.loc[2, "error"], "it was there, and redacted"
+
+    written = [
+        p for folder in (out, home / "ledger", home / "runs") for p in folder.rglob("*") if p.is_file()
+    ]
+    names = {p.name for p in written}
+    assert {"report.html", "contact-sheet.png", f"{ids['run_id']}.json"} <= names
+    assert any(name.endswith(".parquet") for name in names)
+    for path in written:
+        assert SECRET not in _text(path), f"the key leaked into {path}"
+
+    artifacts = asyncio.run(
+        read_artifacts(ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[ids["flow_run_id"]])))
+    )
+    assert len(artifacts) == 2
+    for artifact in artifacts:
+        assert SECRET not in f"{artifact.data} {artifact.description} {artifact.key}", artifact.key
