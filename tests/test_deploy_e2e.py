@@ -125,6 +125,8 @@ def _start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[Any]:
 
 
 def test_serve_then_run_story_nightly_with_parameters(team: dict[str, str], tmp_path: Path) -> None:
+    registered = subprocess.run([*KLINGFLOW, "blocks", "register"], env=team, capture_output=True, text=True)
+    assert registered.returncode == 0 and "fal-credentials" in registered.stdout, registered.stderr
     served = _start(team, *KLINGFLOW, "serve", log=tmp_path / "serve.log")
     try:
         with _api(team):

@@ -14,6 +14,7 @@ from klingflow.spec import parse_pipeline
 from klingflow.steps import RetryPolicy
 from klingflow.store import Store
 
+REPO = Path(__file__).resolve().parents[1]
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 TTS = "fal-ai/kling-video/v1/tts"
 
@@ -206,3 +207,30 @@ async def test_resume_polls_the_journaled_request(options: RunOptions, emulator)
     resumed = await arun(spec, None, options)
     assert resumed.records[0].status == "completed"
     assert emulator.stats()["submits"] == {T2V: 1}, "resumed, not submitted again"
+
+
+async def test_continue_preset_cuts_a_continuous_scene(options: RunOptions, emulator) -> None:
+    from klingflow.media import first_frame, probe
+
+    result = await arun(REPO / "deployments/pipelines/continue.yaml", None, options)
+    assert result.status == "completed"
+    final = result.final["final_cut"]
+    assert abs(probe(final).duration - 10.0) < 1 / 30 + 1e-6, "two 5 s shots, back to back"
+    handoff, second = result.outputs["handoff"]["image"], result.outputs["second_shot"]["video"]
+    start = first_frame(second, options.store.tmp / "second-start.png")
+    from PIL import Image, ImageChops, ImageStat
+
+    with Image.open(handoff) as a, Image.open(start) as b:
+        difference = ImageStat.Stat(
+            ImageChops.difference(a.convert("L"), b.convert("L").resize(a.size))
+        ).mean[0]
+    assert difference < 40, "the second shot starts from the first shot's last frame"
+    assert emulator.stats()["submits"] == {T2V: 1, "fal-ai/kling-video/v1/standard/image-to-video": 1}
+
+
+def test_retry_delay_backs_off_and_never_undercuts_retry_after() -> None:
+    policy = RetryPolicy(base_delay=1.0, max_delay=8.0, jitter=0.25)
+    assert 0.75 <= policy.delay(1) <= 1.25
+    assert 3.0 <= policy.delay(3) <= 5.0
+    assert 6.0 <= policy.delay(10) <= 10.0, "capped"
+    assert policy.delay(1, retry_after=7.0) == 7.0, "Retry-After wins over a shorter backoff"
