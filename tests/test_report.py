@@ -30,7 +30,6 @@ from websockets.sync.client import connect
 
 from conftest import REPO
 from klingflow import ledger
-from klingflow.errors import MediaError
 from klingflow.journal import Journal
 from klingflow.ledger import LedgerError
 from klingflow.runner import RunResult
@@ -224,15 +223,17 @@ def test_report_cards_show_settings_cost_timings_and_errors(recorded: Recorded) 
 def test_a_cosmetic_failure_never_fails_the_record(
     recorded: Recorded, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A clip that is not media (the contact sheet fails) and a report path that is a folder (the report
+    fails): the run is still recorded, with warnings, because the money was already spent."""
     monkeypatch.setenv("KLINGFLOW_HOME", str(tmp_path))
-
-    def broken(*args: Any, **kwargs: Any) -> Path:
-        raise MediaError("no frames today")
-
-    monkeypatch.setattr("klingflow.runs.contact_sheet", broken)
-    monkeypatch.setattr("klingflow.runs.write_report", broken)
+    result = recorded.result.model_copy(deep=True)
+    fake = tmp_path / "not-a-clip.mp4"
+    fake.write_text("this is not a video\n" * 50)
+    video = next(r for r in result.records if r.output_path and r.output_path.endswith(".mp4"))
+    video.output_path = str(fake)
+    (tmp_path / "out" / "report.html").mkdir(parents=True)
     with caplog.at_level(logging.WARNING, logger="klingflow.runs"):
-        manifest = record_run(recorded.result, recorded.validated, out_dir=None)
+        manifest = record_run(result, recorded.validated, out_dir=tmp_path / "out")
     assert manifest.contact_sheet is None and manifest.report is None
     assert "contact sheet" in caplog.text and "report" in caplog.text
     assert load_manifest(manifest.run_id) == manifest
