@@ -4,7 +4,8 @@
    through `run_deployment` (what the UI's "Quick run" does) and completes on the emulator.
 2. The multi-machine path of the README: a process work pool, `prefect deploy --all`, two
    `prefect worker start` processes sharing KLINGFLOW_HOME; the same fan-out pipeline started twice
-   at once runs on both workers, and the emulator counts one submit per step.
+   at once (one request at a time each) runs on both workers, each worker generates part of the
+   fan-out and joins the rest, and the emulator counts one submit per step.
 3. A worker is killed (SIGKILL) while it holds claims on in-flight requests; a run on the other
    worker takes the claims over and finishes by polling the recorded request ids: no second submit.
 4. The Prefect UI in headless Chromium shows the completed run and its klingflow artifacts
@@ -235,7 +236,7 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
         for i in (1, 2)
     ]
     before = emulator_stats(team)["submits"].get(T2V, 0)
-    parameters = {"inputs": {"subject": "two workers", "beats": ["one", "two", "three"]}}
+    parameters = {"inputs": {"subject": "two workers", "beats": ["one", "two", "three"]}, "concurrency": 1}
     try:
         with _api(team):
             runs = [
@@ -255,6 +256,12 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
         assert len(pids) == 2, "each run ran in its own worker process"
         submitted = emulator_stats(team)["submits"].get(T2V, 0) - before
         assert submitted == 4, "opening + 3 beats, each generated once across both workers"
+        home = Path(team["KLINGFLOW_HOME"]) / "ledger"
+        generated = [
+            set(rows.loc[(rows["status"] == "completed") & (rows["kind"] == "endpoint"), "step_id"])
+            for rows in (ledger.load(run=str(r.id), root=home) for r in runs)
+        ]
+        assert all(generated), f"both workers generated part of the fan-out: {generated}"
     finally:
         for worker in workers:
             _stop(worker)

@@ -301,22 +301,26 @@ async def run_generation(
         log,
     )
     while True:
-        if ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl):
-            try:
-                entry = ctx.journal.get(key)  # a dead holder may have left a request id: resume it
-                if (
-                    entry is not None
-                    and entry.status == "done"
-                    and _cache_hit(ctx, entry, record, kinds, log)
-                ):
-                    break
-                async with _renewing(ctx, key, log):
-                    await generation.run(entry, may_submit=True)
-            finally:
-                ctx.claims.release(key, ctx.owner)
-            record.estimated_cost_usd = estimate_cost(
-                info.id, model, output_seconds=record.duration_s, prices=ctx.prices
-            )
+        # Capacity first, then the claim: a worker claims only what it can start now, so the keys it
+        # cannot reach yet stay free for another worker to generate instead of waiting behind it.
+        async with ctx.limiter:
+            held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
+            if held:
+                try:
+                    entry = ctx.journal.get(key)  # a dead holder may have left a request id: resume it
+                    if not (
+                        entry is not None
+                        and entry.status == "done"
+                        and _cache_hit(ctx, entry, record, kinds, log)
+                    ):
+                        async with _renewing(ctx, key, log):
+                            await generation.run(entry, may_submit=True)
+                        record.estimated_cost_usd = estimate_cost(
+                            info.id, model, output_seconds=record.duration_s, prices=ctx.prices
+                        )
+                finally:
+                    ctx.claims.release(key, ctx.owner)
+        if held:
             break
         entry = ctx.journal.get(key)
         if entry is not None and entry.status == "done" and _cache_hit(ctx, entry, record, kinds, log):
@@ -386,22 +390,21 @@ class _Generation:
         while True:
             record.attempts += 1
             try:
-                async with ctx.limiter:
-                    if handle is None:
-                        if not may_submit:
-                            raise _RequestGone
-                        prepared = await backend.prepare(endpoint, self.body, base_dir=ctx.base_dir)
-                        handle = await backend.submit(endpoint, prepared)
-                        record.submitted_at = datetime.now(UTC)
-                        ctx.journal.record_submitted(
-                            key, endpoint=endpoint, backend=record.backend, request_id=handle.request_id
-                        )
-                    record.request_id = handle.request_id
-                    started = time.monotonic()
-                    result, queue_s, run_s = await backend.wait(
-                        handle, on_event=self.on_event, timeout=self.timeout
+                if handle is None:
+                    if not may_submit:
+                        raise _RequestGone
+                    prepared = await backend.prepare(endpoint, self.body, base_dir=ctx.base_dir)
+                    handle = await backend.submit(endpoint, prepared)
+                    record.submitted_at = datetime.now(UTC)
+                    ctx.journal.record_submitted(
+                        key, endpoint=endpoint, backend=record.backend, request_id=handle.request_id
                     )
-                    done = await backend.download(handle, result)
+                record.request_id = handle.request_id
+                started = time.monotonic()
+                result, queue_s, run_s = await backend.wait(
+                    handle, on_event=self.on_event, timeout=self.timeout
+                )
+                done = await backend.download(handle, result)
                 break
             except ResultTimeout as exc:
                 if may_submit:
