@@ -76,4 +76,8 @@ def test_run_with_credentials_and_defaults_blocks(emulator, tmp_path: Path) -> N
     assert '"voice_id":"AOT"' in arguments["first"] and '"voice_speed":1.5' in arguments["first"]
     assert '"voice_speed":1.0' in arguments["second"], "the step's own value wins over the block"
     assert emulator.stats()["max_open"] == 1, "the block's concurrency was applied"
-    assert sorted(p.name for p in (tmp_path / "team-out").iterdir()) == ["first.mp3", "second.mp3"]
+    assert sorted(p.name for p in (tmp_path / "team-out").iterdir()) == [
+        "first.mp3",
+        "report.html",
+        "second.mp3",
+    ]

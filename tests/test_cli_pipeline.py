@@ -134,4 +134,4 @@ def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> Non
     assert "resuming request" in again.stdout + again.stderr
     assert emulator_stats(served)["submits"][T2V] - before == 3, "exactly one submit per step"
     exported = sorted(p.name for p in (tmp_path / "klingflow-out" / "crashy").iterdir())
-    assert exported == ["shots-0.mp4", "shots-1.mp4", "shots-2.mp4"]
+    assert exported == ["report.html", "shots-0.mp4", "shots-1.mp4", "shots-2.mp4"]
