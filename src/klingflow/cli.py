@@ -220,7 +220,9 @@ class _Progress:
         detail = f"${record.estimated_cost_usd:.3f}" if record.status == "completed" else ""
         if record.error:
             detail = record.error.splitlines()[0]
-        self.console.print(f"{mark:>22} {name:<24} {detail}  [dim]({self.summary()})[/]", highlight=False)
+        self.console.print(
+            f"{mark:>22} {name:<24} {detail}  [dim]({self.summary()})[/]", highlight=False, soft_wrap=True
+        )
 
     def summary(self) -> str:
         return (
@@ -279,10 +281,11 @@ def run(
 def _print_final(console: Console, result: Any) -> None:
     spent = sum(r.estimated_cost_usd for r in result.records)
     console.print(
-        f"\n[bold]{result.pipeline}[/]: {result.status}, estimated spend ${spent:.3f} (run {result.run_id})"
+        f"\n[bold]{result.pipeline}[/]: {result.status}, estimated spend ${spent:.3f} (run {result.run_id})",
+        soft_wrap=True,
     )
     for step_id, path in result.final.items():
-        console.print(f"  {step_id}: {path.resolve()}", highlight=False)
+        console.print(f"  {step_id}: {path.resolve()}", highlight=False, soft_wrap=True)
 
 
 @blocks_app.command("register")
