@@ -30,6 +30,10 @@ for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_p
 
 from klingflow.emulator.faults import FaultPlan  # noqa: E402
 from klingflow.emulator.server import EmulatorServer  # noqa: E402
+from klingflow.journal import Journal  # noqa: E402
+from klingflow.runtime import RunOptions  # noqa: E402
+from klingflow.steps import RetryPolicy  # noqa: E402
+from klingflow.store import Store  # noqa: E402
 
 _SERVER = EmulatorServer(port=0, latency=0.2, workers=4, fetch_remote=False)
 os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_KEY"})
@@ -77,6 +81,18 @@ def emulator(emulator_server: EmulatorServer) -> Iterator[EmulatorAdmin]:
     admin.reset()
     yield admin
     admin.faults()
+
+
+@pytest.fixture
+def options(emulator: EmulatorAdmin, tmp_path: Path) -> RunOptions:
+    """Run options with a private cache (store + journal) and the session emulator as backend."""
+    return RunOptions(
+        backend="fal",
+        key=emulator.key,
+        store=Store(tmp_path / "store"),
+        journal=Journal(tmp_path / "journal"),
+        retry=RetryPolicy(retries=4, base_delay=0.05),
+    )
 
 
 @pytest.fixture

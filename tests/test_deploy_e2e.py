@@ -118,6 +118,13 @@ async def _wait_for_deployment(name: str, timeout: float = 90) -> None:
                 await asyncio.sleep(0.5)
 
 
+def _worker(env: dict[str, str], name: str, *, log: Path) -> subprocess.Popen[Any]:
+    """`prefect worker start` on the klingflow pool, taking one flow run at a time."""
+    return _start(
+        env, *PREFECT, "worker", "start", "--pool", "klingflow", "--name", name, "--limit", "1", log=log
+    )
+
+
 def _start(env: dict[str, str], *args: str, log: Path) -> subprocess.Popen[Any]:
     handle = log.open("w")
     return subprocess.Popen(
@@ -217,24 +224,20 @@ def deployed(team: dict[str, str]) -> dict[str, str]:
     return team
 
 
+def _until_final(ids: list[str], timeout: float = 300) -> list[Any]:
+    """Poll the flow runs until every one is in a final state; return them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = asyncio.run(_flow_runs(ids))
+        if all(s.state and s.state.is_final() for s in states):
+            return states
+        assert time.monotonic() < deadline, [s.state_name for s in states]
+        time.sleep(1)
+
+
 def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_path: Path) -> None:
     team = deployed
-    workers = [
-        _start(
-            team,
-            *PREFECT,
-            "worker",
-            "start",
-            "--pool",
-            "klingflow",
-            "--name",
-            f"w{i}",
-            "--limit",
-            "1",
-            log=tmp_path / f"worker{i}.log",
-        )
-        for i in (1, 2)
-    ]
+    workers = [_worker(team, f"w{i}", log=tmp_path / f"worker{i}.log") for i in (1, 2)]
     before = emulator_stats(team)["submits"].get(T2V, 0)
     parameters = {"inputs": {"subject": "two workers", "beats": ["one", "two", "three"]}, "concurrency": 1}
     try:
@@ -242,13 +245,7 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
             runs = [
                 run_deployment("klingflow-story/story", parameters=parameters, timeout=0) for _ in range(2)
             ]
-            deadline = time.monotonic() + 300
-            while True:
-                states = asyncio.run(_flow_runs([str(r.id) for r in runs]))
-                if all(s.state and s.state.is_final() for s in states):
-                    break
-                assert time.monotonic() < deadline, [s.state_name for s in states]
-                time.sleep(1)
+            states = _until_final([str(r.id) for r in runs])
         assert [s.state_name for s in states] == ["Completed", "Completed"], (
             tmp_path / "worker1.log"
         ).read_text()[-2000:] + (tmp_path / "worker2.log").read_text()[-2000:]
@@ -279,19 +276,7 @@ def test_a_killed_worker_is_taken_over_without_a_second_submit(
     team = deployed
     parameters = {"inputs": {"subject": "a worker that dies", "beats": ["first", "second"]}}
     before = emulator_stats(team)["submits"].get(T2V, 0)
-    doomed = _start(
-        team,
-        *PREFECT,
-        "worker",
-        "start",
-        "--pool",
-        "klingflow",
-        "--name",
-        "doomed",
-        "--limit",
-        "1",
-        log=tmp_path / "doomed.log",
-    )
+    doomed = _worker(team, "doomed", log=tmp_path / "doomed.log")
     with _api(team):
         first = run_deployment("klingflow-story/story", parameters=parameters, timeout=0)
         deadline = time.monotonic() + 120
@@ -303,26 +288,10 @@ def test_a_killed_worker_is_taken_over_without_a_second_submit(
         os.killpg(doomed.pid, signal.SIGKILL)  # and its worker
         doomed.wait()
         assert emulator_stats(team)["open"] > 0, "the requests were still in flight when the worker died"
-        survivor = _start(
-            team,
-            *PREFECT,
-            "worker",
-            "start",
-            "--pool",
-            "klingflow",
-            "--name",
-            "survivor",
-            log=tmp_path / "survivor.log",
-        )
+        survivor = _worker(team, "survivor", log=tmp_path / "survivor.log")
         try:
             second = run_deployment("klingflow-story/story", parameters=parameters, timeout=0)
-            deadline = time.monotonic() + 300
-            while True:
-                (state,) = asyncio.run(_flow_runs([str(second.id)]))
-                if state.state and state.state.is_final():
-                    break
-                assert time.monotonic() < deadline, state.state_name
-                time.sleep(1)
+            (state,) = _until_final([str(second.id)])
             assert state.state_name == "Completed", (tmp_path / "survivor.log").read_text()[-3000:]
             log = (tmp_path / "survivor.log").read_text()
             assert "resuming request" in log or "joining request" in log

@@ -8,27 +8,13 @@ from pathlib import Path
 import pytest
 
 from klingflow.errors import BudgetError
-from klingflow.journal import Journal
 from klingflow.runtime import RunOptions, arun, plan_pipeline
 from klingflow.spec import parse_pipeline
 from klingflow.steps import RetryPolicy
-from klingflow.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 TTS = "fal-ai/kling-video/v1/tts"
-
-
-@pytest.fixture
-def options(emulator, tmp_path: Path) -> RunOptions:
-    """Run options with a private cache (store + journal) and the session emulator as backend."""
-    return RunOptions(
-        backend="fal",
-        key=emulator.key,
-        store=Store(tmp_path / "store"),
-        journal=Journal(tmp_path / "journal"),
-        retry=RetryPolicy(retries=4, base_delay=0.05),
-    )
 
 
 def fan_out(prompts: list[str], *, tts: bool = True) -> dict:

@@ -15,10 +15,8 @@ from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO
 from klingflow import PipelineFailed, RunOptions, run_pipeline
-from klingflow.journal import Journal
 from klingflow.media import probe
 from klingflow.steps import RetryPolicy
-from klingflow.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -28,17 +26,6 @@ def prefect_server():
     """One temporary Prefect server for these tests, stopped when they end (not at interpreter exit)."""
     with prefect_test_harness(server_startup_timeout=60):
         yield
-
-
-@pytest.fixture
-def options(emulator, tmp_path: Path) -> RunOptions:
-    return RunOptions(
-        backend="fal",
-        key=emulator.key,
-        store=Store(tmp_path / "store"),
-        journal=Journal(tmp_path / "journal"),
-        retry=RetryPolicy(retries=1, base_delay=0.05),
-    )
 
 
 async def _task_runs(flow_run_id: str) -> dict[str, str]:
@@ -94,7 +81,9 @@ steps:
 """)
     emulator.faults(script=["error@text-to-video", "error@text-to-video"])
     with pytest.raises(PipelineFailed) as info:
-        run_pipeline(pipeline, options=options)
+        run_pipeline(
+            pipeline, options=options.model_copy(update={"retry": RetryPolicy(retries=1, base_delay=0.05)})
+        )
     result = info.value.result
     assert {r.step_id: r.status for r in result.records} == {"doomed": "failed", "fine": "completed"}
     assert "doomed" in str(info.value) and "Emulated model failure" in str(info.value)

@@ -19,7 +19,7 @@ import av
 from PIL import Image
 
 from klingflow.errors import MediaError
-from klingflow.media._probe import existing, unreadable
+from klingflow.media._probe import open_video
 from klingflow.media._run import atomic_output, where
 
 __all__ = ["first_frame", "frame_at", "frames_at", "last_frame", "save_png", "thumbnail", "video_seconds"]
@@ -33,18 +33,10 @@ _EPSILON = Fraction(1, 1_000_000)
 
 @contextmanager
 def _video(path: str | os.PathLike[str], context: str) -> Iterator[tuple[Any, Any]]:
-    """Open a file's first video stream for decoding; PyAV errors become MediaError naming the file."""
-    source = existing(path, context)
-    try:
-        with av.open(str(source)) as container:
-            streams = [v for v in container.streams.video if v.codec_context.width]
-            if not streams:
-                raise MediaError("file has no video stream", context=where(context, source))
-            stream = streams[0]
-            stream.thread_type = "AUTO"
-            yield container, stream
-    except _AV_ERRORS as exc:
-        raise unreadable(source, context, exc) from exc
+    """Open a file's first video stream for (threaded) decoding."""
+    with open_video(path, context) as (container, stream, _source):
+        stream.thread_type = "AUTO"
+        yield container, stream
 
 
 def _start(stream: Any) -> Fraction:

@@ -8,6 +8,8 @@ few milliseconds, cheap enough for every step output.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +21,7 @@ from pydantic import BaseModel
 from klingflow.errors import MediaError
 from klingflow.media._run import where
 
-__all__ = ["MediaInfo", "VideoFacts", "existing", "inspect_video", "probe", "unreadable"]
+__all__ = ["MediaInfo", "VideoFacts", "existing", "inspect_video", "open_video", "probe", "unreadable"]
 
 _AV_ERRORS = (av.error.FFmpegError, ValueError, ZeroDivisionError)
 
@@ -161,53 +163,59 @@ def _seconds(value: int | None, time_base: Fraction | None) -> Fraction | None:
     return Fraction(value) * Fraction(time_base)
 
 
-def inspect_video(path: str | os.PathLike[str], *, context: str) -> VideoFacts:
-    """Read the exact facts of a clip's first video stream; MediaError if it has none."""
+@contextmanager
+def open_video(path: str | os.PathLike[str], context: str) -> Iterator[tuple[Any, Any, Path]]:
+    """Open a file's first real video stream: (container, stream, path); PyAV errors become MediaError."""
     source = existing(path, context)
     try:
         with av.open(str(source)) as container:
             streams = [v for v in container.streams.video if v.codec_context.width]
             if not streams:
                 raise MediaError("file has no video stream", context=where(context, source))
-            video = streams[0]
-            ctx = video.codec_context
-            rate = Fraction(video.average_rate or video.guessed_rate or 0)
-            if rate <= 0:
-                raise MediaError("video stream has no frame rate", context=where(context, source))
-            container_seconds = Fraction(container.duration or 0, av.time_base)
-            duration = _seconds(video.duration, video.time_base) or container_seconds
-            if video.frames and abs(Fraction(video.frames) / rate - duration) < 1 / (2 * rate):
-                duration = Fraction(video.frames) / rate
-            audio = container.streams.audio[0] if container.streams.audio else None
-            sar = Fraction(video.sample_aspect_ratio or 1)
-            colour = (ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc)
-            copy_key = (
-                ctx.codec.canonical_name,
-                ctx.profile,
-                ctx.width,
-                ctx.height,
-                ctx.pix_fmt,
-                sar,
-                rate,
-                Fraction(video.time_base),
-                colour,
-                bytes(ctx.extradata or b""),
-            )
-            return VideoFacts(
-                path=source,
-                width=ctx.width,
-                height=ctx.height,
-                sar=sar,
-                rate=rate,
-                duration=duration,
-                start=_seconds(video.start_time, video.time_base) or Fraction(0),
-                codec=ctx.codec.canonical_name,
-                pixel_format=ctx.pix_fmt or "",
-                has_audio=audio is not None,
-                audio_start=(_seconds(audio.start_time, audio.time_base) or Fraction(0))
-                if audio
-                else Fraction(0),
-                copy_key=copy_key,
-            )
+            yield container, streams[0], source
     except _AV_ERRORS as exc:
         raise unreadable(source, context, exc) from exc
+
+
+def inspect_video(path: str | os.PathLike[str], *, context: str) -> VideoFacts:
+    """Read the exact facts of a clip's first video stream; MediaError if it has none."""
+    with open_video(path, context) as (container, video, source):
+        ctx = video.codec_context
+        rate = Fraction(video.average_rate or video.guessed_rate or 0)
+        if rate <= 0:
+            raise MediaError("video stream has no frame rate", context=where(context, source))
+        container_seconds = Fraction(container.duration or 0, av.time_base)
+        duration = _seconds(video.duration, video.time_base) or container_seconds
+        if video.frames and abs(Fraction(video.frames) / rate - duration) < 1 / (2 * rate):
+            duration = Fraction(video.frames) / rate
+        audio = container.streams.audio[0] if container.streams.audio else None
+        sar = Fraction(video.sample_aspect_ratio or 1)
+        colour = (ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc)
+        copy_key = (
+            ctx.codec.canonical_name,
+            ctx.profile,
+            ctx.width,
+            ctx.height,
+            ctx.pix_fmt,
+            sar,
+            rate,
+            Fraction(video.time_base),
+            colour,
+            bytes(ctx.extradata or b""),
+        )
+        return VideoFacts(
+            path=source,
+            width=ctx.width,
+            height=ctx.height,
+            sar=sar,
+            rate=rate,
+            duration=duration,
+            start=_seconds(video.start_time, video.time_base) or Fraction(0),
+            codec=ctx.codec.canonical_name,
+            pixel_format=ctx.pix_fmt or "",
+            has_audio=audio is not None,
+            audio_start=(_seconds(audio.start_time, audio.time_base) or Fraction(0))
+            if audio
+            else Fraction(0),
+            copy_key=copy_key,
+        )
