@@ -28,12 +28,10 @@ os.environ["KLINGFLOW_HOME"] = str(_SESSION_HOME)
 for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
     os.environ.pop(_name, None)
 
+from klingflow.cache import Journal, Store  # noqa: E402
 from klingflow.emulator.faults import FaultPlan  # noqa: E402
 from klingflow.emulator.server import EmulatorServer  # noqa: E402
-from klingflow.journal import Journal  # noqa: E402
-from klingflow.runtime import RunOptions  # noqa: E402
-from klingflow.steps import RetryPolicy  # noqa: E402
-from klingflow.store import Store  # noqa: E402
+from klingflow.engine import RetryPolicy, RunOptions  # noqa: E402
 
 _SERVER = EmulatorServer(port=0, latency=0.2, workers=4, fetch_remote=False)
 os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_KEY"})

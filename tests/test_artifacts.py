@@ -20,13 +20,11 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.runtime import flow_run
 from prefect.testing.utilities import prefect_test_harness
 
+from klingflow.cache import Journal, Store
+from klingflow.engine import RetryPolicy, RunOptions, arun
+from klingflow.engine.recording import record_run
 from klingflow.flows.artifacts import artifact_key, publish_artifacts
-from klingflow.journal import Journal
-from klingflow.runs import record_run
-from klingflow.runtime import RunOptions, arun
 from klingflow.spec import check, parse_pipeline
-from klingflow.steps import RetryPolicy
-from klingflow.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -66,8 +64,8 @@ async def recorded_flow(data: dict[str, Any], key: str, home: str, out_dir: str)
     run_id = str(flow_run.id)
     result = await arun(spec, None, options, run_id=run_id)
     result.flow_run_id = run_id
-    manifest = record_run(result, check(spec, {}), out_dir=Path(out_dir), secrets=[options.key])
-    ids = await publish_artifacts(manifest)
+    manifest, frame = record_run(result, check(spec, {}), out_dir=Path(out_dir), secrets=[options.key])
+    ids = await publish_artifacts(manifest, frame)
     return {
         "run_id": result.run_id,
         "flow_run_id": run_id,

@@ -8,11 +8,22 @@ from pathlib import Path
 import fal_client
 import pytest
 
+from klingflow._files import file_sha256
 from klingflow.backends import resolve_backend
 from klingflow.backends.fal import FalBackend, QueueEvent
-from klingflow.errors import BackendError, EndpointError, ResultTimeout, SubmitError
+from klingflow.cache import Store
+from klingflow.errors import (
+    ConnectionLost,
+    InvalidInput,
+    RequestCancelled,
+    RequestFailed,
+    ResultLost,
+    ResultTimeout,
+    ServerError,
+    Unauthorized,
+    is_transient,
+)
 from klingflow.media import probe
-from klingflow.store import Store, file_sha256
 
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 
@@ -100,24 +111,24 @@ async def test_identical_requests_give_identical_bytes(backend: FalBackend) -> N
 
 
 async def test_invalid_input_is_a_permanent_422_naming_the_field(backend: FalBackend) -> None:
-    with pytest.raises(SubmitError) as info:
+    with pytest.raises(InvalidInput) as info:
         await backend.submit(T2V, {"prompt": "x", "cfg_scale": 3})
-    assert info.value.status_code == 422
-    assert not info.value.transient
+    assert info.value.status_code == 422 and info.value.phase == "submit"
+    assert not is_transient(info.value)
     assert "cfg_scale" in str(info.value)
 
 
 async def test_unknown_effect_scene_is_refused_with_a_suggestion(backend: FalBackend) -> None:
-    with pytest.raises(SubmitError) as info:
+    with pytest.raises(InvalidInput) as info:
         await backend.submit("effects", {"effect_scene": "hugg"})
     assert info.value.status_code == 422 and "did you mean 'hug'" in str(info.value)
 
 
 async def test_wrong_key_is_a_permanent_401(emulator, tmp_path: Path) -> None:
     config = resolve_backend("fal", key="wrong:key")
-    with pytest.raises(SubmitError) as info:
+    with pytest.raises(Unauthorized) as info:
         await FalBackend(config, Store(tmp_path)).submit(T2V, {"prompt": "x"})
-    assert info.value.status_code == 401 and not info.value.transient
+    assert info.value.status_code == 401 and not is_transient(info.value)
     assert "wrong:key" not in str(info.value)
 
 
@@ -127,9 +138,9 @@ async def test_cancel_a_stuck_request(backend: FalBackend, emulator) -> None:
     with pytest.raises(ResultTimeout):
         await backend.wait(handle, timeout=0.5)
     await backend.cancel(handle)
-    with pytest.raises(EndpointError) as info:
+    with pytest.raises(RequestCancelled) as info:
         await backend.wait(handle)
-    assert "cancelled" in str(info.value) and not info.value.transient
+    assert "cancelled" in str(info.value) and not is_transient(info.value)
     stats = emulator.stats()
     assert stats["cancels"] == 1 and stats["faults_injected"] == {"stuck": 1}
 
@@ -144,9 +155,9 @@ async def test_run_cancels_on_timeout(backend: FalBackend, emulator) -> None:
 @pytest.mark.parametrize("kind", ["500", "502", "503"])
 async def test_server_errors_on_submit_are_transient(backend: FalBackend, emulator, kind: str) -> None:
     emulator.faults(script=[kind])
-    with pytest.raises(SubmitError) as info:
+    with pytest.raises(ServerError) as info:
         await backend.submit(T2V, {"prompt": "x"})
-    assert info.value.status_code == int(kind) and info.value.transient
+    assert info.value.status_code == int(kind) and is_transient(info.value)
     assert emulator.stats()["faults_injected"] == {kind: 1}
 
 
@@ -173,24 +184,27 @@ async def test_rate_limit_answer_carries_retry_after(emulator) -> None:
 
 async def test_completed_with_error(backend: FalBackend, emulator) -> None:
     emulator.faults(script=["error"])
-    with pytest.raises(EndpointError) as info:
+    with pytest.raises(RequestFailed) as info:
         await backend.run("tts", {"text": "this one fails"})
     assert "Emulated model failure" in str(info.value) and info.value.request_id
+    assert f"request {info.value.request_id}" in str(info.value), "the printed error names the request"
+    assert "fal-ai/kling-video/v1/tts" in str(info.value), "the printed error names the endpoint"
 
 
 async def test_result_file_404_is_permanent(backend: FalBackend, emulator) -> None:
     emulator.faults(script=["result_404"])
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ResultLost) as info:
         await backend.run("tts", {"text": "file vanishes"})
-    assert info.value.status_code == 404 and not info.value.transient
+    assert info.value.status_code == 404 and not is_transient(info.value)
+    assert f"request {info.value.request_id}" in str(info.value), "the printed error names the request"
     assert not list(backend.store.tmp.iterdir()), "no partial download is left behind"
 
 
 async def test_truncated_result_file_is_never_stored(backend: FalBackend, emulator) -> None:
     emulator.faults(script=["truncated"])
-    with pytest.raises(BackendError) as info:
+    with pytest.raises(ConnectionLost) as info:
         await backend.run("tts", {"text": "file cut short"})
-    assert "truncated" in str(info.value) and info.value.transient
+    assert "truncated" in str(info.value) and is_transient(info.value)
     assert not list(backend.store.objects.rglob("*.mp3"))
     assert not list(backend.store.tmp.iterdir())
 
@@ -229,6 +243,6 @@ async def test_scripted_fault_can_target_one_endpoint(backend: FalBackend, emula
     emulator.faults(script=["error@text-to-video"])
     speech = await backend.run("tts", {"text": "not the target"})
     assert speech.files["audio"].bytes > 0
-    with pytest.raises(EndpointError):
+    with pytest.raises(RequestFailed):
         await backend.run("text-to-video", {"prompt": "the target"})
     assert emulator.stats()["faults_injected"] == {"error": 1}

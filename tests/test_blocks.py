@@ -11,8 +11,7 @@ from pydantic import SecretStr
 
 from klingflow import RunOptions, parse_pipeline, run_pipeline
 from klingflow.blocks import FalCredentials, KlingDefaults, register_blocks
-from klingflow.journal import Journal
-from klingflow.store import Store
+from klingflow.cache import Journal, Store
 
 pytestmark = pytest.mark.slow
 

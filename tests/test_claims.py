@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from klingflow.claims import FileClaims, RedisClaims, claims_from_env
+from klingflow.cache import FileClaims, Journal, RedisClaims, Store, claims_from_env
+from klingflow.engine import RetryPolicy, RunOptions, arun
 from klingflow.errors import ConfigError
-from klingflow.journal import Journal
-from klingflow.runtime import RunOptions, arun
 from klingflow.spec import parse_pipeline
-from klingflow.steps import RetryPolicy
-from klingflow.store import Store
 
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 

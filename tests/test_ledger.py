@@ -242,7 +242,7 @@ def test_a_writer_killed_mid_write_leaves_a_loadable_dataset(tmp_path: Path) -> 
 def test_the_record_and_report_modules_never_import_prefect() -> None:
     code = (
         "import sys\n"
-        "import klingflow.ledger, klingflow.runs, klingflow.report, klingflow.cli_ledger\n"
+        "import klingflow.ledger, klingflow.engine.recording, klingflow.report, klingflow.cli.ledger\n"
         "assert not [m for m in sys.modules if m.split('.')[0] == 'prefect'], 'prefect imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

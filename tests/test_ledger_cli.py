@@ -12,9 +12,8 @@ import typer
 from typer.testing import CliRunner
 
 from klingflow import ledger
-from klingflow.cli_ledger import add_ledger_commands
-from klingflow.ledger import LedgerError
-from klingflow.runs import RunManifest, save_manifest
+from klingflow.cli.ledger import add_ledger_commands
+from klingflow.ledger import LedgerError, RunManifest, save_manifest
 from test_ledger import rows
 
 

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from klingflow.engine import RetryPolicy, RunOptions, arun, plan_pipeline
 from klingflow.errors import BudgetError
-from klingflow.runtime import RunOptions, arun, plan_pipeline
 from klingflow.spec import parse_pipeline
-from klingflow.steps import RetryPolicy
 
 REPO = Path(__file__).resolve().parents[1]
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"

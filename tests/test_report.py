@@ -30,14 +30,11 @@ from websockets.sync.client import connect
 
 from conftest import REPO
 from klingflow import ledger
-from klingflow.journal import Journal
-from klingflow.ledger import LedgerError
-from klingflow.runner import RunResult
-from klingflow.runs import RunManifest, load_manifest, record_run
-from klingflow.runtime import RunOptions, arun
+from klingflow.cache import Journal, Store
+from klingflow.engine import RetryPolicy, RunOptions, RunResult, arun
+from klingflow.engine.recording import record_run
+from klingflow.ledger import LedgerError, RunManifest, load_manifest
 from klingflow.spec import ValidatedPipeline, check, parse_pipeline
-from klingflow.steps import RetryPolicy
-from klingflow.store import Store
 
 HOSTILE = 'Wide shot of a lighthouse & <script>alert("owned")</script>'
 
@@ -122,7 +119,9 @@ def recorded(emulator_server: Any, tmp_path_factory: pytest.TempPathFactory) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("KLINGFLOW_HOME", str(home))
         result, validated = run_demo(emulator_server.identity.key, home, home / "out", warm=True)
-        manifest = record_run(result, validated, out_dir=home / "out", secrets=[emulator_server.identity.key])
+        manifest, _ = record_run(
+            result, validated, out_dir=home / "out", secrets=[emulator_server.identity.key]
+        )
         yield Recorded(home, home / "out", result, validated, manifest)
 
 
@@ -232,8 +231,8 @@ def test_a_cosmetic_failure_never_fails_the_record(
     video = next(r for r in result.records if r.output_path and r.output_path.endswith(".mp4"))
     video.output_path = str(fake)
     (tmp_path / "out" / "report.html").mkdir(parents=True)
-    with caplog.at_level(logging.WARNING, logger="klingflow.runs"):
-        manifest = record_run(result, recorded.validated, out_dir=tmp_path / "out")
+    with caplog.at_level(logging.WARNING, logger="klingflow.engine.recording"):
+        manifest, _ = record_run(result, recorded.validated, out_dir=tmp_path / "out")
     assert manifest.contact_sheet is None and manifest.report is None
     assert "contact sheet" in caplog.text and "report" in caplog.text
     assert load_manifest(manifest.run_id) == manifest
@@ -253,7 +252,7 @@ def test_a_ledger_failure_is_loud_and_names_the_path(
 def test_load_manifest_explains_unknown_and_ambiguous_ids(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from klingflow.runs import save_manifest
+    from klingflow.ledger import save_manifest
 
     monkeypatch.setenv("KLINGFLOW_HOME", str(tmp_path))
     for run_id in ("abc1", "abc2"):

@@ -18,6 +18,7 @@ from typing import Any
 __all__ = [
     "PipelineFailed",
     "PipelineSpec",
+    "RunHooks",
     "RunOptions",
     "RunResult",
     "arun_pipeline",
@@ -29,16 +30,17 @@ __all__ = [
 ]
 
 _LOCATIONS = {
-    "PipelineFailed": "klingflow.flows.pipeline",
+    "PipelineFailed": "klingflow.errors",
     "arun_pipeline": "klingflow.flows.pipeline",
     "run_pipeline": "klingflow.flows.pipeline",
     "PipelineSpec": "klingflow.spec",
     "check": "klingflow.spec",
     "load_pipeline": "klingflow.spec",
     "parse_pipeline": "klingflow.spec",
-    "RunOptions": "klingflow.runtime",
-    "plan_pipeline": "klingflow.runtime",
-    "RunResult": "klingflow.runner",
+    "RunHooks": "klingflow.engine",
+    "RunOptions": "klingflow.engine",
+    "plan_pipeline": "klingflow.engine",
+    "RunResult": "klingflow.engine",
 }
 
 

@@ -1,4 +1,4 @@
-"""Every error klingflow raises on purpose.
+"""Every error klingflow raises on purpose, and the one rule that says which backend errors are transient.
 
 Each error says what went wrong (``message``), where (``context``: file, step, field, endpoint,
 request id), how to fix it (``hint``) and carries a short kebab-case ``reference`` that the CLI
@@ -11,31 +11,65 @@ Hierarchy::
     ├── ConfigError                  a setting or credential is missing or wrong
     ├── SpecError                    a pipeline or argument is invalid (file, step, field)
     ├── BudgetError                  the run's estimated cost is over the limit (nothing was spent)
-    ├── BackendError                 talking to fal (or the emulator) failed
-    │   ├── SubmitError              the request never got a request id
-    │   ├── EndpointError            fal answered with an error (status, request id)
-    │   └── ResultTimeout            the request did not finish in time
+    ├── BackendError                 talking to fal (or the emulator) failed; endpoint, request id, phase
+    │   ├── RateLimited              408 / 409 / 429: try again later (retry_after)        transient
+    │   ├── ServerError              5xx                                                   transient
+    │   ├── ConnectionLost           transport error, timeout or truncated transfer         transient
+    │   ├── RequestFailed            fal finished the request with an error                transient
+    │   ├── RequestCancelled         the request was cancelled (by someone else)
+    │   ├── Rejected                 any other 4xx: a retry will never help
+    │   │   ├── Unauthorized         401 / 403: the key
+    │   │   ├── InvalidInput         422: fal's validation detail
+    │   │   └── NotFound             404 for an endpoint
+    │   ├── RequestGone              404 for a request id: fal no longer knows it
+    │   ├── ResultLost               the result file can no longer be fetched (4xx on download)
+    │   └── ResultTimeout            the step's timeout expired; the request was cancelled
     ├── StoreError                   a stored file is missing, truncated or corrupt
-    └── MediaError                   ffmpeg failed or a file is not media (command, stderr tail)
+    ├── MediaError                   ffmpeg failed or a file is not media (command, stderr tail)
+    ├── LedgerError                  the ledger or a run manifest cannot be written or read
+    ├── StepFailed                   one step failed; carries its ledger row
+    └── PipelineFailed               some steps failed; carries everything the run did produce
 
-Backend errors carry ``transient``: True for what a retry may fix (429, 5xx, connection errors,
-timeouts), False for what it never will (401/403, 404, 422).
+Like httpx's ``map_httpcore_exceptions``, :func:`error_for_status` is the one table from an HTTP
+status to an error type, and :data:`TRANSIENT` with :func:`is_transient` the one rule for what a
+retry may fix. Callers match on types, never on status codes.
 """
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 __all__ = [
+    "TRANSIENT",
     "BackendError",
     "BudgetError",
     "ConfigError",
-    "EndpointError",
+    "ConnectionLost",
+    "InvalidInput",
     "KlingflowError",
+    "LedgerError",
     "MediaError",
+    "NotFound",
+    "Phase",
+    "PipelineFailed",
+    "RateLimited",
+    "Rejected",
+    "RequestCancelled",
+    "RequestFailed",
+    "RequestGone",
+    "ResultLost",
     "ResultTimeout",
+    "ServerError",
     "SpecError",
+    "StepFailed",
     "StoreError",
-    "SubmitError",
+    "Unauthorized",
+    "error_for_status",
+    "is_transient",
 ]
+
+Phase = Literal["upload", "submit", "status", "result", "download", "cancel"]
+"""Which call to fal an error came from: what decides whether repeating it can cost money."""
 
 
 class KlingflowError(Exception):
@@ -46,8 +80,13 @@ class KlingflowError(Exception):
     def __init__(self, message: str, *, context: str = "", hint: str = "") -> None:
         super().__init__(message)
         self.message = message
-        self.context = context
+        self._context = context
         self.hint = hint
+
+    @property
+    def context(self) -> str:
+        """Where it went wrong: file, step, field, endpoint, request id."""
+        return self._context
 
     def __str__(self) -> str:
         parts = [f"{self.context}: {self.message}" if self.context else self.message]
@@ -87,8 +126,10 @@ class BudgetError(KlingflowError):
 class BackendError(KlingflowError):
     """Talking to fal or the emulator failed.
 
-    ``transient`` says whether a retry may succeed; ``retry_after`` is the server's Retry-After in
-    seconds when it sent one.
+    ``endpoint`` and ``request_id`` may be filled in after the error was made (a download error
+    learns its request id one level up): the printed context is computed when it is shown, so it
+    always names them. ``retry_after`` is the server's Retry-After in seconds when it sent one;
+    ``error_type`` is fal's own classification (``request_timeout``, ``runner_disconnected``, ...).
     """
 
     reference = "backend-error"
@@ -100,37 +141,129 @@ class BackendError(KlingflowError):
         endpoint: str = "",
         request_id: str | None = None,
         status_code: int | None = None,
-        transient: bool = False,
         retry_after: float | None = None,
+        phase: Phase | None = None,
+        error_type: str | None = None,
         hint: str = "",
     ) -> None:
-        where = [p for p in (endpoint, f"request {request_id}" if request_id else "") if p]
-        if status_code is not None:
-            where.append(f"HTTP {status_code}")
-        super().__init__(message, context=" ".join(where), hint=hint)
+        super().__init__(message, hint=hint)
         self.endpoint = endpoint
         self.request_id = request_id
         self.status_code = status_code
-        self.transient = transient
         self.retry_after = retry_after
+        self.phase = phase
+        self.error_type = error_type
+
+    @property
+    def context(self) -> str:
+        where = [self.endpoint] if self.endpoint else []
+        if self.request_id:
+            where.append(f"request {self.request_id}")
+        if self.phase:
+            where.append(f"({self.phase})")
+        if self.status_code is not None:
+            where.append(f"HTTP {self.status_code}")
+        return " ".join(where)
 
 
-class SubmitError(BackendError):
-    """The request was not accepted: no request id exists, so nothing is being paid for."""
+class RateLimited(BackendError):
+    """fal asked us to slow down (429, or 408/409); wait at least ``retry_after`` and try again."""
 
-    reference = "submit-failed"
+    reference = "rate-limited"
 
 
-class EndpointError(BackendError):
-    """fal accepted the call but answered with an error (validation, auth, model failure)."""
+class ServerError(BackendError):
+    """fal (or a gateway in front of it) answered 5xx."""
 
-    reference = "endpoint-error"
+    reference = "server-error"
+
+
+class ConnectionLost(BackendError):
+    """The connection failed, timed out or was cut before a whole answer arrived."""
+
+    reference = "connection-lost"
+
+
+class RequestFailed(BackendError):
+    """fal completed the request with an error (``error_type`` says which); a new submit may succeed."""
+
+    reference = "request-failed"
+
+
+class RequestCancelled(BackendError):
+    """fal reports the request as cancelled: it will not produce a result, and nobody asked us to redo it."""
+
+    reference = "request-cancelled"
+
+
+class Rejected(BackendError):
+    """fal refused the call (a 4xx other than rate limiting): repeating it unchanged never helps."""
+
+    reference = "rejected"
+
+
+class Unauthorized(Rejected):
+    """401 / 403: the key is missing, wrong, or may not call this endpoint."""
+
+    reference = "unauthorized"
+
+
+class InvalidInput(Rejected):
+    """422: fal's validation rejected the arguments (the message lists each field)."""
+
+    reference = "invalid-input"
+
+
+class NotFound(Rejected):
+    """404 for an endpoint id: no such model on this host."""
+
+    reference = "not-found"
+
+
+class RequestGone(BackendError):
+    """404 for a request id: fal no longer knows the request (expired, or never existed there)."""
+
+    reference = "request-gone"
+
+
+class ResultLost(BackendError):
+    """The result file answered 4xx: it is gone for good (expired from the CDN)."""
+
+    reference = "result-lost"
 
 
 class ResultTimeout(BackendError):
-    """The request did not complete within the allowed time; it may still be running on fal."""
+    """The request did not complete within the step's timeout; it was cancelled."""
 
     reference = "result-timeout"
+
+
+TRANSIENT: tuple[type[BackendError], ...] = (RateLimited, ServerError, ConnectionLost, RequestFailed)
+"""The backend errors a retry may fix. Everything else fails the step at once."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True when waiting and repeating the call may succeed (see :data:`TRANSIENT`)."""
+    return isinstance(error, TRANSIENT)
+
+
+def error_for_status(status: int, *, request_known: bool = False) -> type[BackendError]:
+    """The error type for an HTTP error status: the one table klingflow keeps.
+
+    ``request_known`` says the URL named a request id (status, result, cancel): a 404 there means
+    fal no longer knows the request, not that the endpoint does not exist.
+    """
+    if status in (408, 409, 429):
+        return RateLimited
+    if status >= 500:
+        return ServerError
+    if status in (401, 403):
+        return Unauthorized
+    if status == 422:
+        return InvalidInput
+    if status == 404:
+        return RequestGone if request_known else NotFound
+    return Rejected
 
 
 class StoreError(KlingflowError):
@@ -152,3 +285,34 @@ class MediaError(KlingflowError):
             message = f"{message}\nffmpeg said:\n{stderr_tail}"
         super().__init__(message, context=context, hint=hint)
         self.stderr_tail = stderr_tail
+
+
+class LedgerError(KlingflowError):
+    """The ledger (or a run's manifest) cannot be written, read or queried; ``context`` names the file."""
+
+    reference = "ledger-error"
+
+
+class StepFailed(KlingflowError):
+    """A step failed; ``record`` is its ledger row (a :class:`~klingflow.ledger.StepRecord`, failed)."""
+
+    reference = "step-failed"
+
+    def __init__(self, record: Any) -> None:
+        super().__init__(record.error or "step failed", context=f"step '{record.step_label}'")
+        self.record = record
+
+
+class PipelineFailed(KlingflowError):
+    """Some steps failed; ``result`` (a :class:`~klingflow.engine.RunResult`) holds everything that ran."""
+
+    reference = "pipeline-failed"
+
+    def __init__(self, result: Any) -> None:
+        lines = [f"{step}: {reason}" for step, reason in result.failures.items()]
+        super().__init__(
+            f"{len(result.failures)} step(s) did not complete:\n  " + "\n  ".join(lines),
+            context=f"pipeline '{result.pipeline}'",
+            hint="fix the cause and run again: completed steps are cached and not paid twice",
+        )
+        self.result = result

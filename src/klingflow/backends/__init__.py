@@ -15,7 +15,7 @@ from klingflow.backends.config import BackendConfig, BackendKind, resolve_backen
 
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
-    from klingflow.store import Store
+    from klingflow.cache import Store
 
 __all__ = ["BackendConfig", "BackendKind", "connect", "resolve_backend"]
 

@@ -18,44 +18,22 @@ fal output); it never contains the key.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 from urllib.parse import urlparse
 
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
+from klingflow.backends.handles import BackendConfig, BackendKind, is_loopback
 from klingflow.errors import ConfigError
+from klingflow.settings import settings
 
 __all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend", "use_hosts"]
 
-BackendKind = Literal["fal", "emulator"]
-
-
-class BackendConfig(BaseModel):
-    """A resolved backend: the key (secret), the hosts fal_client uses, and what to trust."""
-
-    kind: BackendKind
-    key: SecretStr
-    queue_host: str
-    run_host: str
-    ca_bundle: Path | None = None
-
-    @property
-    def is_emulator(self) -> bool:
-        """True when the queue host is an emulator on loopback (uploads go to its own route)."""
-        return self.kind == "emulator" or _is_loopback(self.queue_host)
-
-    @property
-    def identity(self) -> str:
-        """What cache keys record about the backend: emulator or the fal host, never the key."""
-        return _identity("emulator" if self.is_emulator else f"fal:{self.queue_host}")
-
 
 def _identity(default: str) -> str:
-    return os.environ.get("KLINGFLOW_BACKEND_ID") or default
+    return settings().backend_id or default
 
 
 def planned_identity(backend: BackendKind | None = None, key: str | SecretStr | None = None) -> str:
@@ -68,17 +46,7 @@ def planned_identity(backend: BackendKind | None = None, key: str | SecretStr | 
     else:
         run_host = os.environ.get("FAL_RUN_HOST", "fal.run")
         queue_host = os.environ.get("FAL_QUEUE_RUN_HOST", f"queue.{run_host}")
-    return _identity("emulator" if _is_loopback(queue_host) else f"fal:{queue_host}")
-
-
-def _is_loopback(netloc: str) -> bool:
-    host = urlparse(f"//{netloc}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return _identity("emulator" if is_loopback(queue_host) else f"fal:{queue_host}")
 
 
 def _env_key() -> str | None:
@@ -105,6 +73,7 @@ def _emulator() -> BackendConfig:
         key=SecretStr(server.identity.key),
         queue_host=queue_host,
         run_host=run_host,
+        identity=_identity("emulator"),
         ca_bundle=server.identity.ca_bundle,
     )
 
@@ -131,6 +100,7 @@ def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | N
         key=SecretStr(secret),
         queue_host=queue_host,
         run_host=run_host,
+        identity=_identity("emulator" if is_loopback(queue_host) else f"fal:{queue_host}"),
         ca_bundle=Path(cert_file) if cert_file else None,
     )
 

@@ -3,10 +3,11 @@
 This is the only module that imports fal_client. It submits, polls status with logs (queue
 position and new log lines go to a callback), fetches the result, cancels, uploads local inputs,
 and downloads outputs into the content-addressed store. fal_client and httpx failures are
-translated here, most specific first, into klingflow errors that say whether a retry can help:
-
-* transient: 429, 5xx, connection errors, timeouts, truncated downloads;
-* permanent: 401/403 (key), 404 (unknown endpoint or request), 422 (fal's validation message).
+translated here (:func:`_translated`), like httpx's ``map_httpcore_exceptions``: an HTTP status goes
+through :func:`klingflow.errors.error_for_status`, a timeout or transport error becomes
+:class:`~klingflow.errors.ConnectionLost`, each tagged with the phase it happened in (upload,
+submit, status, result, cancel). Which of them a retry may fix is decided in one place,
+:func:`klingflow.errors.is_transient`.
 
 Local files given as media inputs are uploaded first: to fal's CDN through fal_client on real fal,
 and to the emulator's own upload route on the emulator (fal_client's upload host is a hard-coded
@@ -29,8 +30,8 @@ import fal_client
 import httpx
 from pydantic import BaseModel, ConfigDict
 
-from klingflow.backends.config import BackendConfig
-from klingflow.backends.handles import QueueEvent, RequestHandle
+from klingflow.backends.handles import BackendConfig, QueueEvent, RequestHandle
+from klingflow.cache import Store, StoredFile
 from klingflow.endpoints import (
     get_endpoint,
     is_url,
@@ -39,13 +40,21 @@ from klingflow.endpoints import (
     set_media_input,
     validate_input,
 )
-from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
-from klingflow.store import Store, StoredFile
+from klingflow.errors import (
+    BackendError,
+    ConnectionLost,
+    KlingflowError,
+    Phase,
+    RequestCancelled,
+    RequestFailed,
+    ResultTimeout,
+    error_for_status,
+)
 
 __all__ = ["EndpointResult", "FalBackend", "QueueEvent", "RequestHandle", "fal_hosts"]
 
 EventCallback = Callable[["QueueEvent"], Awaitable[None] | None]
-_PERMANENT_HINTS = {
+_HINTS = {
     401: "check the key: set FAL_KEY, or for the emulator use the key `klingflow emulator env` prints",
     403: "this key may not call this endpoint",
     404: "check the endpoint id (or the request id, if resuming an old request)",
@@ -96,39 +105,37 @@ def _retry_after(headers: dict[str, str]) -> float | None:
 
 
 @contextmanager
-def _translated(endpoint: str, request_id: str | None, error: type[BackendError]) -> Iterator[None]:
-    """Translate fal_client/httpx failures into klingflow errors at the seam."""
+def _translated(endpoint: str, request_id: str | None, phase: Phase) -> Iterator[None]:
+    """Translate fal_client/httpx failures into klingflow's typed errors at the seam."""
     try:
         yield
     except KlingflowError:
         raise
     except fal_client.client.FalClientHTTPError as exc:
         status = exc.status_code
-        transient = status in (408, 409, 429) or status >= 500
+        error = error_for_status(status, request_known=request_id is not None)
         raise error(
             _detail(exc),
             endpoint=endpoint,
             request_id=request_id,
             status_code=status,
-            transient=transient,
             retry_after=_retry_after(exc.response_headers),
-            hint=_PERMANENT_HINTS.get(status, ""),
+            phase=phase,
+            hint=_HINTS.get(status, ""),
         ) from exc
-    except fal_client.client.FalClientTimeoutError as exc:
-        raise ResultTimeout(str(exc), endpoint=endpoint, request_id=request_id, transient=True) from exc
-    except httpx.TimeoutException as exc:
-        raise error(
+    except (httpx.TimeoutException, fal_client.client.FalClientTimeoutError) as exc:
+        raise ConnectionLost(
             f"timed out talking to fal ({type(exc).__name__})",
             endpoint=endpoint,
             request_id=request_id,
-            transient=True,
+            phase=phase,
         ) from exc
     except httpx.TransportError as exc:
-        raise error(
+        raise ConnectionLost(
             f"connection to fal failed ({type(exc).__name__}: {exc})",
             endpoint=endpoint,
             request_id=request_id,
-            transient=True,
+            phase=phase,
             hint="is the emulator running? `klingflow emulator serve`",
         ) from exc
 
@@ -170,13 +177,14 @@ class FalBackend:
                     },
                 )
             if response.status_code != 200:
-                raise BackendError(
+                raise error_for_status(response.status_code)(
                     f"uploading {path} failed: {response.text}",
                     status_code=response.status_code,
-                    transient=response.status_code >= 500,
+                    retry_after=_retry_after(dict(response.headers)),
+                    phase="upload",
                 )
             return str(response.json()["url"])
-        with _translated("upload", None, BackendError):
+        with _translated("", None, "upload"):
             return str(await self._client.upload_file(path))
 
     async def prepare(
@@ -192,7 +200,9 @@ class FalBackend:
             local = Path(value) if base_dir is None else base_dir / value
             if not local.is_file():
                 raise BackendError(
-                    f"media input {path} is neither a URL nor an existing file: {value}", endpoint=info.id
+                    f"media input {path} is neither a URL nor an existing file: {value}",
+                    endpoint=info.id,
+                    phase="upload",
                 )
             set_media_input(body, path, await self.upload(local))
         return body
@@ -200,7 +210,7 @@ class FalBackend:
     async def submit(self, endpoint: str, body: dict[str, Any]) -> RequestHandle:
         """Submit a prepared body to the queue; the returned handle is what a journal records."""
         endpoint_id = get_endpoint(endpoint).id
-        with _translated(endpoint_id, None, SubmitError):
+        with _translated(endpoint_id, None, "submit"):
             handle = await self._client.submit(endpoint_id, body)
         return RequestHandle(endpoint=endpoint_id, request_id=handle.request_id)
 
@@ -213,7 +223,7 @@ class FalBackend:
         began_running: float | None = None
         seen_logs = 0
         while True:
-            with _translated(handle.endpoint, handle.request_id, EndpointError):
+            with _translated(handle.endpoint, handle.request_id, "status"):
                 status = await fal_handle.status(with_logs=True)
             logs = list(getattr(status, "logs", None) or [])
             if isinstance(status, fal_client.Queued):
@@ -236,26 +246,28 @@ class FalBackend:
                     f"request did not complete within {timeout:g} s",
                     endpoint=handle.endpoint,
                     request_id=handle.request_id,
-                    transient=True,
+                    phase="status",
                 )
             await asyncio.sleep(self.poll_interval)
         finished = time.monotonic()
         if status.error:
-            raise EndpointError(
+            error = RequestCancelled if status.error_type == "request_cancelled" else RequestFailed
+            raise error(
                 status.error,
+                error_type=status.error_type,
                 endpoint=handle.endpoint,
                 request_id=handle.request_id,
-                transient=status.error_type not in ("request_cancelled",),
+                phase="status",
                 hint="the request failed on fal; a retry submits it again",
             )
-        with _translated(handle.endpoint, handle.request_id, EndpointError):
+        with _translated(handle.endpoint, handle.request_id, "result"):
             result = await self._client.result(handle.endpoint, handle.request_id)
         queue_s = (began_running or finished) - started
         return result, queue_s, finished - (began_running or finished)
 
     async def cancel(self, handle: RequestHandle) -> None:
         """Ask fal to cancel a request (so a request nobody will use stops costing money)."""
-        with _translated(handle.endpoint, handle.request_id, EndpointError):
+        with _translated(handle.endpoint, handle.request_id, "cancel"):
             await self._client.cancel(handle.endpoint, handle.request_id)
 
     async def download(self, handle: RequestHandle, result: dict[str, Any]) -> EndpointResult:

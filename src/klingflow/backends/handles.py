@@ -1,12 +1,54 @@
-"""What the rest of klingflow knows about a fal request, without importing fal_client."""
+"""What the rest of klingflow knows about fal, without importing fal_client.
+
+fal_client fixes its hosts when it is imported, so code that only needs to *describe* a backend
+or a request (the engine, the journal, the plan) must not import it. A resolved backend
+(:class:`BackendConfig`), a submitted request (:class:`RequestHandle`) and one status observation
+(:class:`QueueEvent`) live here.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlparse
 
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
-__all__ = ["QueueEvent", "RequestHandle"]
+__all__ = ["BackendConfig", "BackendKind", "QueueEvent", "RequestHandle", "is_loopback"]
+
+BackendKind = Literal["fal", "emulator"]
+
+
+def is_loopback(netloc: str) -> bool:
+    """True when ``host[:port]`` names this machine (an emulator, never real fal)."""
+    host = urlparse(f"//{netloc}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class BackendConfig(BaseModel):
+    """A resolved backend: the key (secret), the hosts fal_client uses, what to trust, and its identity.
+
+    ``identity`` is what cache keys record about the backend (``emulator`` or ``fal:<queue host>``,
+    never the key), so an emulator render is never served as a real fal output.
+    """
+
+    kind: BackendKind
+    key: SecretStr
+    queue_host: str
+    run_host: str
+    identity: str
+    ca_bundle: Path | None = None
+
+    @property
+    def is_emulator(self) -> bool:
+        """True when the queue host is an emulator on loopback (uploads go to its own route)."""
+        return self.kind == "emulator" or is_loopback(self.queue_host)
 
 
 class RequestHandle(BaseModel):

@@ -8,22 +8,34 @@ blocks in the UI (or in Python) and pass their names to a flow or the CLI
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+from klingflow.backends import connect
+from klingflow.backends.config import use_hosts
+from klingflow.engine import RunOptions
+
+if TYPE_CHECKING:
+    from klingflow.backends.fal import FalBackend
+    from klingflow.cache import Store
 
 __all__ = ["FalCredentials", "KlingDefaults", "register_blocks"]
 
 _DOCS = "https://fal.ai/docs/model-api-reference/video-generation-api/kling-video-v1-standard"
 
 
-class FalCredentials(Block):
+class FalCredentials(CredentialsBlock):
     """A fal API key, kept as a secret, and an optional host override.
 
     The override points fal_client at another host (an emulator started with
     ``klingflow emulator serve`` on a shared machine, or a proxy); ``ca_bundle`` is then the CA
-    bundle to trust for it (``klingflow emulator env`` prints the emulator's).
+    bundle to trust for it (``klingflow emulator env`` prints the emulator's). Like prefect-aws's
+    ``AwsCredentials``, the block is a factory: the key leaves it only through
+    :meth:`get_backend`, which returns the configured client.
 
     Example:
         ```python
@@ -47,6 +59,15 @@ class FalCredentials(Block):
     ca_bundle: str | None = Field(
         default=None, description="Path of a CA bundle to trust for an overridden host (an emulator's)."
     )
+
+    def get_backend(self, store: Store | None = None) -> FalBackend:
+        """The klingflow fal backend, pointed at this block's hosts and authenticated with its key."""
+        use_hosts(self.queue_host, self.run_host, self.ca_bundle)
+        return connect("fal", key=self.key, store=store)
+
+    def get_client(self) -> FalBackend:
+        """Prefect's CredentialsBlock interface: the configured client (see :meth:`get_backend`)."""
+        return self.get_backend()
 
 
 class KlingDefaults(Block):
@@ -78,6 +99,15 @@ class KlingDefaults(Block):
     concurrency: int = Field(default=4, ge=1, description="Requests in flight at once.")
     max_cost_usd: float | None = Field(default=None, ge=0, description="Refuse runs estimated above this.")
     output_location: str | None = Field(default=None, description="Folder the final outputs are copied to.")
+
+    def run_options(self) -> RunOptions:
+        """These defaults as a layer of run options (explicit options still win over them)."""
+        return RunOptions(
+            concurrency=self.concurrency,
+            max_cost_usd=self.max_cost_usd,
+            out_dir=Path(self.output_location) if self.output_location else None,
+            arguments=self.arguments or None,
+        )
 
 
 def register_blocks() -> list[str]:

@@ -32,6 +32,7 @@ from typing import Any
 import ffmpeg
 from PIL import Image
 
+from klingflow._files import atomic_path
 from klingflow.emulator._render_audio import SPEECH_RATE, speech_pcm, tone_pcm
 from klingflow.emulator._render_camera import (
     CANVAS_SCALE,
@@ -45,7 +46,7 @@ from klingflow.emulator._render_effects import dual_effect, single_effect, traje
 from klingflow.emulator._render_scene import fitted_image, image_size, scene_canvas
 from klingflow.emulator.labels import banner_image, placeholder_picture, seed_of
 from klingflow.errors import MediaError
-from klingflow.media import atomic_output, probe, run_ffmpeg
+from klingflow.media import probe, run_ffmpeg
 
 __all__ = [
     "FPS",
@@ -128,7 +129,7 @@ def _write_video(video: Any, *, frames: int, out: Path, context: str, audio: Any
     else:
         options.update({"c:a": "aac", "b:a": "128k", "ar": _AVATAR_AUDIO_RATE, "flags:a": "+bitexact"})
         streams = [video, audio]
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         run_ffmpeg(ffmpeg.output(*streams, str(partial), **options), context=context)
 
 
@@ -287,7 +288,7 @@ def render_ai_avatar(*, prompt: str, image: Path, audio: Path, out: Path) -> flo
 
 def _write_mp3(pcm: bytes, *, rate: int, title: str, out: Path, context: str) -> None:
     """Encode mono s16le samples to MP3 (libmp3lame, bitexact, only a title tag) at ``out``."""
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         arguments = [
             *f"-f s16le -ar {rate} -ac 1 -i pipe:0 -c:a libmp3lame -b:a 64k".split(),
             *"-map_metadata -1 -fflags +bitexact -flags:a +bitexact".split(),
@@ -313,7 +314,7 @@ def render_tts(*, text: str, voice_id: str, voice_speed: float, out: Path) -> fl
 
 def placeholder_image(*, label: str, out: Path, size: tuple[int, int] = (1024, 1024)) -> None:
     """A PNG standing in for an image input that could not be fetched, labelled PLACEHOLDER + label."""
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         placeholder_picture(label, size).save(partial, format="PNG")
 
 

@@ -22,7 +22,7 @@ from klingflow.emulator.faults import FaultPlan
 from klingflow.emulator.tls import EmulatorIdentity, emulator_identity, issue_server_cert
 from klingflow.emulator.tunnel import ConnectTunnel
 from klingflow.errors import ConfigError
-from klingflow.home import klingflow_home
+from klingflow.settings import klingflow_home
 
 __all__ = ["EmulatorServer", "client_environment", "read_server_file"]
 

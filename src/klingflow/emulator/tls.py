@@ -19,7 +19,7 @@ from pathlib import Path
 import certifi
 import trustme
 
-from klingflow.home import klingflow_home
+from klingflow.settings import klingflow_home
 
 __all__ = ["DEFAULT_HOSTNAMES", "EmulatorIdentity", "emulator_identity", "issue_server_cert"]
 

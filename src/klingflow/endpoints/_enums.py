@@ -27,6 +27,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
 from klingflow.errors import ConfigError
+from klingflow.settings import settings
 
 __all__ = [
     "EXTENSIBLE_ENUMS",
@@ -97,7 +98,7 @@ def reset_enum_values() -> None:
 
 def _values_from_env() -> dict[str, set[str]]:
     found: dict[str, set[str]] = {}
-    for group in os.environ.get(EXTRA_ENUM_VALUES_ENV, "").split(";"):
+    for group in settings().extra_enum_values.split(";"):
         if not group.strip():
             continue
         field, sep, values = group.partition("=")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from klingflow.endpoints._models import (
     VideoOutput,
 )
 from klingflow.errors import ConfigError, SpecError
+from klingflow.settings import settings
 
 __all__ = [
     "AVATAR_ASSUMED_SECONDS",
@@ -242,7 +242,7 @@ def _checked_prices(prices: Mapping[str, Any], where: str) -> dict[str, float]:
 
 
 def _env_prices() -> dict[str, float]:
-    raw = os.environ.get(PRICES_ENV, "").strip()
+    raw = settings().prices.strip()
     if not raw:
         return {}
     try:

@@ -8,8 +8,8 @@ were already removed, and are redacted once more before they leave the process.
 
 Example::
 
-    manifest = record_run(result, validated, out_dir=out_dir)
-    await publish_artifacts(manifest)  # inside a flow run
+    result = await arun("story.yaml")
+    await publish_artifacts(result.manifest, result.ledger)  # inside a flow run
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from uuid import UUID
 import pandas as pd
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
-from klingflow import ledger
-from klingflow.ledger import redact, step_label, to_records
-from klingflow.runs import RunManifest, load_manifest
+from klingflow.ledger import RunManifest, Status, redact, step_label, to_records
 
 __all__ = ["ArtifactIds", "artifact_key", "publish_artifacts", "summary_markdown", "table_rows"]
 
@@ -80,13 +78,13 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     """The run at a glance: status, spend, cache hits, outputs, contact sheet, report, failures."""
     rows = to_records(frame)
     spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
-    cached = sum(r["status"] == "cached" for r in rows)
+    cached = sum(r["status"] == Status.CACHED for r in rows)
     queues = frame["queue_seconds"].dropna()
     lines = [
         f"# {manifest.pipeline}: {manifest.status}",
         "",
         f"Run `{manifest.run_id}` · {len(rows)} step runs · estimated spend **${spend:.3f}** · "
-        f"cache hits {cached}/{len(rows)} · failed {sum(r['status'] == 'failed' for r in rows)}"
+        f"cache hits {cached}/{len(rows)} · failed {sum(r['status'] == Status.FAILED for r in rows)}"
         + (f" · queue p50 {queues.median():.1f} s" if not queues.empty else ""),
         "",
         "## Outputs",
@@ -109,22 +107,19 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     return redact("\n".join(lines)) or ""
 
 
-async def publish_artifacts(run: RunManifest | str, frame: pd.DataFrame | None = None) -> ArtifactIds:
+async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> ArtifactIds:
     """Create the run's table and markdown artifacts in the current flow run; return their ids.
 
-    ``run`` is the manifest :func:`~klingflow.runs.record_run` returned, or a run id (its manifest
-    and ledger rows are then read from disk). Call it inside a flow run, so the artifacts attach
-    to it.
+    ``manifest`` and ``frame`` are what the run returned (its manifest and ledger rows). Call it
+    inside a flow run, so the artifacts attach to it.
     """
-    manifest = run if isinstance(run, RunManifest) else load_manifest(run)
-    rows = frame if frame is not None else ledger.load(run=manifest.run_id)
     table = await acreate_table_artifact(
-        table=table_rows(rows),
+        table=table_rows(frame),
         key=artifact_key(manifest.pipeline, "ledger"),
         description=f"Ledger rows of run {manifest.run_id} ({manifest.status})",
     )
     markdown = await acreate_markdown_artifact(
-        markdown=summary_markdown(manifest, rows),
+        markdown=summary_markdown(manifest, frame),
         key=artifact_key(manifest.pipeline, "summary"),
         description=f"Summary of run {manifest.run_id} ({manifest.status})",
     )

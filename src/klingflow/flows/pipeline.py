@@ -5,6 +5,15 @@ can be deployed and started from the Prefect UI; each step becomes a task run na
 step id. A run with failed steps ends in the Failed state with a summary of what failed and why,
 after every independent branch has finished and been cached.
 
+Options are *resolved* in one place only, :func:`klingflow.engine.resolve_options`, called by the
+engine: this module just hands it the layers: the flow's parameters (and, from a Python call,
+the richer :class:`~klingflow.engine.RunOptions` they came from) as the explicit layer, and the
+``KlingDefaults`` / ``FalCredentials`` blocks as the block layer.
+
+A flow's parameters go through Prefect's API, so they must be JSON: a pipeline object, a store, a
+key given in code or a progress callback cannot. A call from Python therefore hands those over
+in-process, as one :class:`InProcess` object in one ContextVar, read once by :func:`run_body`.
+
 With no Prefect API configured, Prefect starts its ephemeral server; klingflow then turns off the
 two server services that print tracebacks at shutdown on Prefect 3.8 (analytics and the task-run
 recorder), and only then: a user's own Prefect settings are never overridden.
@@ -16,6 +25,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,36 +38,27 @@ from prefect.settings import (
     temporary_settings,
 )
 
-from klingflow.backends.config import use_hosts
 from klingflow.blocks import FalCredentials, KlingDefaults
-from klingflow.errors import KlingflowError
+from klingflow.engine import RunHooks, RunOptions, RunResult, arun
+from klingflow.errors import ConfigError, PipelineFailed
 from klingflow.flows.artifacts import publish_artifacts
-from klingflow.runner import ProgressHook, RunResult
-from klingflow.runtime import RunOptions, arun
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
-__all__ = ["PipelineFailed", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
-
-# In-process extras that are not flow parameters (a callback and objects can't go through the API).
-_local_options: ContextVar[RunOptions | None] = ContextVar("klingflow_options", default=None)
-_local_progress: ContextVar[ProgressHook | None] = ContextVar("klingflow_progress", default=None)
-_local_spec: ContextVar[PipelineSpec | None] = ContextVar("klingflow_spec", default=None)
+__all__ = ["InProcess", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
 
 
-class PipelineFailed(KlingflowError):
-    """Some steps failed; ``result`` holds everything that did run (outputs, ledger rows)."""
+@dataclass
+class InProcess:
+    """What a Python caller hands the flow besides its JSON parameters."""
 
-    reference = "pipeline-failed"
+    options: RunOptions = field(default_factory=RunOptions)
+    fallback: RunOptions | None = None
+    hooks: RunHooks = field(default_factory=RunHooks)
+    spec: PipelineSpec | None = None
 
-    def __init__(self, result: RunResult) -> None:
-        lines = [f"{step}: {reason}" for step, reason in result.failures.items()]
-        super().__init__(
-            f"{len(result.failures)} step(s) did not complete:\n  " + "\n  ".join(lines),
-            context=f"pipeline '{result.pipeline}'",
-            hint="fix the cause and run again: completed steps are cached and not paid twice",
-        )
-        self.result = result
+
+_in_process: ContextVar[InProcess | None] = ContextVar("klingflow_in_process", default=None)
 
 
 @contextlib.contextmanager
@@ -80,6 +81,19 @@ def _run_name() -> str:
     return Path(str(parameters.get("pipeline", "pipeline"))).stem
 
 
+async def _block_layer(credentials: str | None, defaults: str | None) -> RunOptions | None:
+    """The options the named Prefect blocks give (the layer under explicit options)."""
+    if not credentials and not defaults:
+        return None
+    layer: dict[str, Any] = {}
+    if credentials:
+        fal = await FalCredentials.aload(credentials)
+        layer.update(backend="fal", connector=fal.get_backend)
+    if defaults:
+        layer.update((await KlingDefaults.aload(defaults)).run_options().given())
+    return RunOptions(**layer)
+
+
 async def run_body(
     pipeline: str,
     inputs: dict[str, Any] | None,
@@ -92,37 +106,34 @@ async def run_body(
     max_cost_usd: float | None = None,
     out_dir: str | None = None,
 ) -> RunResult:
-    """What every klingflow flow does: resolve blocks and options, run the pipeline, fail on failures.
-
-    Explicit parameters win over a ``KlingDefaults`` block, which wins over built-in defaults.
-    """
-    base = _local_options.get() or RunOptions()
-    update: dict[str, Any] = {"backend": backend or base.backend, "refresh": refresh or base.refresh}
-    if credentials:
-        block = await FalCredentials.aload(credentials)
-        use_hosts(block.queue_host, block.run_host, block.ca_bundle)
-        update.update(key=block.key, backend=backend or "fal")
-    team = await KlingDefaults.aload(defaults) if defaults else None
-    update["concurrency"] = concurrency or (team.concurrency if team else base.concurrency)
-    update["max_cost_usd"] = next(
-        (v for v in (max_cost_usd, team.max_cost_usd if team else None, base.max_cost_usd) if v is not None),
-        None,
+    """What every klingflow flow does: gather the option layers, run the pipeline, fail on failures."""
+    local = _in_process.get() or InProcess()
+    parameters = RunOptions(
+        backend=backend,
+        concurrency=concurrency,
+        refresh=refresh or None,
+        max_cost_usd=max_cost_usd,
+        out_dir=Path(out_dir) if out_dir else None,
     )
-    location = out_dir or (team.output_location if team else None)
-    update["out_dir"] = Path(location) if location else base.out_dir
-    if team:
-        update["extra_defaults"] = team.arguments
+    explicit = local.options.model_copy(update=parameters.given())
     run_id = str(flow_run.id) if flow_run.id else None
     result = await arun(
-        _local_spec.get() or pipeline,
+        local.spec or pipeline,
         inputs,
-        base.model_copy(update=update),
-        wrap=run_step_as_task,
-        progress=_local_progress.get(),
+        explicit,
+        block=await _block_layer(credentials, defaults),
+        fallback=local.fallback,
+        hooks=RunHooks(
+            run_step=run_step_as_task,
+            on_start=local.hooks.on_start,
+            on_finish=local.hooks.on_finish,
+            log=local.hooks.log,
+        ),
         run_id=run_id,
         flow_run_id=run_id,
     )
-    await publish_artifacts(result.run_id)
+    if result.manifest is not None:
+        await publish_artifacts(result.manifest, result.ledger)
     if result.failures:
         raise PipelineFailed(result)
     return result
@@ -164,32 +175,37 @@ async def arun_pipeline(
     options: RunOptions | None = None,
     credentials: str | None = None,
     defaults: str | None = None,
-    out_dir: str | Path | None = None,
-    progress: ProgressHook | None = None,
+    hooks: RunHooks | None = None,
+    fallback: RunOptions | None = None,
 ) -> RunResult:
     """Run a pipeline as a Prefect flow and return its result (raises PipelineFailed with it on failure).
 
-    ``credentials`` / ``defaults`` name a FalCredentials / KlingDefaults block. The outputs go to
-    ``out_dir``, else the defaults block's ``output_location``, else ``options.out_dir``.
+    ``options`` are the caller's explicit options: they win over the ``defaults`` block, which wins
+    over the pipeline file, which wins over ``fallback`` (the caller's own defaults) and the
+    built-in ones. ``credentials`` / ``defaults`` name a FalCredentials / KlingDefaults block.
     """
     options = options or RunOptions()
     spec = pipeline if isinstance(pipeline, PipelineSpec) else None
-    name = spec.source or spec.name if spec else pipeline
-    tokens = (_local_options.set(options), _local_progress.set(progress), _local_spec.set(spec))
+    name = (spec.source or spec.name) if spec else pipeline
+    token = _in_process.set(
+        InProcess(options=options, fallback=fallback, hooks=hooks or RunHooks(), spec=spec)
+    )
     try:
         with quiet_ephemeral_server():
             state = await pipeline_flow(
                 str(name),
                 inputs,
+                backend=options.backend,
                 credentials=credentials,
                 defaults=defaults,
                 concurrency=options.concurrency,
-                out_dir=str(out_dir) if out_dir else None,
+                refresh=bool(options.refresh),
+                max_cost_usd=options.max_cost_usd,
+                out_dir=str(options.out_dir) if options.out_dir else None,
                 return_state=True,
             )
     finally:
-        for var, token in zip((_local_options, _local_progress, _local_spec), tokens, strict=True):
-            var.reset(token)  # type: ignore[attr-defined]
+        _in_process.reset(token)
     value = await state.aresult(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value
@@ -200,19 +216,20 @@ def run_pipeline(
     pipeline: str | Path | PipelineSpec,
     inputs: dict[str, Any] | None = None,
     *,
-    backend: str | None = None,
+    options: RunOptions | None = None,
     credentials: str | None = None,
     defaults: str | None = None,
-    concurrency: int | None = None,
-    refresh: bool = False,
-    max_cost_usd: float | None = None,
-    out_dir: str | Path | None = None,
-    options: RunOptions | None = None,
-    progress: ProgressHook | None = None,
+    hooks: RunHooks | None = None,
+    fallback: RunOptions | None = None,
+    **option_values: Any,
 ) -> RunResult:
     """Run a pipeline from plain Python (a script or a notebook cell) and return its outputs and ledger.
 
-    Blocks work here as in deployments: ``credentials="fal-production"``, ``defaults="studio"``.
+    Options go either in ``options`` or as keywords of the same names (``backend``, ``concurrency``,
+    ``refresh``, ``max_cost_usd``, ``out_dir``, ...); they win over a ``defaults`` block, which
+    wins over the pipeline file, which wins over ``fallback`` (the caller's own defaults).
+    Blocks work here as in deployments: ``credentials="fal-production"``,
+    ``defaults="studio"``.
 
     Example::
 
@@ -221,18 +238,23 @@ def run_pipeline(
         result = run_pipeline("deployments/pipelines/avatar.yaml", inputs={"line": "Hello!"})
         print(result.final, result.ledger[["step_id", "status", "estimated_cost_usd"]])
     """
-    base = options or RunOptions()
-    merged = base.model_copy(
-        update={
-            "backend": backend or base.backend,
-            "concurrency": concurrency or base.concurrency,
-            "refresh": refresh or base.refresh,
-            "max_cost_usd": max_cost_usd if max_cost_usd is not None else base.max_cost_usd,
-            "out_dir": Path(out_dir) if out_dir else base.out_dir,
-        }
-    )
+    given = RunOptions(**option_values).given()
+    twice = sorted(set(given) & set(options.given() if options else {}))
+    if twice:
+        raise ConfigError(
+            f"{', '.join(twice)} given both as a keyword and in options",
+            context="run_pipeline",
+            hint="give each option once",
+        )
+    explicit = (options or RunOptions()).model_copy(update=given)
     return asyncio.run(
         arun_pipeline(
-            pipeline, inputs, options=merged, credentials=credentials, defaults=defaults, progress=progress
+            pipeline,
+            inputs,
+            options=explicit,
+            credentials=credentials,
+            defaults=defaults,
+            hooks=hooks,
+            fallback=fallback,
         )
     )

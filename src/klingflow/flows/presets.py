@@ -15,8 +15,8 @@ from typing import Any, Literal, Optional
 from prefect import Flow, flow
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from klingflow.engine import RunResult
 from klingflow.flows.pipeline import run_body
-from klingflow.runner import RunResult
 from klingflow.spec import InputSpec, PipelineSpec, load_pipeline
 
 __all__ = ["inputs_model", "pipeline_flow_for"]

@@ -29,11 +29,10 @@ from klingflow.media._concat_plan import ConcatResult, ConcatTarget, Transition
 from klingflow.media._frames import first_frame, last_frame, thumbnail
 from klingflow.media._mux import mux_audio
 from klingflow.media._probe import MediaInfo, probe
-from klingflow.media._run import atomic_output, ffmpeg_executable, run_ffmpeg
+from klingflow.media._run import ffmpeg_executable, run_ffmpeg
 from klingflow.media._sheet import contact_sheet
 
 __all__ = [
-    "atomic_output",
     "ConcatResult",
     "ConcatTarget",
     "MediaInfo",

@@ -23,11 +23,12 @@ from typing import Any
 
 import ffmpeg
 
+from klingflow._files import atomic_path
 from klingflow.errors import MediaError
 from klingflow.media._audio import AUDIO_ENCODE, fitted_audio, silence
 from klingflow.media._concat_plan import ConcatPlan, ConcatResult, ConcatTarget, Transition, plan_concat
 from klingflow.media._probe import MediaInfo, VideoFacts, inspect_video, probe
-from klingflow.media._run import atomic_output, run_ffmpeg, where
+from klingflow.media._run import run_ffmpeg, where
 
 __all__ = ["MP4_OPTIONS", "VIDEO_ENCODE", "concat", "write_concat"]
 
@@ -241,7 +242,7 @@ def write_concat(plan: ConcatPlan, out: Path, *, context: str) -> ConcatResult:
     Separate from :func:`concat` so the benchmark can send the same clips down either path.
     """
     doing = where(context, out) + f" (joining {len(plan.clips)} clips, {plan.path_taken.replace('_', ' ')})"
-    with tempfile.TemporaryDirectory(prefix="klingflow-concat-") as scratch, atomic_output(out) as partial:
+    with tempfile.TemporaryDirectory(prefix="klingflow-concat-") as scratch, atomic_path(out) as partial:
         if plan.path_taken == "stream_copy":
             graph = _copy_graph(plan, Path(scratch), partial)
         else:

@@ -18,9 +18,10 @@ from typing import Any
 import av
 from PIL import Image
 
+from klingflow._files import atomic_path
 from klingflow.errors import MediaError
 from klingflow.media._probe import open_video
-from klingflow.media._run import atomic_output, where
+from klingflow.media._run import where
 
 __all__ = ["first_frame", "frame_at", "frames_at", "last_frame", "save_png", "thumbnail", "video_seconds"]
 
@@ -118,7 +119,7 @@ def frames_at(video: Path, seconds: Sequence[float], *, context: str) -> list[Im
 
 def save_png(picture: Image.Image, out: Path) -> Path:
     """Write ``picture`` as PNG at ``out`` atomically and return ``out``."""
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         picture.save(partial, format="PNG")
     return out
 

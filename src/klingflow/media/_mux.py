@@ -15,11 +15,12 @@ from typing import Literal
 
 import ffmpeg
 
+from klingflow._files import atomic_path
 from klingflow.errors import MediaError
 from klingflow.media._audio import AUDIO_ENCODE, OUTPUT_CHANNELS, OUTPUT_RATE, fitted_audio
 from klingflow.media._concat import MP4_OPTIONS, VIDEO_ENCODE
 from klingflow.media._probe import inspect_video, probe
-from klingflow.media._run import atomic_output, run_ffmpeg, where
+from klingflow.media._run import run_ffmpeg, where
 
 __all__ = ["mux_audio"]
 
@@ -84,7 +85,7 @@ def mux_audio(
         moving = picture["v:0"]
         options = {"c:v": "copy", **AUDIO_ENCODE, **MP4_OPTIONS}
     doing = where(context, out) + f" (muxing {audio} into {video}, {mode}, fit {fit})"
-    with atomic_output(out) as partial:
+    with atomic_path(out) as partial:
         run_ffmpeg(ffmpeg.output(moving, track, str(partial), **options), context=doing)
         info = probe(partial, context=doing)
         frame = float(1 / clip.rate)

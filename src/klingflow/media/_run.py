@@ -6,17 +6,15 @@ import functools
 import os
 import shutil
 import subprocess
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import ffmpeg
 
 from klingflow.errors import MediaError
+from klingflow.settings import settings
 
-__all__ = ["atomic_output", "ffmpeg_executable", "run_ffmpeg", "where"]
+__all__ = ["ffmpeg_executable", "run_ffmpeg", "where"]
 
 _STDERR_TAIL_LINES = 12
 
@@ -24,7 +22,7 @@ _STDERR_TAIL_LINES = 12
 @functools.cache
 def ffmpeg_executable() -> str:
     """Return the ffmpeg binary to run: ``KLINGFLOW_FFMPEG``, else ffmpeg on PATH, else the bundled one."""
-    explicit = os.environ.get("KLINGFLOW_FFMPEG")
+    explicit = settings().ffmpeg
     if explicit:
         return explicit
     on_path = shutil.which("ffmpeg")
@@ -76,18 +74,3 @@ def where(context: str, path: str | os.PathLike[str]) -> str:
     return f"{context}: {path}" if context else str(path)
 
 
-@contextmanager
-def atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a hidden partial name beside ``out``; rename it over ``out`` only if the block succeeds.
-
-    A crash or an ffmpeg failure therefore never leaves a truncated file at ``out``, where a cache
-    lookup by path would take it for a finished one. The partial name ends in ``.partial``, so
-    writers must name their format explicitly instead of letting it be guessed from the suffix.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.{os.getpid()}-{threading.get_ident()}.partial")
-    try:
-        yield partial
-        os.replace(partial, out)
-    finally:
-        partial.unlink(missing_ok=True)

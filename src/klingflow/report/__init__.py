@@ -10,7 +10,7 @@ Example::
 
     from klingflow import ledger
     from klingflow.report import write_report
-    from klingflow.runs import load_manifest
+    from klingflow.ledger import load_manifest
 
     manifest = load_manifest("3f2a")
     write_report(manifest, ledger.load(run=manifest.run_id), Path("report.html"))

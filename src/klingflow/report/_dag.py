@@ -12,15 +12,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
 
+from klingflow.ledger import Status
+
 __all__ = ["STATUS_COLOURS", "dag_svg", "step_status"]
 
+NOT_RUN = "not run"
+"""A step with no ledger row (the run stopped before it)."""
+
 STATUS_COLOURS: dict[str, str] = {
-    "completed": "#16a34a",
-    "cached": "#0284c7",
-    "joined": "#0d9488",
-    "failed": "#dc2626",
-    "skipped": "#9ca3af",
-    "not run": "#d4d4d8",
+    Status.COMPLETED: "#16a34a",
+    Status.CACHED: "#0284c7",
+    Status.JOINED: "#0d9488",
+    Status.FAILED: "#dc2626",
+    Status.SKIPPED: "#9ca3af",
+    NOT_RUN: "#d4d4d8",
 }
 """Fill colour of a step node per status (also used by the report's legend and pills)."""
 
@@ -46,16 +51,16 @@ class _Node:
 def step_status(statuses: Sequence[str]) -> str:
     """One status for a step from its rows (a foreach step has one per item): the worst one wins."""
     if not statuses:
-        return "not run"
-    if "failed" in statuses:
-        return "failed"
-    if all(s == "skipped" for s in statuses):
-        return "skipped"
-    if all(s == "cached" for s in statuses):
-        return "cached"
-    if all(s in ("cached", "joined") for s in statuses):
-        return "joined"
-    return "completed"
+        return NOT_RUN
+    if Status.FAILED in statuses:
+        return Status.FAILED
+    if all(s == Status.SKIPPED for s in statuses):
+        return Status.SKIPPED
+    if all(s == Status.CACHED for s in statuses):
+        return Status.CACHED
+    if all(s in (Status.CACHED, Status.JOINED) for s in statuses):
+        return Status.JOINED
+    return Status.COMPLETED
 
 
 def _layout(order: Sequence[str], dependencies: Mapping[str, Sequence[str]]) -> dict[str, _Node]:
@@ -116,7 +121,7 @@ def dag_svg(
             )
     for step in order:
         node, state = nodes[step], status.get(step, "not run")
-        colour = STATUS_COLOURS.get(state, STATUS_COLOURS["not run"])
+        colour = STATUS_COLOURS.get(state, STATUS_COLOURS[NOT_RUN])
         text_colour = "#18181b" if state in ("skipped", "not run") else "#ffffff"
         parts.append(
             f'<a href="#step-{escape(step)}"><g class="node" data-step="{escape(step)}" '

@@ -10,21 +10,18 @@ internet, and a hostile prompt cannot inject markup.
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from html import escape
 from importlib.resources import files
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 
-from klingflow.ledger import LEDGER_SCHEMA_VERSION, step_label, to_records
+from klingflow._files import atomic_write
+from klingflow.ledger import LEDGER_SCHEMA_VERSION, RunManifest, Status, step_label, to_records
 from klingflow.report._dag import STATUS_COLOURS, dag_svg, step_status
 from klingflow.report._media import media_element, media_kind, media_url
-
-if TYPE_CHECKING:
-    from klingflow.runs import RunManifest
 
 __all__ = ["render_report", "write_report"]
 
@@ -72,8 +69,8 @@ def _stat(value: str, label: str) -> str:
 
 def _header(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
     spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
-    cached = sum(r["status"] == "cached" for r in rows)
-    failed = sum(r["status"] == "failed" for r in rows)
+    cached = sum(r["status"] == Status.CACHED for r in rows)
+    failed = sum(r["status"] == Status.FAILED for r in rows)
     queues = sorted(r["queue_seconds"] for r in rows if r["queue_seconds"] is not None)
     took = (
         _seconds((manifest.finished_at - manifest.started_at).total_seconds())
@@ -151,13 +148,17 @@ def _failures(manifest: RunManifest) -> str:
     return f'<section id="failures"><h2>What failed</h2><div class="panel"><ul>{items}</ul></div></section>'
 
 
+_CACHE_FACTS = {
+    Status.CACHED: "hit (reused, not paid again)",
+    Status.JOINED: "joined a request another run had submitted (not paid again)",
+    Status.COMPLETED: "miss (generated)",
+}
+"""The cache line of a step card; failed and skipped steps have none."""
+
+
 def _facts(row: dict[str, Any]) -> str:
     size = f"{row['width']}×{row['height']}" if row["width"] and row["height"] else None
-    cache = {
-        "cached": "hit (reused, not paid again)",
-        "joined": "joined a request another run had submitted (not paid again)",
-        "completed": "miss (generated)",
-    }.get(row["status"])
+    cache = _CACHE_FACTS.get(row["status"])
     facts = [
         ("cost", _money(row["estimated_cost_usd"]) if row["kind"] == "endpoint" else "local operation"),
         ("queue", _seconds(row["queue_seconds"])),
@@ -252,12 +253,4 @@ def render_report(manifest: RunManifest, frame: pd.DataFrame, folder: Path) -> s
 def write_report(manifest: RunManifest, frame: pd.DataFrame, out: Path) -> Path:
     """Write the report to ``out`` atomically (a reader never sees half a page) and return ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = render_report(manifest, frame, out.parent)
-    temp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_text(text, encoding="utf-8")
-        temp.replace(out)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return out
+    return atomic_write(out, render_report(manifest, frame, out.parent), durable=False)

@@ -17,15 +17,14 @@ which makes the cache shared too.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from klingflow.home import klingflow_home
+from klingflow._files import atomic_write
+from klingflow.settings import klingflow_home
 
 __all__ = ["Journal", "JournalEntry", "OutputRecord"]
 
@@ -71,14 +70,7 @@ class Journal:
             return None
 
     def _write(self, entry: JournalEntry) -> None:
-        path = self._path(entry.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write(entry.model_dump_json(indent=1))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(name, path)
+        atomic_write(self._path(entry.key), entry.model_dump_json(indent=1))
 
     def record_submitted(self, key: str, *, endpoint: str, backend: str, request_id: str) -> JournalEntry:
         """Remember a request id before polling it (the step that makes resume possible)."""

@@ -19,10 +19,11 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
-from klingflow.errors import BackendError, StoreError
-from klingflow.home import klingflow_home
+from klingflow._files import file_sha256
+from klingflow.errors import TRANSIENT, ConnectionLost, ResultLost, StoreError, error_for_status
+from klingflow.settings import klingflow_home
 
-__all__ = ["Store", "StoredFile", "file_sha256"]
+__all__ = ["Store", "StoredFile"]
 
 _CHUNK = 1 << 20
 
@@ -34,15 +35,6 @@ class StoredFile(BaseModel):
     path: Path
     bytes: int
     content_type: str | None = None
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's content, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class Store:
@@ -101,8 +93,10 @@ class Store:
     ) -> StoredFile:
         """Download ``url`` into the store, checking size and hash before it becomes visible.
 
-        Raises BackendError (transient for 5xx, connection errors and truncated transfers;
-        permanent for 4xx) or StoreError for a hash mismatch.
+        Raises :class:`~klingflow.errors.ConnectionLost` for a connection error or a truncated
+        transfer, the type :func:`~klingflow.errors.error_for_status` gives for 429 and 5xx,
+        :class:`~klingflow.errors.ResultLost` for any other 4xx (the file is gone), or
+        :class:`~klingflow.errors.StoreError` for a hash mismatch.
         """
         fd, name = tempfile.mkstemp(dir=self.tmp)
         tmp = Path(name)
@@ -111,11 +105,13 @@ class Store:
             with os.fdopen(fd, "wb") as handle:
                 async with httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True) as client:
                     async with client.stream("GET", url) as response:
-                        if response.status_code >= 400:
-                            raise BackendError(
+                        status = response.status_code
+                        if status >= 400:
+                            error = error_for_status(status)
+                            raise (error if issubclass(error, TRANSIENT) else ResultLost)(
                                 f"downloading the result file failed: {url}",
-                                status_code=response.status_code,
-                                transient=response.status_code >= 500 or response.status_code == 429,
+                                status_code=status,
+                                phase="download",
                             )
                         declared = response.headers.get("content-length")
                         content_type = response.headers.get("content-type")
@@ -125,9 +121,9 @@ class Store:
                             received += len(chunk)
             for expected, what in ((declared, "Content-Length"), (expected_size, "file_size")):
                 if expected is not None and int(expected) != received:
-                    raise BackendError(
+                    raise ConnectionLost(
                         f"result file is truncated: got {received} bytes, {what} says {expected} ({url})",
-                        transient=True,
+                        phase="download",
                     )
             sha256 = digest.hexdigest()
             if expected_sha256 and sha256 != expected_sha256:
@@ -136,8 +132,8 @@ class Store:
                 )
             return self._commit(tmp, sha256, suffix, content_type)
         except httpx.HTTPError as exc:
-            raise BackendError(
-                f"downloading the result file failed ({type(exc).__name__}: {exc}): {url}", transient=True
+            raise ConnectionLost(
+                f"downloading the result file failed ({type(exc).__name__}: {exc}): {url}", phase="download"
             ) from exc
         finally:
             tmp.unlink(missing_ok=True)

@@ -1,13 +1,15 @@
-"""Running a checked pipeline: every step as soon as its references are ready, failures contained.
+"""The DAG scheduler: every step as soon as its references are ready, failures contained.
 
 This is the orchestration core, free of Prefect: each step is an asyncio task that waits for the
-steps it refers to, resolves its arguments, and runs (a generation through :mod:`klingflow.steps`,
-or a media operation through :mod:`klingflow.operations`). A failed step fails only its
-dependants, which are recorded as skipped; independent branches finish and are cached. A foreach
-step runs its items side by side and exposes its outputs as lists.
+steps it refers to, resolves its arguments, and runs (a generation through
+:mod:`~klingflow.engine.generation`, or a media operation through
+:mod:`~klingflow.engine.operation`). A failed step fails only its dependants, which are recorded
+as skipped; independent branches finish and are cached. A foreach step runs its items side by
+side and exposes its outputs as lists.
 
-The Prefect layer passes a ``wrap`` hook that runs each step inside a Prefect task named after it;
-a plain Python call passes none and gets exactly the same caching, resume and retries.
+The Prefect layer's :class:`~klingflow.engine.hooks.RunHooks` run each step inside a Prefect task
+named after it; a plain Python call uses the default hooks and gets exactly the same caching,
+resume and retries.
 """
 
 from __future__ import annotations
@@ -15,26 +17,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
-from klingflow.ledger import to_frame
-from klingflow.operations import run_operation
+from klingflow.engine.context import StepContext, plain
+from klingflow.engine.generation import run_generation
+from klingflow.engine.hooks import Logger, RunHooks, StepInfo
+from klingflow.engine.operation import run_operation
+from klingflow.errors import StepFailed
+from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
 from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
-from klingflow.steps import Logger, StepContext, StepFailed, StepRecord, run_generation
 
-__all__ = ["RunResult", "StepCall", "StepWrapper", "execute"]
+__all__ = ["RunResult", "execute"]
 
-StepCall = Callable[[Logger], Awaitable[StepRecord]]
-StepWrapper = Callable[[str, StepCall], Awaitable[StepRecord]]
 logger = logging.getLogger(__name__)
-ProgressHook = Callable[[str, StepRecord | None], None]
-"""Called with (step name, None) when a step starts and (step name, its record) when it ends."""
 
 
 class RunResult(BaseModel):
@@ -44,29 +44,28 @@ class RunResult(BaseModel):
 
     run_id: str
     pipeline: str
-    status: str
+    status: Status
     outputs: dict[str, dict[str, Any]]
     records: list[StepRecord]
     failures: dict[str, str]
     final: dict[str, Path]
     flow_run_id: str | None = None
+    manifest: RunManifest | None = None
+    _recorded: pd.DataFrame | None = PrivateAttr(default=None)
+
+    def recorded(self, manifest: RunManifest, frame: pd.DataFrame) -> None:
+        """Attach what the run recorded: its manifest and its ledger rows as stored (secrets removed)."""
+        self.manifest, self._recorded = manifest, frame
 
     @property
     def ledger(self) -> pd.DataFrame:
-        """The run's ledger rows as a typed DataFrame (see :mod:`klingflow.ledger`)."""
-        return to_frame(
-            {
-                **r.model_dump(exclude={"outputs"}),
-                "run_id": self.run_id,
-                "pipeline": self.pipeline,
-                "flow_run_id": self.flow_run_id,
-            }
-            for r in self.records
-        )
+        """The run's ledger rows as a typed DataFrame (see :mod:`klingflow.ledger`), as recorded."""
+        return self._recorded if self._recorded is not None else to_frame(self.rows())
 
-
-async def _direct(_: str, call: StepCall) -> StepRecord:
-    return await call(print)
+    def rows(self) -> list[dict[str, Any]]:
+        """One ledger row per record, with the run's ids."""
+        run = {"run_id": self.run_id, "pipeline": self.pipeline, "flow_run_id": self.flow_run_id}
+        return [{**r.model_dump(), **run} for r in self.records]
 
 
 def _labels(raw: Any, resolved: Any) -> list[str]:
@@ -84,10 +83,8 @@ def _labels(raw: Any, resolved: Any) -> list[str]:
 
 
 class _Run:
-    def __init__(
-        self, pipeline: ValidatedPipeline, ctx: StepContext, wrap: StepWrapper, progress: ProgressHook | None
-    ) -> None:
-        self.pipeline, self.ctx, self.wrap, self.progress = pipeline, ctx, wrap, progress
+    def __init__(self, pipeline: ValidatedPipeline, ctx: StepContext, hooks: RunHooks) -> None:
+        self.pipeline, self.ctx, self.hooks = pipeline, ctx, hooks
         self.outputs: dict[str, dict[str, Any]] = {}
         self.records: list[StepRecord] = []
         self.failures: dict[str, str] = {}
@@ -96,9 +93,7 @@ class _Run:
 
     def _record(self, record: StepRecord) -> None:
         self.records.append(record)
-        if self.progress is not None:
-            name = record.step_id if record.item_index is None else f"{record.step_id}[{record.item_index}]"
-            self.progress(name, record)
+        self.hooks.on_finish(record)
 
     async def _one(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
         step = self.steps[step_id]
@@ -137,10 +132,10 @@ class _Run:
                 log=log,
             )
 
-        name = step_id if item_index is None else f"{step_id}[{item_index}]"
-        if self.progress is not None:
-            self.progress(name, None)
-        return await self.wrap(name, call)
+        label = step_id if item_index is None else f"{step_id}[{item_index}]"
+        self.hooks.on_start(label)
+        info = StepInfo(label=label, step_id=step_id, uses=step.uses, arguments=plain(arguments))
+        return await self.hooks.run_step(info, call, self.hooks.log)
 
     async def _step(self, step_id: str) -> None:
         step = self.steps[step_id]
@@ -156,7 +151,7 @@ class _Run:
                         kind=self.pipeline.kind(step_id),
                         endpoint=step.uses,
                         backend="",
-                        status="skipped",
+                        status=Status.SKIPPED,
                         error=self.failures[step_id],
                     )
                 )
@@ -175,7 +170,7 @@ class _Run:
                         )
                     )
                 )
-            failed = [r for r in records if r.status == "failed"]
+            failed = [r for r in records if r.status == Status.FAILED]
             if failed:
                 self.failures[step_id] = "; ".join(r.error or "failed" for r in failed)
             elif step.foreach is None:
@@ -200,7 +195,7 @@ class _Run:
                 kind=self.pipeline.kind(step_id),
                 endpoint=step.uses,
                 backend="",
-                status="failed",
+                status=Status.FAILED,
                 error=f"internal error: {type(exc).__name__}: {exc}",
             )
         self._record(record)
@@ -211,12 +206,11 @@ async def execute(
     pipeline: ValidatedPipeline,
     ctx: StepContext,
     *,
-    wrap: StepWrapper | None = None,
-    progress: ProgressHook | None = None,
+    hooks: RunHooks | None = None,
     run_id: str | None = None,
 ) -> RunResult:
     """Run every step of a checked pipeline and return what it produced."""
-    run = _Run(pipeline, ctx, wrap or _direct, progress)
+    run = _Run(pipeline, ctx, hooks or RunHooks())
     started = datetime.now(UTC)
     await asyncio.gather(*(run._step(step_id) for step_id in pipeline.order))
     dependants = {d for deps in pipeline.dependencies.values() for d in deps}
@@ -235,7 +229,7 @@ async def execute(
     return RunResult(
         run_id=run_id or uuid.uuid4().hex[:12],
         pipeline=pipeline.spec.name,
-        status="failed" if run.failures else "completed",
+        status=Status.FAILED if run.failures else Status.COMPLETED,
         outputs=run.outputs,
         records=run.records,
         failures=run.failures,

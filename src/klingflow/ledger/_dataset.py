@@ -1,25 +1,12 @@
-"""The ledger: one pandas row per step execution, with stable, typed columns, kept as a dataset.
+"""The ledger as a dataset: one parquet file per run, appended atomically and loaded as one DataFrame.
 
-Every step execution (completed, cached, failed or skipped; one row per foreach item) becomes a
-row, so a team can answer "what did we spend, what failed and why, which clip came from which
-prompt" with ordinary DataFrame code. Timestamps are UTC, arguments are JSON with secrets
-removed, and media columns are probed from the stored file, not copied from the request.
-
-Persistence. Each run is one parquet file, ``<home>/ledger/run-<run id>.parquet``, so two
+Each run is one parquet file, ``<home>/ledger/run-<run id>.parquet``, so two
 processes finishing runs at once never write the same file and no lock is needed. A file is
 written under a hidden temporary name in the same folder, fsynced, then renamed over its final
 name: a reader (or a crash) sees the old file or the new one, never half of one. Every file
 carries :data:`LEDGER_SCHEMA_VERSION` in its parquet metadata; columns are only ever added, so
-an older file loads with the columns it lacks as NA. This is the only module that does pandas
-I/O (parquet, CSV, JSON).
-
-Example::
-
-    from klingflow import ledger
-
-    week = ledger.load(since="7d")
-    per_run, per_pipeline = ledger.summary(week)
-    print(per_pipeline[["pipeline", "runs", "spend_usd", "queue_p95"]])
+an older file loads with the columns it lacks as NA. This package is the only place that does
+pandas I/O (parquet, CSV, JSON).
 """
 
 from __future__ import annotations
@@ -29,97 +16,39 @@ import glob
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from operator import methodcaller
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, NamedTuple
+from typing import Any, BinaryIO, Literal
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from klingflow.errors import KlingflowError
-from klingflow.home import klingflow_home
+from klingflow._files import atomic_write
+from klingflow.errors import LedgerError
+from klingflow.ledger._record import COLUMNS, LEDGER_SCHEMA_VERSION, Status
+from klingflow.settings import klingflow_home
 
 __all__ = [
-    "COLUMNS",
-    "LEDGER_SCHEMA_VERSION",
-    "STATUSES",
-    "LedgerError",
-    "LedgerSummary",
     "append",
     "export",
     "ledger_root",
     "load",
     "parse_since",
     "redact",
-    "step_label",
-    "summary",
     "to_frame",
     "to_records",
+    "typed",
 ]
-
-LEDGER_SCHEMA_VERSION = 1
-"""Version of the column set; stored in each parquet file under :data:`_VERSION_KEY`."""
-
-COLUMNS: dict[str, str] = {
-    "run_id": "string",
-    "flow_run_id": "string",
-    "pipeline": "string",
-    "step_id": "string",
-    "item_index": "Int64",
-    "kind": "string",
-    "endpoint": "string",
-    "backend": "string",
-    "request_id": "string",
-    "status": "string",
-    "cache_key": "string",
-    "attempts": "Int64",
-    "submitted_at": "datetime64[us, UTC]",
-    "started_at": "datetime64[us, UTC]",
-    "finished_at": "datetime64[us, UTC]",
-    "queue_seconds": "Float64",
-    "run_seconds": "Float64",
-    "estimated_cost_usd": "Float64",
-    "prompt": "string",
-    "arguments": "string",
-    "output_path": "string",
-    "output_url": "string",
-    "sha256": "string",
-    "bytes": "Int64",
-    "duration_s": "Float64",
-    "width": "Int64",
-    "height": "Int64",
-    "fps": "Float64",
-    "has_audio": "boolean",
-    "error": "string",
-}
-
-STATUSES = ("completed", "cached", "joined", "failed", "skipped")
-"""``joined``: the step polled a request another run (or worker) had already submitted; cost 0."""
-"""Every value the ``status`` column takes."""
 
 _VERSION_KEY = b"klingflow.ledger.schema_version"
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([mhdw])\s*$")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _STALE_TEMP_SECONDS = 3600.0
-
-
-class LedgerError(KlingflowError):
-    """The ledger (or a run's manifest) cannot be written, read or queried; ``context`` names the file."""
-
-    reference = "ledger-error"
-
-
-class LedgerSummary(NamedTuple):
-    """Spend, cache use, failures and p50/p95 timings, per run and per pipeline."""
-
-    runs: pd.DataFrame
-    pipelines: pd.DataFrame
 
 
 def redact(text: str | None, secrets: Iterable[str] = ()) -> str | None:
@@ -132,7 +61,7 @@ def redact(text: str | None, secrets: Iterable[str] = ()) -> str | None:
     return text
 
 
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
     """Exactly :data:`COLUMNS`, in order, with their dtypes (missing columns become NA)."""
     frame = frame.reindex(columns=list(COLUMNS))
     for name, dtype in COLUMNS.items():
@@ -152,39 +81,12 @@ def to_frame(rows: Iterable[dict[str, Any]], secrets: Iterable[str] = ()) -> pd.
         for name in ("arguments", "error", "prompt"):
             item[name] = redact(item[name], secrets)
         cleaned.append(item)
-    return _typed(pd.DataFrame(cleaned, columns=list(COLUMNS)))
+    return typed(pd.DataFrame(cleaned, columns=list(COLUMNS)))
 
 
 def ledger_root(root: Path | None = None) -> Path:
     """The ledger folder: ``root`` when given, else ``<klingflow home>/ledger``."""
     return root if root is not None else klingflow_home() / "ledger"
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename durable (POSIX); folders cannot be opened on Windows, where this is a no-op."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _atomic_write(target: Path, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(binary file)`` on a hidden temp file beside ``target``, fsync, rename over it."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = target.with_name(f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-    return target
 
 
 def _sweep_temps(folder: Path) -> None:
@@ -198,7 +100,7 @@ def _sweep_temps(folder: Path) -> None:
 
 def _versioned(frame: pd.DataFrame) -> pa.Table:
     """The typed frame as an arrow table whose metadata names the schema version."""
-    table = pa.Table.from_pandas(_typed(frame), preserve_index=False)
+    table = pa.Table.from_pandas(typed(frame), preserve_index=False)
     metadata = {**(table.schema.metadata or {}), _VERSION_KEY: str(LEDGER_SCHEMA_VERSION).encode()}
     return table.replace_schema_metadata(metadata)
 
@@ -222,7 +124,7 @@ def append(frame: pd.DataFrame, *, root: Path | None = None) -> Path:
     folder = ledger_root(root)
     target = folder / f"run-{run_id}.parquet"
     try:
-        _atomic_write(target, partial(pq.write_table, _versioned(frame)))
+        atomic_write(target, partial(pq.write_table, _versioned(frame)))
         _sweep_temps(folder)
     except (OSError, pa.ArrowException, ValueError, TypeError) as exc:
         raise LedgerError(
@@ -259,7 +161,7 @@ def parse_since(value: datetime | date | str) -> datetime:
 def _read(path: Path) -> pd.DataFrame:
     """One run file as a typed frame; newer or older schema versions keep the columns we know."""
     try:
-        return _typed(pq.read_table(path).to_pandas())
+        return typed(pq.read_table(path).to_pandas())
     except (OSError, pa.ArrowException, ValueError, TypeError) as exc:
         raise LedgerError(
             f"cannot read this ledger file: {exc}",
@@ -290,17 +192,15 @@ def load(
     """Every stored ledger row that matches, as one DataFrame with exactly :data:`COLUMNS` and dtypes.
 
     ``run`` is a run id or a prefix of one; ``since`` keeps rows started at or after it (see
-    :func:`parse_since`); ``status`` is one of :data:`STATUSES`. Rows keep each run's step order;
-    runs come oldest first. Nothing matching gives an empty frame with the same dtypes.
+    :func:`parse_since`); ``status`` is one of :class:`~klingflow.ledger.Status`. Rows keep each
+    run's step order; runs come oldest first. Nothing matching gives an empty frame with the same dtypes.
     """
-    if status is not None and status not in STATUSES:
-        raise LedgerError(
-            f"unknown status {status!r}", context="status", hint=f"one of {', '.join(STATUSES)}"
-        )
+    if status is not None and status not in set(Status):
+        raise LedgerError(f"unknown status {status!r}", context="status", hint=f"one of {', '.join(Status)}")
     start = parse_since(since) if since is not None else None
     frames = [_read(path) for path in _files(ledger_root(root), run)]
     frames = [f for f in frames if not f.empty]
-    frame = pd.concat(frames, ignore_index=True) if frames else _typed(pd.DataFrame())
+    frame = pd.concat(frames, ignore_index=True) if frames else typed(pd.DataFrame())
     keep = pd.Series(True, index=frame.index)
     if pipeline is not None:
         keep &= frame["pipeline"].eq(pipeline).fillna(False)
@@ -315,45 +215,6 @@ def load(
     return frame.reset_index(drop=True)
 
 
-def _metrics(frame: pd.DataFrame, keys: list[str], **extra: tuple[str, str]) -> pd.DataFrame:
-    marked = frame.assign(
-        **{f"_{status}": frame["status"].eq(status).fillna(False).astype(int) for status in STATUSES}
-    )
-    groups = marked.groupby(keys, sort=False, dropna=False)
-    out = groups.agg(
-        **extra,
-        started_at=("started_at", "min"),
-        steps=("step_id", "size"),
-        completed=("_completed", "sum"),
-        cached=("_cached", "sum"),
-        joined=("_joined", "sum"),
-        failed=("_failed", "sum"),
-        skipped=("_skipped", "sum"),
-        spend_usd=("estimated_cost_usd", "sum"),
-    )
-    out["cached_share"] = (out["cached"] / out["steps"]).astype("Float64")
-    for column, name in (("queue_seconds", "queue"), ("run_seconds", "run")):
-        out[f"{name}_p50"] = groups[column].quantile(0.5).astype("Float64")
-        out[f"{name}_p95"] = groups[column].quantile(0.95).astype("Float64")
-    return out.reset_index()
-
-
-def summary(frame: pd.DataFrame) -> LedgerSummary:
-    """Per run and per pipeline: steps, completed/cached/failed/skipped counts, cached share,
-    estimated spend, and p50/p95 of queue and run seconds (over the rows that have them).
-
-    ``cached_share`` is cached rows over all rows. Runs come newest first; pipelines by name.
-    """
-    frame = _typed(frame)
-    runs = _metrics(frame, ["run_id", "pipeline"]).sort_values("started_at", ascending=False)
-    pipelines = _metrics(
-        frame, ["pipeline"], runs=("run_id", "nunique"), last_run_at=("started_at", "max")
-    ).rename(columns={"started_at": "first_run_at"})
-    return LedgerSummary(
-        runs=runs.reset_index(drop=True), pipelines=pipelines.sort_values("pipeline").reset_index(drop=True)
-    )
-
-
 def _plain(value: Any) -> Any:
     if value is None or value is pd.NA or value is pd.NaT:
         return None
@@ -362,12 +223,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, pd.Timestamp):
         return value.isoformat()
     return value.item() if hasattr(value, "item") else value
-
-
-def step_label(row: dict[str, Any]) -> str:
-    """``step_id``, or ``step_id[i]`` for item ``i`` of a foreach step: how every view names a row."""
-    index = row.get("item_index")
-    return row["step_id"] if index is None or index is pd.NA else f"{row['step_id']}[{index}]"
 
 
 def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -399,7 +254,7 @@ def export(
             return text
         write = methodcaller("write", text.encode())
     try:
-        _atomic_write(out, write)
+        atomic_write(out, write)
     except OSError as exc:
         raise LedgerError(f"could not write {format}: {exc}", context=str(out)) from exc
     return None

@@ -15,27 +15,22 @@ from pathlib import Path
 from typing import Any
 
 from klingflow import media
-from klingflow.cache import media_digest, operation_key
-from klingflow.errors import KlingflowError
-from klingflow.journal import OutputRecord
-from klingflow.steps import (
-    Logger,
-    StepContext,
-    StepFailed,
-    StepRecord,
-    _cache_hit,
-    _shown_arguments,
-    describe_output,
-)
+from klingflow.cache import OutputRecord, media_digest, operation_key
+from klingflow.engine.context import StepContext, describe_output, shown_arguments
+from klingflow.engine.hooks import Logger
+from klingflow.errors import KlingflowError, StepFailed
+from klingflow.ledger import Status, StepRecord
+from klingflow.spec import OPERATIONS
 
-__all__ = ["OPERATION_OUTPUTS", "operation_key_for", "run_operation"]
+__all__ = ["operation_key_for", "operation_output", "run_operation"]
 
-OPERATION_OUTPUTS: dict[str, tuple[str, str]] = {
-    "concat": ("video", ".mp4"),
-    "last_frame": ("image", ".png"),
-    "mux_audio": ("video", ".mp4"),
-    "contact_sheet": ("image", ".png"),
-}
+_SUFFIXES = {"video": ".mp4", "image": ".png", "audio": ".m4a"}
+"""The file format each operation writes, by the kind of media it produces."""
+
+
+def operation_output(operation: str) -> str:
+    """The kind of media an operation produces (from the spec's operation table)."""
+    return next(iter(OPERATIONS[operation].produces.values()))
 
 
 def _keyed(value: Any, ctx: StepContext) -> Any:
@@ -98,14 +93,15 @@ async def run_operation(
     log: Logger = print,
 ) -> StepRecord:
     """Run (or reuse) one media operation on local files; raise StepFailed on error."""
-    kind, suffix = OPERATION_OUTPUTS[operation]
+    kind = operation_output(operation)
+    suffix = _SUFFIXES[kind]
     record = StepRecord(
         step_id=step_id,
         item_index=item_index,
         kind="operation",
         endpoint=operation,
         backend="local",
-        arguments=_shown_arguments(_keyed(arguments, ctx)),
+        arguments=shown_arguments(_keyed(arguments, ctx)),
         started_at=datetime.now(UTC),
         attempts=1,
     )
@@ -113,13 +109,13 @@ async def run_operation(
     try:
         key = record.cache_key = operation_key_for(ctx, operation, arguments)
     except OSError as exc:
-        record.status, record.error = "failed", f"cannot read an input of {context}: {exc}"
+        record.status, record.error = Status.FAILED, f"cannot read an input of {context}: {exc}"
         raise StepFailed(record) from exc
     entry = ctx.journal.get(key)
     if entry is not None and (refresh or ctx.refresh or not use_cache):
         ctx.journal.forget(key)
         entry = None
-    if entry is not None and entry.status == "done" and _cache_hit(ctx, entry, record, {kind: kind}, log):
+    if entry is not None and entry.status == "done" and ctx.reuse(entry, record, {kind: kind}, log):
         record.finished_at = datetime.now(UTC)
         return record
     with tempfile.TemporaryDirectory(dir=ctx.store.tmp) as scratch:
@@ -128,7 +124,7 @@ async def run_operation(
             await asyncio.to_thread(_execute, operation, arguments, labels or [], out, context)
             stored = ctx.store.put_file(out)
         except KlingflowError as exc:
-            record.status, record.error = "failed", str(exc)
+            record.status, record.error = Status.FAILED, str(exc)
             raise StepFailed(record) from exc
     describe_output(record, stored, kind)
     ctx.journal.record_done(

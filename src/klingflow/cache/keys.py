@@ -19,7 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from klingflow.store import Store, file_sha256
+from klingflow._files import file_sha256
+from klingflow.cache.store import Store
 
 __all__ = ["CACHE_VERSION", "canonical_json", "generation_key", "media_digest", "operation_key"]
 

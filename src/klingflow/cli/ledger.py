@@ -1,9 +1,8 @@
 """``klingflow ledger`` (query the stored ledger), ``klingflow ledger summary`` and ``klingflow report``.
 
-Kept apart from ``cli.py`` so the query commands grow without crowding the run commands;
 :func:`add_ledger_commands` attaches them to the main app with the same error boundary (a
-:class:`~klingflow.errors.KlingflowError` printed as what / where / hint, exit 1). The run
-record and report modules (which load PyAV and Pillow) are imported only by the commands that
+:class:`~klingflow.errors.KlingflowError` printed as what / where / hint, exit 1). The report
+module (which load PyAV and Pillow) are imported only by the commands that
 need them, so ``klingflow --help`` stays quick.
 
 Example::
@@ -31,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from klingflow import ledger
-from klingflow.ledger import LedgerError, step_label, to_records
+from klingflow.ledger import LedgerError, Status, step_label, to_records
 
 __all__ = ["add_ledger_commands", "ledger_list", "ledger_summary", "report_command"]
 
@@ -67,9 +66,7 @@ PipelineOpt = Annotated[str | None, typer.Option("--pipeline", help="Only this p
 SinceOpt = Annotated[
     str | None, typer.Option("--since", help="Only rows started since: an ISO date, or 30m, 24h, 7d, 2w.")
 ]
-StatusOpt = Annotated[
-    str | None, typer.Option("--status", help="Only this status: completed, cached, failed or skipped.")
-]
+StatusOpt = Annotated[str | None, typer.Option("--status", help=f"Only this status: {', '.join(Status)}.")]
 OutputOpt = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to this file instead of the terminal.")
 ]
@@ -89,14 +86,20 @@ _ROW_COLUMNS = [
 _SUMMARY_COLUMNS = [
     ("steps", "steps"),
     ("cached_share", "cached"),
-    ("failed", "failed"),
-    ("skipped", "skipped"),
+    *((str(s), str(s)) for s in Status if s not in (Status.COMPLETED, Status.CACHED)),
     ("spend_usd", "spend $"),
     ("queue", "queue s"),
     ("run", "run s"),
 ]
 _TEXT_COLUMNS = {"run_id", "pipeline", "step", "status", "endpoint", "error"}
-_STYLES = {"completed": "green", "cached": "cyan", "failed": "red", "skipped": "yellow"}
+STATUS_STYLES: dict[Status, str] = {
+    Status.COMPLETED: "green",
+    Status.CACHED: "cyan",
+    Status.JOINED: "cyan",
+    Status.FAILED: "red",
+    Status.SKIPPED: "yellow",
+}
+"""The colour of each status in tables (a test checks every :class:`Status` has one)."""
 
 
 def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
@@ -122,7 +125,9 @@ def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
     elif isinstance(value, float):
         value = f"{value:.1f}"
     text = str(value).splitlines()[0] if value not in (None, "") else ""
-    return Text(text[:width] if width else text, style=_STYLES.get(text, "") if name == "status" else "")
+    return Text(
+        text[:width] if width else text, style=STATUS_STYLES.get(text, "") if name == "status" else ""
+    )
 
 
 def _table(
@@ -149,9 +154,7 @@ def _load(run: str | None, pipeline: str | None, since: str | None, status: str 
     """The matching rows; an unknown ``--run`` is an error that lists the recent runs."""
     frame = ledger.load(run=run, pipeline=pipeline, since=since, status=status)
     if run is not None and frame.empty and ledger.load(run=run).empty:
-        from klingflow.runs import load_manifest
-
-        load_manifest(run)  # raises, naming the recent runs, unless the run exists and had no steps
+        ledger.load_manifest(run)  # raises, naming the recent runs, unless the run exists and had no steps
     return frame
 
 
@@ -237,7 +240,7 @@ def ledger_summary(
     for level in wanted:
         columns = keys[level] + [(name, heading, 0) for name, heading in _SUMMARY_COLUMNS]
         title = f"per {level} (times UTC; queue and run seconds as p50 / p95)"
-        optional = {"skipped", "runs"} | ({"pipeline"} if level == "run" else set())
+        optional = {"joined", "skipped", "runs"} | ({"pipeline"} if level == "run" else set())
         console.print(_table(title, to_records(levels[level]), columns, optional))
 
 
@@ -248,8 +251,8 @@ def report_command(
     ] = None,
 ) -> None:
     """Write (again) a run's HTML report: final cut, DAG, every clip with its settings, the ledger."""
+    from klingflow.ledger import REPORT_NAME, load_manifest, run_dir, save_manifest
     from klingflow.report import write_report
-    from klingflow.runs import REPORT_NAME, load_manifest, run_dir, save_manifest
 
     manifest = load_manifest(run_id)
     frame = ledger.load(run=manifest.run_id)
@@ -271,7 +274,7 @@ def _unwrapped(command: F) -> F:
 def add_ledger_commands(app: typer.Typer, wrap: Callable[[F], F] = _unwrapped) -> None:
     """Attach ``ledger`` (with ``summary``) and ``report`` to ``app``, each wrapped by ``wrap``.
 
-    ``wrap`` is the CLI's error boundary (in ``cli.py``: ``_friendly_errors``); without it,
+    ``wrap`` is the CLI's error boundary (:func:`~klingflow.cli._errors.friendly_errors`); without it,
     errors propagate, which is what tests want.
     """
     group = typer.Typer(help="Query the ledger: every step of every recorded run.")

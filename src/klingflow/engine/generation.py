@@ -1,4 +1,4 @@
-"""Running one step: the cache decision, resume, retries and the concurrency cap, without Prefect.
+"""One generation: the cache decision, claim or join, submit or resume, poll, download, retries.
 
 Prefect's own task cache would return a stored value without knowing whether the media file
 behind it still exists, and a plain Python call must cache the same way, so the decision lives
@@ -7,35 +7,32 @@ here (store + journal) and the Prefect task only calls it. For a generation:
 1. key = endpoint + canonical arguments (media replaced by content sha256) + backend identity;
 2. journal says ``done`` and every stored file re-hashes correctly -> cached, nothing submitted;
    a missing or corrupt file -> forget and regenerate;
-3. journal says ``submitted`` -> poll that request id (resume after a crash or retry);
-4. otherwise submit, write the request id to the journal *before* polling, wait, download.
+3. claim the key (one worker generates it; another one *joins* the request in flight);
+4. journal says ``submitted`` -> poll that request id (resume after a crash or retry);
+5. otherwise submit, write the request id to the journal *before* polling, wait, download.
 
-Transient errors (429, 5xx, connection errors, truncated downloads) are retried with exponential
-backoff and jitter, never less than the server's Retry-After. A retry polls the request it
-already has; only a request that failed on fal's side (or that fal no longer knows) is submitted
-again. Permanent errors (401/403/404/422) fail at once with fal's message.
+Errors are matched by type (:mod:`klingflow.errors`): transient ones are retried with backoff and
+jitter, never sooner than Retry-After, and a retry polls the request it already has. Only a
+request fal finished with an error (:class:`~klingflow.errors.RequestFailed`) or no longer knows
+(:class:`~klingflow.errors.RequestGone`, when resuming) is submitted again. Anything else fails the
+step at once with fal's message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-if TYPE_CHECKING:
-    from klingflow.backends.fal import FalBackend
-
 from klingflow.backends.handles import QueueEvent, RequestHandle
-from klingflow.cache import canonical_json, generation_key, media_digest
-from klingflow.claims import DEFAULT_TTL, Claims, FileClaims, new_owner
+from klingflow.cache import JournalEntry, OutputRecord, generation_key, media_digest
 from klingflow.endpoints import (
     canonical_arguments,
     estimate_cost,
@@ -45,185 +42,23 @@ from klingflow.endpoints import (
     set_media_input,
     validate_input,
 )
-from klingflow.errors import BackendError, EndpointError, KlingflowError, ResultTimeout, SubmitError
-from klingflow.journal import Journal, JournalEntry, OutputRecord
-from klingflow.media import probe
-from klingflow.store import Store, StoredFile
+from klingflow.engine.context import StepContext, describe_output, plain, prompt_of, shown_arguments
+from klingflow.engine.hooks import Logger
+from klingflow.errors import (
+    BackendError,
+    RequestFailed,
+    RequestGone,
+    ResultLost,
+    ResultTimeout,
+    StepFailed,
+    is_transient,
+)
+from klingflow.ledger import Status, StepRecord
 
-__all__ = [
-    "RetryPolicy",
-    "StepContext",
-    "StepFailed",
-    "StepRecord",
-    "cached_files",
-    "generation_key_for",
-    "run_generation",
-]
+if TYPE_CHECKING:
+    from klingflow.backends.fal import FalBackend
 
-Logger = Callable[[str], None]
-
-
-class RetryPolicy(BaseModel):
-    """Backoff for transient errors: ``base_delay * 2**(attempt-1)`` with jitter, capped, >= Retry-After."""
-
-    retries: int = 3
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-    jitter: float = 0.25
-
-    def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
-        backoff *= 1 + random.uniform(-self.jitter, self.jitter)
-        return max(backoff, retry_after or 0.0)
-
-
-class StepRecord(BaseModel):
-    """One step execution (or one foreach item): becomes one ledger row."""
-
-    step_id: str
-    item_index: int | None = None
-    kind: str
-    endpoint: str
-    backend: str
-    status: str = "completed"
-    request_id: str | None = None
-    cache_key: str | None = None
-    attempts: int = 0
-    submitted_at: datetime | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    queue_seconds: float | None = None
-    run_seconds: float | None = None
-    estimated_cost_usd: float = 0.0
-    prompt: str | None = None
-    arguments: str = "{}"
-    output_path: str | None = None
-    output_url: str | None = None
-    sha256: str | None = None
-    bytes: int | None = None
-    duration_s: float | None = None
-    width: int | None = None
-    height: int | None = None
-    fps: float | None = None
-    has_audio: bool | None = None
-    error: str | None = None
-    outputs: dict[str, Any] = {}
-
-
-class StepFailed(KlingflowError):
-    """A step failed; ``record`` is its ledger row (status failed, with the error)."""
-
-    reference = "step-failed"
-
-    def __init__(self, record: StepRecord) -> None:
-        super().__init__(record.error or "step failed", context=f"step '{record.step_id}'")
-        self.record = record
-
-
-@dataclass
-class StepContext:
-    """What every step of one run shares."""
-
-    store: Store
-    journal: Journal
-    backend_identity: str
-    backend_factory: Callable[[], FalBackend]
-    claims: Claims = field(default_factory=FileClaims)
-    owner: str = field(default_factory=new_owner)
-    claim_ttl: float = DEFAULT_TTL
-    concurrency: int = 4
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    refresh: bool = False
-    base_dir: Path | None = None
-    prices: dict[str, float] | None = None
-    _backend: FalBackend | None = None
-    _limiter: asyncio.Semaphore | None = None
-
-    @property
-    def backend(self) -> FalBackend:
-        """The backend, created on first use (so a fully cached run never starts one)."""
-        if self._backend is None:
-            self._backend = self.backend_factory()
-        return self._backend
-
-    @property
-    def limiter(self) -> asyncio.Semaphore:
-        """Caps requests in flight (submitted, not yet downloaded) for this run's backend."""
-        if self._limiter is None:
-            self._limiter = asyncio.Semaphore(self.concurrency)
-        return self._limiter
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _shown_arguments(body: dict[str, Any]) -> str:
-    """Arguments for the ledger: data URIs shortened (they can be megabytes)."""
-
-    def shorten(value: Any) -> Any:
-        if isinstance(value, str) and value.startswith("data:") and len(value) > 80:
-            return value[:40] + f"...({len(value)} chars)"
-        if isinstance(value, dict):
-            return {k: shorten(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [shorten(v) for v in value]
-        return value
-
-    return canonical_json(shorten(body))
-
-
-def _prompt(body: dict[str, Any]) -> str | None:
-    for name in ("prompt", "text", "effect_scene"):
-        if isinstance(body.get(name), str):
-            return body[name]
-    return None
-
-
-def describe_output(
-    record: StepRecord, stored: StoredFile, kind: str, *, duration: float | None = None
-) -> None:
-    """Fill the record's file and media columns from the stored file (probed, not assumed)."""
-    record.output_path, record.sha256, record.bytes = str(stored.path), stored.sha256, stored.bytes
-    record.outputs[kind] = stored.path
-    if kind == "image":
-        return
-    info = probe(stored.path)
-    record.duration_s = duration if duration is not None else info.duration
-    record.width, record.height, record.fps, record.has_audio = (
-        info.width,
-        info.height,
-        info.fps,
-        info.has_audio,
-    )
-    record.outputs["duration"] = record.duration_s
-
-
-def _stored(store: Store, output: OutputRecord) -> StoredFile | None:
-    candidate = StoredFile(
-        sha256=output.sha256, path=store.path_for(output.sha256, output.suffix), bytes=output.bytes
-    )
-    return candidate if store.verify(candidate) else None
-
-
-def _cache_hit(
-    ctx: StepContext, entry: JournalEntry, record: StepRecord, kinds: dict[str, str], log: Logger
-) -> bool:
-    files = cached_files(ctx, entry)
-    if files is None:
-        log(f"{record.step_id}: cached output is missing or corrupt; regenerating")
-        return False
-    for name, stored in files.items():
-        describe_output(record, stored, kinds[name], duration=entry.values.get("duration"))
-        record.output_url = entry.outputs[name].url
-    record.status, record.request_id = "cached", entry.request_id
-    return True
+__all__ = ["generation_key_for", "run_generation"]
 
 
 def generation_key_for(ctx: StepContext, endpoint_id: str, body: dict[str, Any]) -> tuple[BaseModel, str]:
@@ -234,14 +69,6 @@ def generation_key_for(ctx: StepContext, endpoint_id: str, body: dict[str, Any])
         local = ctx.base_dir / value if ctx.base_dir and not is_url(value) else Path(value)
         set_media_input(keyed, path, media_digest(value if is_url(value) else local, ctx.store))
     return model, generation_key(endpoint_id, keyed, ctx.backend_identity)
-
-
-def cached_files(ctx: StepContext, entry: JournalEntry | None) -> dict[str, StoredFile] | None:
-    """The verified stored outputs of a ``done`` journal entry, or None if any is missing or corrupt."""
-    if entry is None or entry.status != "done" or not entry.outputs:
-        return None
-    files = {name: _stored(ctx.store, out) for name, out in entry.outputs.items()}
-    return None if any(f is None for f in files.values()) else files  # type: ignore[return-value]
 
 
 async def run_generation(
@@ -260,7 +87,7 @@ async def run_generation(
 ) -> StepRecord:
     """Run (or reuse) one generation; raise StepFailed with the failed record on error."""
     info = get_endpoint(endpoint)
-    body = _plain(arguments)
+    body = plain(arguments)
     backend_id = ctx.backend_identity
     record = StepRecord(
         step_id=step_id,
@@ -268,14 +95,14 @@ async def run_generation(
         kind="endpoint",
         endpoint=info.id,
         backend=backend_id,
-        arguments=_shown_arguments(body),
-        prompt=_prompt(body),
+        arguments=shown_arguments(body),
+        prompt=prompt_of(body),
         started_at=datetime.now(UTC),
     )
     try:
         model, key = generation_key_for(ctx, info.id, body)
     except ValidationError as exc:
-        record.status, record.error = "failed", f"invalid arguments: {exc}"
+        record.status, record.error = Status.FAILED, f"invalid arguments: {exc}"
         raise StepFailed(record) from exc
     record.cache_key = key
     kinds = dict(info.produces)
@@ -284,7 +111,7 @@ async def run_generation(
         ctx.journal.forget(key)
         entry = None
     if entry is not None and entry.status == "done":
-        if _cache_hit(ctx, entry, record, kinds, log):
+        if ctx.reuse(entry, record, kinds, log):
             record.finished_at = datetime.now(UTC)
             return record
         ctx.journal.forget(key)
@@ -309,9 +136,7 @@ async def run_generation(
                 try:
                     entry = ctx.journal.get(key)  # a dead holder may have left a request id: resume it
                     if not (
-                        entry is not None
-                        and entry.status == "done"
-                        and _cache_hit(ctx, entry, record, kinds, log)
+                        entry is not None and entry.status == "done" and ctx.reuse(entry, record, kinds, log)
                     ):
                         async with _renewing(ctx, key, log):
                             await generation.run(entry, may_submit=True)
@@ -323,22 +148,22 @@ async def run_generation(
         if held:
             break
         entry = ctx.journal.get(key)
-        if entry is not None and entry.status == "done" and _cache_hit(ctx, entry, record, kinds, log):
+        if entry is not None and entry.status == "done" and ctx.reuse(entry, record, kinds, log):
             break
         if entry is not None and entry.status == "submitted" and entry.request_id:
             log(f"{step_id}: joining request {entry.request_id}, in flight for {ctx.claims.holder(key)}")
             try:
                 await generation.run(entry, may_submit=False)
-            except _RequestGone:
+            except _JoinedRequestEnded:
                 continue
-            record.status = "joined"
+            record.status = Status.JOINED
             break
         await asyncio.sleep(0.2)  # the holder is submitting; its request id is about to appear
     record.finished_at = datetime.now(UTC)
     return record
 
 
-class _RequestGone(Exception):
+class _JoinedRequestEnded(Exception):
     """A joined request failed or is unknown: the claim holder will submit again; join or claim anew."""
 
 
@@ -392,7 +217,7 @@ class _Generation:
             try:
                 if handle is None:
                     if not may_submit:
-                        raise _RequestGone
+                        raise _JoinedRequestEnded
                     prepared = await backend.prepare(endpoint, self.body, base_dir=ctx.base_dir)
                     handle = await backend.submit(endpoint, prepared)
                     record.submitted_at = datetime.now(UTC)
@@ -409,29 +234,28 @@ class _Generation:
             except ResultTimeout as exc:
                 if may_submit:
                     await _give_up(ctx, backend, handle, key, log)
-                record.status = "failed"
+                record.status = Status.FAILED
                 record.error = (
                     f"did not finish within {self.timeout:g} s (step timeout); the request was cancelled"
                 )
                 raise StepFailed(record) from exc
             except BackendError as exc:
-                request_dead = isinstance(exc, EndpointError) and (
-                    exc.status_code is None or (resumed and exc.status_code == 404)
-                )
-                file_lost = (
-                    type(exc) is BackendError and not exc.transient
-                )  # the result file is gone for good
-                if request_dead or file_lost or isinstance(exc, SubmitError):
+                if isinstance(exc, RequestGone) and resumed:
+                    # fal no longer knows the request an earlier run left: submit anew, no retry spent
                     if not may_submit:
-                        raise _RequestGone from exc
+                        raise _JoinedRequestEnded from exc
+                    log(f"{record.step_id}: fal no longer knows request {record.request_id}; submitting anew")
+                    ctx.journal.forget(key)
+                    handle, resumed = None, False
+                    continue
+                if isinstance(exc, RequestFailed | ResultLost):
+                    # this request is spent: a later attempt (or run) must submit a new one
+                    if not may_submit:
+                        raise _JoinedRequestEnded from exc
                     ctx.journal.forget(key)
                     handle = None
-                if request_dead and resumed and exc.status_code == 404:
-                    log(f"{record.step_id}: fal no longer knows request {record.request_id}; submitting anew")
-                    resumed = False
-                    continue
-                if not exc.transient or record.attempts > self.retries:
-                    record.status, record.error = "failed", str(exc)
+                if not is_transient(exc) or record.attempts > self.retries:
+                    record.status, record.error = Status.FAILED, str(exc)
                     raise StepFailed(record) from exc
                 wait = ctx.retry.delay(record.attempts, exc.retry_after)
                 log(

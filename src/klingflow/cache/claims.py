@@ -15,9 +15,16 @@ Backends:
   takeover of an expired claim (or one whose process on this machine is gone) happens under an
   ``fcntl`` lock.
 * :class:`RedisClaims` (several machines): ``SET key owner NX PX ttl``; renewal and release are
-  Lua scripts that act only if the caller still owns the key. Prefect's own lock managers are not
-  used: a Redis lock is lost on task retry (PrefectHQ/prefect#17676) and SERIALIZABLE isolation
-  hangs with concurrent async tasks (#18600).
+  Lua scripts that act only if the caller still owns the key.
+
+Why not Prefect's lock managers (``SERIALIZABLE`` isolation with ``RedisLockManager``)? Their two
+known bugs are closed: PrefectHQ/prefect#17676 (a lock lost on task retry, "No lock held by") was
+fixed by #17679 in prefect-redis, and #18600 (SERIALIZABLE with ``asyncio.gather`` hanging, because
+the lock holder was the asyncio task id) was closed with the advice to commit nested tasks
+``EAGER``. The reason that remains is what a lock *is*: a second worker waits on it and, once it is
+free, finds a result or runs the task itself. A claim lets the second worker *join* the paid
+request already in flight (poll the same fal request id) instead of waiting, and a holder that
+died is detected by its lease, with its request id still in the journal to resume.
 
 Pick one with ``KLINGFLOW_CLAIMS`` (``file`` or ``redis://host:port/db``).
 """
@@ -34,8 +41,9 @@ import uuid
 from pathlib import Path
 from typing import Protocol
 
+from klingflow._files import atomic_write
 from klingflow.errors import ConfigError
-from klingflow.home import klingflow_home
+from klingflow.settings import klingflow_home, settings
 
 __all__ = ["Claims", "FileClaims", "RedisClaims", "claims_from_env", "new_owner"]
 
@@ -108,9 +116,8 @@ class FileClaims:
             return None
 
     def _write(self, key: str, owner: str, ttl: float) -> None:
-        tmp = self._path(key).with_suffix(f".{uuid.uuid4().hex}.tmp")
-        tmp.write_text(json.dumps({"owner": owner, "expires_at": time.time() + ttl}))
-        os.replace(tmp, self._path(key))
+        payload = json.dumps({"owner": owner, "expires_at": time.time() + ttl})
+        atomic_write(self._path(key), payload, durable=False)
 
     def acquire(self, key: str, owner: str, ttl: float = DEFAULT_TTL) -> bool:
         payload = json.dumps({"owner": owner, "expires_at": time.time() + ttl}).encode()
@@ -198,7 +205,7 @@ class RedisClaims:
 
 def claims_from_env(value: str | None = None) -> Claims:
     """The claims backend named by ``value`` or ``KLINGFLOW_CLAIMS`` (``file`` by default)."""
-    setting = value if value is not None else os.environ.get("KLINGFLOW_CLAIMS", "file")
+    setting = value if value is not None else settings().claims
     if setting in ("", "file"):
         return FileClaims()
     if setting.startswith(("redis://", "rediss://", "unix://")):

@@ -1,9 +1,5 @@
 """What a finished run leaves behind: ledger rows, a manifest, a contact sheet and an HTML report.
 
-The ledger holds one row per step execution, but a report (or a person, weeks later) also needs
-the run's shape: the DAG, the final outputs, what failed. :class:`RunManifest` keeps that, as
-``<home>/runs/<run id>.json``, so ``klingflow report RUN_ID`` can redraw a run from disk alone.
-
 :func:`record_run` is the one call at the end of every run. By then the money is spent, so only
 the ledger (the record of what was paid for) may fail loudly; the contact sheet and the report
 are cosmetic and only log a warning when they cannot be made. Media in the report point at the
@@ -12,141 +8,42 @@ after a later run overwrote the exported copies in the same output folder.
 
 Example::
 
-    manifest = record_run(result, validated, out_dir=Path("klingflow-out/story"))
+    manifest, rows = record_run(result, validated, out_dir=Path("klingflow-out/story"))
     print(manifest.report)  # klingflow-out/story/report.html
 """
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from pydantic import BaseModel, SecretStr
+from pydantic import SecretStr
 
 from klingflow import ledger
-from klingflow.home import klingflow_home
-from klingflow.ledger import LedgerError, redact, step_label
+from klingflow.ledger import (
+    CONTACT_SHEET_NAME,
+    REPORT_NAME,
+    RunManifest,
+    Status,
+    redact,
+    run_dir,
+    save_manifest,
+    step_label,
+)
 from klingflow.media import contact_sheet
 from klingflow.report import media_kind, write_report
-from klingflow.runner import RunResult
 from klingflow.spec import ValidatedPipeline
 
-__all__ = [
-    "CONTACT_SHEET_NAME",
-    "REPORT_NAME",
-    "RunManifest",
-    "list_manifests",
-    "load_manifest",
-    "record_run",
-    "run_dir",
-    "runs_root",
-    "save_manifest",
-]
+if TYPE_CHECKING:
+    from klingflow.engine.runner import RunResult
+
+__all__ = ["record_run"]
 
 logger = logging.getLogger(__name__)
-
-REPORT_NAME = "report.html"
-CONTACT_SHEET_NAME = "contact-sheet.png"
-
-
-class RunManifest(BaseModel):
-    """A run's shape and where its results are: enough, with its ledger rows, to redraw its report."""
-
-    run_id: str
-    flow_run_id: str | None = None
-    pipeline: str
-    pipeline_file: str | None = None
-    status: str
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    order: list[str]
-    dependencies: dict[str, list[str]]
-    kinds: dict[str, str]
-    uses: dict[str, str] = {}
-    final: dict[str, str] = {}
-    final_sources: dict[str, str] = {}
-    failures: dict[str, str] = {}
-    contact_sheet: str | None = None
-    report: str | None = None
-    out_dir: str | None = None
-
-
-def runs_root() -> Path:
-    """``<klingflow home>/runs``: one manifest per run, and a folder per run for its pictures."""
-    return klingflow_home() / "runs"
-
-
-def run_dir(run_id: str) -> Path:
-    """``<klingflow home>/runs/<run id>/``: the contact sheet, and the report when there is no out dir."""
-    return runs_root() / run_id
-
-
-def save_manifest(manifest: RunManifest) -> Path:
-    """Write ``<home>/runs/<run id>.json`` atomically (a crash leaves the old manifest or none)."""
-    target = runs_root() / f"{manifest.run_id}.json"
-    text = manifest.model_dump_json(indent=2)
-    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(temp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        temp.replace(target)
-    except OSError as exc:
-        temp.unlink(missing_ok=True)
-        raise LedgerError(f"could not write the run manifest: {exc}", context=str(target)) from exc
-    return target
-
-
-def list_manifests() -> list[RunManifest]:
-    """Every saved run manifest, newest first (unreadable ones are skipped)."""
-    found = []
-    for path in runs_root().glob("*.json"):
-        try:
-            found.append(RunManifest.model_validate_json(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            logger.warning("skipping unreadable run manifest %s", path)
-    oldest = datetime.min.replace(tzinfo=UTC)
-    return sorted(found, key=lambda m: m.started_at or oldest, reverse=True)
-
-
-def _recent_hint() -> str:
-    recent = list_manifests()[:5]
-    if not recent:
-        return "no runs are recorded yet under this klingflow home; run a pipeline first"
-    lines = [
-        f"{m.run_id}  {m.pipeline}  {m.status}  "
-        + (f"{m.started_at:%Y-%m-%d %H:%M} UTC" if m.started_at else "start unknown")
-        for m in recent
-    ]
-    return "recent runs:\n    " + "\n    ".join(lines)
-
-
-def load_manifest(run_id: str) -> RunManifest:
-    """The manifest of the run with this id, or with the only id starting with it."""
-    root = runs_root()
-    exact = root / f"{run_id}.json"
-    matches = (
-        [exact] if exact.is_file() else sorted(root.glob(f"{glob.escape(run_id)}*.json")) if run_id else []
-    )
-    if not matches:
-        raise LedgerError(f"no recorded run with id {run_id!r}", context=str(root), hint=_recent_hint())
-    if len(matches) > 1:
-        names = ", ".join(p.stem for p in matches[:10])
-        raise LedgerError(
-            f"run id prefix {run_id!r} is ambiguous: {names}", hint="give more characters of the id"
-        )
-    try:
-        return RunManifest.model_validate_json(matches[0].read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LedgerError(f"cannot read the run manifest: {exc}", context=str(matches[0])) from exc
 
 
 def _sheet(rows: list[dict[str, Any]], out: Path, run_id: str) -> str | None:
@@ -154,7 +51,7 @@ def _sheet(rows: list[dict[str, Any]], out: Path, run_id: str) -> str | None:
     videos = [
         (step_label(row), Path(row["output_path"]))
         for row in rows
-        if row["status"] in ("completed", "cached")
+        if Status(row["status"]).produced
         and row["output_path"]
         and media_kind(row["output_path"]) == "video"
         and Path(row["output_path"]).is_file()
@@ -203,8 +100,10 @@ def record_run(
     *,
     out_dir: Path | None,
     secrets: Iterable[SecretStr | str] = (),
-) -> RunManifest:
-    """Record a finished run: ledger rows, contact sheet, manifest, HTML report; return the manifest.
+) -> tuple[RunManifest, pd.DataFrame]:
+    """Record a finished run: ledger rows, contact sheet, manifest, HTML report.
+
+    Returns the manifest and the ledger rows as stored (secrets removed).
 
     Order matters: the ledger is appended first and its failure raises :class:`LedgerError` (the
     money is spent, the record must not silently go missing). The contact sheet goes to
@@ -213,7 +112,7 @@ def record_run(
     a warning. ``secrets`` (e.g. the key given in code) are removed from every text recorded.
     """
     hidden = [_reveal(s) for s in secrets]
-    frame = ledger.to_frame(ledger.to_records(result.ledger), secrets=hidden)
+    frame = ledger.to_frame(result.rows(), secrets=hidden)
     if not frame.empty:
         ledger.append(frame)
     rows = ledger.to_records(frame)
@@ -243,4 +142,4 @@ def record_run(
     except Exception:  # cosmetic, like the contact sheet: `klingflow report RUN_ID` can redo it
         logger.warning("could not write the report for run %s at %s", result.run_id, target, exc_info=True)
     save_manifest(manifest)
-    return manifest
+    return manifest, frame

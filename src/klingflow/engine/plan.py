@@ -16,18 +16,22 @@ A step downstream of one that will run cannot know its inputs yet, so it is plan
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
-from rich.table import Table
 
 from klingflow.endpoints import estimate_cost, estimate_seconds, validate_input
+from klingflow.engine.context import StepContext, plain
+from klingflow.engine.generation import generation_key_for
+from klingflow.engine.operation import operation_key_for, operation_output
 from klingflow.errors import BudgetError
-from klingflow.operations import OPERATION_OUTPUTS, operation_key_for
+from klingflow.media import probe
 from klingflow.spec import ValidatedPipeline, merged_arguments, resolve, step_endpoint
-from klingflow.steps import StepContext, _plain, cached_files, generation_key_for
 
-__all__ = ["Plan", "PlannedStep", "check_budget", "make_plan"]
+__all__ = ["Plan", "PlanStatus", "PlannedStep", "check_budget", "make_plan"]
+
+PlanStatus = Literal["cached", "resume", "run"]
+"""What a run will do with a step: reuse it, poll a request already paid for, or pay for it."""
 
 _PENDING = Path("/pending")
 
@@ -39,7 +43,7 @@ class PlannedStep(BaseModel):
     item_index: int | None = None
     uses: str
     kind: str = "endpoint"
-    status: str
+    status: PlanStatus
     estimated_cost_usd: float = 0.0
     estimated_seconds: float | None = None
     cache_key: str | None = None
@@ -56,26 +60,14 @@ class Plan(BaseModel):
         """What the steps that will run are expected to cost."""
         return round(sum(s.estimated_cost_usd for s in self.steps if s.status == "run"), 6)
 
-    def count(self, status: str, kind: str = "endpoint") -> int:
+    @property
+    def operations(self) -> int:
+        """How many local media operations the run has (always free)."""
+        return sum(1 for s in self.steps if s.kind == "operation")
+
+    def count(self, status: PlanStatus, kind: str = "endpoint") -> int:
         """How many planned generations (or operations) have this status."""
         return sum(1 for s in self.steps if s.status == status and s.kind == kind)
-
-    def table(self) -> Table:
-        """A rich table for the CLI."""
-        table = Table(title=f"plan: {self.pipeline}")
-        for column in ("step", "uses", "status", "est. cost", "seconds"):
-            table.add_column(column, justify="right" if column in ("est. cost", "seconds") else "left")
-        for step in self.steps:
-            name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
-            seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
-            table.add_row(name, step.uses, step.status, f"${step.estimated_cost_usd:.3f}", seconds)
-        operations = sum(1 for s in self.steps if s.kind == "operation")
-        table.caption = (
-            f"to spend: ${self.total_cost_usd:.3f} ({self.count('run')} generations to run, "
-            f"{self.count('cached')} cached, {self.count('resume')} to resume; "
-            f"{operations} local operations, free)"
-        )
-        return table
 
 
 def _placeholder_outputs(kind: str) -> dict[str, Any]:
@@ -101,7 +93,7 @@ def _plan_one(
 ) -> tuple[PlannedStep, dict[str, Any] | None]:
     step = next(s for s in pipeline.spec.steps if s.id == step_id)
     endpoint = step_endpoint(pipeline.spec, step)
-    body = _plain(arguments)
+    body = plain(arguments)
     planned = PlannedStep(
         step_id=step_id,
         item_index=item_index,
@@ -111,15 +103,13 @@ def _plan_one(
     )
     if endpoint is None:
         key = operation_key_for(ctx, step.uses, arguments) if known else None
-        kind = OPERATION_OUTPUTS[step.uses][0]
+        kind = operation_output(step.uses)
     else:
         model = validate_input(endpoint.id, body)
         key = generation_key_for(ctx, endpoint.id, body)[1] if known else None
         audio = arguments.get("audio_url")
         seconds = None
         if isinstance(audio, Path) and audio.is_file():
-            from klingflow.media import probe
-
             seconds = probe(audio).duration
         planned.estimated_seconds = estimate_seconds(endpoint.id, model) or seconds
         planned.estimated_cost_usd = estimate_cost(
@@ -128,7 +118,7 @@ def _plan_one(
         kind = next(iter(endpoint.produces.values()))
     planned.cache_key = key
     entry = ctx.journal.get(key) if key and step.cache and not (step.refresh or ctx.refresh) else None
-    files = cached_files(ctx, entry)
+    files = ctx.cached_files(entry)
     if files is not None and entry is not None:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
         outputs: dict[str, Any] = {kind: next(iter(files.values())).path}

@@ -1,0 +1,38 @@
+"""The ``klingflow`` command: one module per command group, one error boundary.
+
+* :mod:`~klingflow.cli.run`: ``validate``, ``plan``, ``run``;
+* :mod:`~klingflow.cli.ledger`: ``ledger``, ``ledger summary``, ``report``;
+* :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
+* :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``.
+
+Errors klingflow raises on purpose are printed as what / where / hint with exit code 1 by
+:func:`~klingflow.cli._errors.friendly_errors`; anything else keeps its traceback. Heavy modules
+(Prefect, PyAV, the engine) are imported by the commands that need them, so ``--help`` is quick.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from klingflow.cli._errors import friendly_errors
+from klingflow.cli.emulator import emulator_app
+from klingflow.cli.ledger import add_ledger_commands
+from klingflow.cli.prefect import add_prefect_commands
+from klingflow.cli.run import add_run_commands
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    help="Declarative Kling video pipelines on fal.ai, with a local fal emulator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+add_run_commands(app)
+add_ledger_commands(app, friendly_errors)
+app.add_typer(emulator_app, name="emulator")
+add_prefect_commands(app)
+
+
+def main() -> None:
+    """Entry point of the ``klingflow`` console script."""
+    app(prog_name="klingflow")

@@ -1,0 +1,202 @@
+"""``klingflow validate``, ``klingflow plan`` and ``klingflow run``: a pipeline from a terminal.
+
+``run`` checks the pipeline before Prefect starts, so a mistake is one message naming file, line,
+step and field, printed before anything else and before anything is paid. During the run it
+prints a line per finished step (:class:`Progress`), then the final outputs' paths.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks
+from klingflow.errors import ConfigError
+from klingflow.ledger import Status, StepRecord
+
+if TYPE_CHECKING:
+    from klingflow.engine import Plan, RunResult
+
+__all__ = ["Progress", "add_run_commands", "plan_table"]
+
+FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Set a pipeline input: name=value (repeatable).")
+]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(help="emulator or fal (default: fal when FAL_KEY is set, else the embedded emulator)."),
+]
+
+MARKS: dict[Status, str] = {
+    Status.COMPLETED: "[green]done[/]",
+    Status.CACHED: "[cyan]cached[/]",
+    Status.JOINED: "[cyan]joined[/]",
+    Status.FAILED: "[red]FAILED[/]",
+    Status.SKIPPED: "[yellow]skipped[/]",
+}
+"""How the progress lines mark each status (a test checks every :class:`Status` has one)."""
+
+
+def parse_sets(values: list[str]) -> dict[str, str]:
+    """``--set name=value`` options as a dict of pipeline inputs."""
+    parsed = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(
+                f"--set expects name=value, got {item!r}",
+                context="--set",
+                hint='for example --set subject="a lighthouse keeper"',
+            )
+        parsed[name.strip()] = value
+    return parsed
+
+
+class Progress:
+    """Live counts per status and one line per finished step."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.running: set[str] = set()
+        self.counts: dict[Status, int] = dict.fromkeys(Status, 0)
+
+    def start(self, label: str) -> None:
+        """A step (or foreach item) started."""
+        self.running.add(label)
+
+    def finish(self, record: StepRecord) -> None:
+        """A step finished: print its line with the running totals."""
+        self.running.discard(record.step_label)
+        status = Status(record.status)
+        self.counts[status] += 1
+        detail = f"${record.estimated_cost_usd:.3f}" if status is Status.COMPLETED else ""
+        if record.error:
+            detail = record.error.splitlines()[0]
+        self.console.print(
+            f"{MARKS[status]:>22} {escape(record.step_label):<24} {escape(detail)}"
+            f"  [dim]({self.summary()})[/]",
+            highlight=False,
+        )
+
+    def summary(self) -> str:
+        """``N done, N running, ...``: every status, in the enum's order."""
+        counts = [f"{self.counts[Status.COMPLETED]} done", f"{len(self.running)} running"]
+        counts += [f"{self.counts[s]} {s}" for s in Status if s is not Status.COMPLETED and self.counts[s]]
+        return ", ".join(counts)
+
+
+def plan_table(plan: Plan) -> Table:
+    """The plan as a rich table (the plan itself is data: :class:`klingflow.engine.Plan`)."""
+    table = Table(title=f"plan: {plan.pipeline}")
+    for column in ("step", "uses", "status", "est. cost", "seconds"):
+        table.add_column(column, justify="right" if column in ("est. cost", "seconds") else "left")
+    for step in plan.steps:
+        name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
+        seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
+        table.add_row(name, step.uses, step.status, f"${step.estimated_cost_usd:.3f}", seconds)
+    table.caption = (
+        f"to spend: ${plan.total_cost_usd:.3f} ({plan.count('run')} generations to run, "
+        f"{plan.count('cached')} cached, {plan.count('resume')} to resume; "
+        f"{plan.operations} local operations, free)"
+    )
+    return table
+
+
+def validate(file: FileArg, set_: SetOpt = None) -> None:
+    """Check a pipeline completely, without running or spending anything."""
+    from klingflow.spec import check, load_pipeline
+
+    validated = check(load_pipeline(file), parse_sets(set_ or []))
+    out().print(f"[green]ok[/] {file}: {len(validated.order)} steps, order: {' -> '.join(validated.order)}")
+
+
+def plan(
+    file: FileArg,
+    set_: SetOpt = None,
+    backend: BackendOpt = None,
+    refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
+) -> None:
+    """Show each step's status (cached / run / resume), estimated cost and seconds, and the total."""
+    from klingflow.engine import RunOptions, plan_pipeline
+
+    result = plan_pipeline(file, parse_sets(set_ or []), RunOptions(backend=backend, refresh=refresh or None))
+    Console().print(plan_table(result))
+
+
+def run(
+    file: FileArg,
+    set_: SetOpt = None,
+    backend: BackendOpt = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="Requests in flight at once (default 4, or the defaults block's).")
+    ] = None,
+    refresh: Annotated[bool, typer.Option(help="Regenerate every step instead of using the cache.")] = False,
+    max_cost: Annotated[
+        float | None, typer.Option(help="Refuse to start if the uncached estimate exceeds USD.")
+    ] = None,
+    credentials: Annotated[str | None, typer.Option(help="Name of a FalCredentials block to use.")] = None,
+    defaults: Annotated[str | None, typer.Option(help="Name of a KlingDefaults block to use.")] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to copy the final outputs (default ./klingflow-out/NAME)."),
+    ] = None,
+    debug: Annotated[bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")] = False,
+) -> None:
+    """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths."""
+    from klingflow.spec import check, load_pipeline
+
+    inputs = parse_sets(set_ or [])
+    spec = load_pipeline(file)
+    check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
+
+    from klingflow.engine import RunHooks, RunOptions
+    from klingflow.errors import PipelineFailed
+    from klingflow.flows.pipeline import run_pipeline
+
+    if not debug:
+        quiet_prefect_tracebacks()
+    console = out()
+    progress = Progress(console)
+    try:
+        result = run_pipeline(
+            spec,
+            inputs,
+            options=RunOptions(
+                backend=backend,
+                concurrency=concurrency,
+                refresh=refresh or None,
+                max_cost_usd=max_cost,
+                out_dir=out_dir,
+            ),
+            credentials=credentials,
+            defaults=defaults,
+            hooks=RunHooks(on_start=progress.start, on_finish=progress.finish),
+            fallback=RunOptions(out_dir=Path("klingflow-out") / spec.name),
+        )
+    except PipelineFailed as exc:
+        _print_final(console, exc.result)
+        raise
+    _print_final(console, result)
+
+
+def _print_final(console: Console, result: RunResult) -> None:
+    spent = sum(r.estimated_cost_usd for r in result.records)
+    console.print(
+        f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend ${spent:.3f} "
+        f"(run {result.run_id})"
+    )
+    for step_id, path in result.final.items():
+        console.print(f"  {step_id}: {path.resolve()}", highlight=False, markup=False)
+
+
+def add_run_commands(app: typer.Typer) -> None:
+    """Attach ``validate``, ``plan`` and ``run`` to ``app`` behind the error boundary."""
+    app.command("validate")(friendly_errors(validate))
+    app.command("plan")(friendly_errors(plan))
+    app.command("run")(friendly_errors(run))

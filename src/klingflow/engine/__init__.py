@@ -1,0 +1,39 @@
+"""The engine: from a checked pipeline to ledger rows, without Prefect.
+
+* :mod:`~klingflow.engine.options`: :class:`RunOptions` and the one resolution of them;
+* :mod:`~klingflow.engine.hooks`: :class:`RunHooks`, how the CLI and Prefect take part in a run;
+* :mod:`~klingflow.engine.context`: what the steps of one run share (cache, backend, cap);
+* :mod:`~klingflow.engine.generation`: one fal request: claim, submit or resume, poll, download;
+* :mod:`~klingflow.engine.operation`: one local media operation, cached the same way;
+* :mod:`~klingflow.engine.runner`: the DAG scheduler;
+* :mod:`~klingflow.engine.plan`: the plan as data, and the budget check;
+* :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run;
+* :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
+"""
+
+from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
+from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
+from klingflow.engine.plan import Plan, PlannedStep, check_budget, make_plan
+from klingflow.engine.run import arun, export_outputs, plan_pipeline, prepare
+from klingflow.engine.runner import RunResult, execute
+
+__all__ = [
+    "BUILT_IN",
+    "Logger",
+    "Plan",
+    "PlannedStep",
+    "RetryPolicy",
+    "RunHooks",
+    "RunOptions",
+    "RunResult",
+    "StepCall",
+    "StepInfo",
+    "arun",
+    "check_budget",
+    "execute",
+    "export_outputs",
+    "make_plan",
+    "plan_pipeline",
+    "prepare",
+    "resolve_options",
+]

@@ -1,0 +1,155 @@
+"""What every step of one run shares, and the helpers generations and operations both use.
+
+:class:`StepContext` holds the cache (store, journal, claims), the backend (made on first use,
+so a fully cached run never starts one) and the concurrency cap. Reusing a cache entry
+(:meth:`StepContext.reuse`) and describing a stored output on a ledger row
+(:func:`describe_output`) are the same for a generation and a media operation, so they live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import SecretStr
+
+from klingflow.cache import (
+    DEFAULT_TTL,
+    Claims,
+    FileClaims,
+    Journal,
+    JournalEntry,
+    OutputRecord,
+    Store,
+    StoredFile,
+    canonical_json,
+    new_owner,
+)
+from klingflow.engine.hooks import Logger
+from klingflow.engine.options import RetryPolicy
+from klingflow.ledger import Status, StepRecord
+from klingflow.media import probe
+
+if TYPE_CHECKING:
+    from klingflow.backends.fal import FalBackend
+
+__all__ = ["StepContext", "describe_output", "plain", "prompt_of", "shown_arguments"]
+
+
+@dataclass
+class StepContext:
+    """What every step of one run shares."""
+
+    store: Store
+    journal: Journal
+    backend_identity: str
+    backend_factory: Callable[[], FalBackend]
+    claims: Claims = field(default_factory=FileClaims)
+    owner: str = field(default_factory=new_owner)
+    claim_ttl: float = DEFAULT_TTL
+    concurrency: int = 4
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    refresh: bool = False
+    base_dir: Path | None = None
+    prices: dict[str, float] | None = None
+    _backend: FalBackend | None = None
+    _limiter: asyncio.Semaphore | None = None
+
+    @property
+    def backend(self) -> FalBackend:
+        """The backend, created on first use (so a fully cached run never starts one)."""
+        if self._backend is None:
+            self._backend = self.backend_factory()
+        return self._backend
+
+    @property
+    def limiter(self) -> asyncio.Semaphore:
+        """Caps requests in flight (submitted, not yet downloaded) for this run's backend."""
+        if self._limiter is None:
+            self._limiter = asyncio.Semaphore(self.concurrency)
+        return self._limiter
+
+    def secrets(self) -> list[SecretStr]:
+        """The key of the backend this run used, if it made one (for redacting what is recorded)."""
+        return [self._backend.config.key] if self._backend is not None else []
+
+    def cached_files(self, entry: JournalEntry | None) -> dict[str, StoredFile] | None:
+        """The verified stored outputs of a ``done`` journal entry, or None if any is missing or corrupt."""
+        if entry is None or entry.status != "done" or not entry.outputs:
+            return None
+        files = {name: self._stored(out) for name, out in entry.outputs.items()}
+        return None if any(f is None for f in files.values()) else files  # type: ignore[return-value]
+
+    def _stored(self, output: OutputRecord) -> StoredFile | None:
+        candidate = StoredFile(
+            sha256=output.sha256, path=self.store.path_for(output.sha256, output.suffix), bytes=output.bytes
+        )
+        return candidate if self.store.verify(candidate) else None
+
+    def reuse(self, entry: JournalEntry, record: StepRecord, kinds: dict[str, str], log: Logger) -> bool:
+        """Fill ``record`` from a ``done`` entry whose files verify (a cache hit); False if they don't."""
+        files = self.cached_files(entry)
+        if files is None:
+            log(f"{record.step_id}: cached output is missing or corrupt; regenerating")
+            return False
+        for name, stored in files.items():
+            describe_output(record, stored, kinds[name], duration=entry.values.get("duration"))
+            record.output_url = entry.outputs[name].url
+        record.status, record.request_id = Status.CACHED, entry.request_id
+        return True
+
+
+def describe_output(
+    record: StepRecord, stored: StoredFile, kind: str, *, duration: float | None = None
+) -> None:
+    """Fill the record's file and media columns from the stored file (probed, not assumed)."""
+    record.output_path, record.sha256, record.bytes = str(stored.path), stored.sha256, stored.bytes
+    record.outputs[kind] = stored.path
+    if kind == "image":
+        return
+    info = probe(stored.path)
+    record.duration_s = duration if duration is not None else info.duration
+    record.width, record.height, record.fps, record.has_audio = (
+        info.width,
+        info.height,
+        info.fps,
+        info.has_audio,
+    )
+    record.outputs["duration"] = record.duration_s
+
+
+def plain(value: Any) -> Any:
+    """Paths as strings, recursively: arguments as fal and the ledger see them."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def shown_arguments(body: dict[str, Any]) -> str:
+    """Arguments for the ledger: canonical JSON with data URIs shortened (they can be megabytes)."""
+
+    def shorten(value: Any) -> Any:
+        if isinstance(value, str) and value.startswith("data:") and len(value) > 80:
+            return value[:40] + f"...({len(value)} chars)"
+        if isinstance(value, dict):
+            return {k: shorten(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [shorten(v) for v in value]
+        return value
+
+    return canonical_json(shorten(body))
+
+
+def prompt_of(body: dict[str, Any]) -> str | None:
+    """The text a person recognises a generation by: its prompt, TTS text or effect scene."""
+    for name in ("prompt", "text", "effect_scene"):
+        if isinstance(body.get(name), str):
+            return body[name]
+    return None

@@ -1,0 +1,57 @@
+"""One hooks object: how the layer above the engine (Prefect, the CLI) takes part in a run.
+
+The engine runs the same way from plain Python, the CLI and a Prefect flow; what differs is what
+happens around each step. Instead of loose callables, a run takes one :class:`RunHooks`:
+
+* ``run_step(step, call)``: wraps each step execution (the Prefect layer runs it as a task run
+  named after the step, with the endpoint and arguments as the task's parameters);
+* ``on_start(label)`` / ``on_finish(record)``: progress (the CLI prints a line per step);
+* ``log(message)``: where step messages go when ``run_step`` gives no logger of its own.
+
+Example::
+
+    hooks = RunHooks(on_finish=lambda record: print(record.step_label, record.status))
+    result = asyncio.run(arun("story.yaml", hooks=hooks))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from klingflow.ledger import StepRecord
+
+__all__ = ["Logger", "RunHooks", "StepCall", "StepInfo"]
+
+Logger = Callable[[str], None]
+StepCall = Callable[[Logger], Awaitable[StepRecord]]
+"""One step execution, given the logger to report through; returns its ledger row."""
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a wrapper may show about the step it runs (a Prefect task run's name and parameters)."""
+
+    label: str
+    step_id: str
+    uses: str
+    arguments: dict[str, Any]
+
+
+async def _direct(step: StepInfo, call: StepCall, log: Logger) -> StepRecord:
+    return await call(log)
+
+
+def _ignore(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class RunHooks:
+    """What happens around each step; every hook is optional."""
+
+    run_step: Callable[[StepInfo, StepCall, Logger], Awaitable[StepRecord]] = _direct
+    on_start: Callable[[str], None] = _ignore
+    on_finish: Callable[[StepRecord], None] = _ignore
+    log: Logger = print

@@ -1,0 +1,96 @@
+"""How to run: :class:`RunOptions`, and the one place they are resolved.
+
+Options come in layers, and :func:`resolve_options` is the only function that combines them:
+
+1. **explicit**: what the caller said (CLI flags, ``run_pipeline`` keywords, flow parameters);
+2. **block**: a ``KlingDefaults`` Prefect block (concurrency, budget, output folder, arguments);
+3. **pipeline file**: what the pipeline itself says (``max_cost_usd``);
+4. **fallback**: the caller's own defaults (the CLI exports to ``./klingflow-out/NAME``);
+5. **built-in**: :data:`BUILT_IN`.
+
+For every option the first layer that gives it (not None) wins. Endpoint *arguments* follow the
+same idea from the other side: the most specific wins, so a step's ``with`` beats the pipeline's
+``defaults``, which beat a block's ``arguments``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from klingflow.backends.config import BackendKind
+from klingflow.cache import Journal, Store
+
+if TYPE_CHECKING:
+    from klingflow.spec import PipelineSpec
+
+__all__ = ["BUILT_IN", "RetryPolicy", "RunOptions", "resolve_options"]
+
+
+class RetryPolicy(BaseModel):
+    """Backoff for transient errors: ``base_delay * 2**(attempt-1)`` with jitter, capped, >= Retry-After."""
+
+    retries: int = 3
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+    jitter: float = 0.25
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``; never less than the server's Retry-After."""
+        backoff = min(self.base_delay * 2 ** (attempt - 1), self.max_delay)
+        backoff *= 1 + random.uniform(-self.jitter, self.jitter)
+        return max(backoff, retry_after or 0.0)
+
+
+class RunOptions(BaseModel):
+    """How to run a pipeline. Every field is optional: None means "not given at this layer"."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    backend: BackendKind | None = None
+    key: SecretStr | None = Field(default=None, description="A fal key given in code (never logged).")
+    connector: Callable[[Store], Any] | None = Field(
+        default=None, description="Makes the FalBackend for a store (a FalCredentials block's get_backend)."
+    )
+    concurrency: int | None = Field(default=None, ge=1)
+    refresh: bool | None = None
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    out_dir: Path | None = None
+    retry: RetryPolicy | None = None
+    store: Store | None = None
+    journal: Journal | None = None
+    prices: dict[str, float] | None = None
+    claims: str | None = Field(default=None, description="'file' or a redis:// URL (else KLINGFLOW_CLAIMS).")
+    arguments: dict[str, dict[str, Any]] | None = Field(
+        default=None, description="Default endpoint arguments under the pipeline's own (a block's)."
+    )
+
+    def given(self) -> dict[str, Any]:
+        """The options this layer sets."""
+        return {
+            name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None
+        }
+
+
+BUILT_IN = RunOptions(concurrency=4, refresh=False, retry=RetryPolicy())
+"""What a run uses when no layer says otherwise."""
+
+
+def resolve_options(
+    explicit: RunOptions | None = None,
+    *,
+    block: RunOptions | None = None,
+    pipeline: PipelineSpec | None = None,
+    fallback: RunOptions | None = None,
+) -> RunOptions:
+    """Combine the layers (see the module docstring): for each option the first one given wins."""
+    from_file = RunOptions(max_cost_usd=pipeline.max_cost_usd if pipeline is not None else None)
+    resolved: dict[str, Any] = {}
+    for layer in (explicit, block, from_file, fallback, BUILT_IN):
+        for name, value in (layer.given() if layer is not None else {}).items():
+            resolved.setdefault(name, value)
+    return RunOptions.model_validate(resolved)

@@ -1,0 +1,124 @@
+"""A whole run, without Prefect: check → options → plan → budget → execute → export → record.
+
+The Prefect flow (:mod:`klingflow.flows`), the CLI and plain Python all come through :func:`arun`,
+so they validate, resolve options, plan, cache and budget identically. It returns the
+:class:`~klingflow.engine.runner.RunResult` with the run's manifest attached, so nothing above
+reads back from disk what the run just wrote.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from klingflow._files import atomic_path
+from klingflow.backends import connect
+from klingflow.backends.config import planned_identity
+from klingflow.cache import Journal, Store, claims_from_env
+from klingflow.engine.context import StepContext
+from klingflow.engine.hooks import RunHooks
+from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
+from klingflow.engine.plan import Plan, check_budget, make_plan
+from klingflow.engine.recording import record_run
+from klingflow.engine.runner import RunResult, execute
+from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
+
+if TYPE_CHECKING:
+    from klingflow.backends.fal import FalBackend
+
+__all__ = ["arun", "export_outputs", "plan_pipeline", "prepare"]
+
+
+def _with_arguments(spec: PipelineSpec, arguments: dict[str, dict[str, Any]] | None) -> PipelineSpec:
+    """The spec with a block's default arguments under its own (the pipeline's own defaults win)."""
+    if not arguments:
+        return spec
+    merged = {
+        name: {**arguments.get(name, {}), **spec.defaults.get(name, {})}
+        for name in {*arguments, *spec.defaults}
+    }
+    return spec.model_copy(update={"defaults": merged})
+
+
+def prepare(
+    pipeline: str | Path | PipelineSpec,
+    inputs: dict[str, Any] | None,
+    options: RunOptions | None = None,
+    *,
+    block: RunOptions | None = None,
+    fallback: RunOptions | None = None,
+) -> tuple[ValidatedPipeline, StepContext, RunOptions]:
+    """Load and check the pipeline (one SpecError with every problem), resolve options, build the context."""
+    spec = pipeline if isinstance(pipeline, PipelineSpec) else load_pipeline(pipeline)
+    resolved = resolve_options(options, block=block, pipeline=spec, fallback=fallback)
+    validated = check(_with_arguments(spec, resolved.arguments), inputs or {})
+    source = validated.spec.source
+    store = resolved.store or Store()
+    connector = resolved.connector
+
+    def backend_factory() -> FalBackend:
+        return connector(store) if connector else connect(resolved.backend, key=resolved.key, store=store)
+
+    ctx = StepContext(
+        store=store,
+        journal=resolved.journal or Journal(),
+        backend_identity=planned_identity(resolved.backend, resolved.key),
+        backend_factory=backend_factory,
+        claims=claims_from_env(resolved.claims),
+        concurrency=resolved.concurrency or BUILT_IN.concurrency or 1,
+        retry=resolved.retry or RetryPolicy(),
+        refresh=bool(resolved.refresh),
+        base_dir=source.parent if source else None,
+        prices=resolved.prices,
+    )
+    return validated, ctx, resolved
+
+
+def plan_pipeline(
+    pipeline: str | Path | PipelineSpec,
+    inputs: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
+) -> Plan:
+    """What a run would do and cost (nothing is submitted)."""
+    validated, ctx, _ = prepare(pipeline, inputs, options)
+    return make_plan(validated, ctx)
+
+
+def export_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
+    """Copy the final outputs (steps nothing depends on) to ``out_dir`` as ``<step id><suffix>``."""
+    exported = {}
+    for step_id, source in result.final.items():
+        target = out_dir / f"{step_id}{source.suffix}"
+        with atomic_path(target) as temp:
+            shutil.copyfile(source, temp)
+        exported[step_id] = target
+    return exported
+
+
+async def arun(
+    pipeline: str | Path | PipelineSpec,
+    inputs: dict[str, Any] | None = None,
+    options: RunOptions | None = None,
+    *,
+    block: RunOptions | None = None,
+    fallback: RunOptions | None = None,
+    hooks: RunHooks | None = None,
+    run_id: str | None = None,
+    flow_run_id: str | None = None,
+) -> RunResult:
+    """Check, resolve options, plan, enforce the budget, run every step, export and record the run.
+
+    ``options`` are the caller's explicit options, ``block`` a KlingDefaults block's and
+    ``fallback`` the caller's own defaults (see :mod:`~klingflow.engine.options` for the order).
+    """
+    validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
+    if resolved.max_cost_usd is not None:
+        check_budget(make_plan(validated, ctx), resolved.max_cost_usd)
+    result = await execute(validated, ctx, hooks=hooks, run_id=run_id)
+    result.flow_run_id = flow_run_id
+    if resolved.out_dir is not None:
+        result.final = export_outputs(result, resolved.out_dir)
+    secrets = [resolved.key, *ctx.secrets()] if resolved.key else ctx.secrets()
+    result.recorded(*record_run(result, validated, out_dir=resolved.out_dir, secrets=secrets))
+    return result

@@ -1,0 +1,116 @@
+"""The ledger row and the status vocabulary: defined once, used by the engine, CLI, report and artifacts.
+
+:class:`StepRecord` is both what a step execution returns and what the ledger stores: its fields
+*are* the ledger's columns (:data:`COLUMNS`, derived from the model, so the parquet schema cannot
+drift from the row). :class:`Status` is every value a row's ``status`` takes; a printer that
+forgets one fails a test instead of crashing a user's run.
+"""
+
+from __future__ import annotations
+
+import types
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Union, get_args, get_origin
+
+import pandas as pd
+from pydantic import BaseModel, Field
+
+__all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "Status", "StepRecord", "step_label"]
+
+LEDGER_SCHEMA_VERSION = 1
+"""Version of the column set, stored in each parquet file; columns are only ever added."""
+
+
+class Status(StrEnum):
+    """What happened to one step execution."""
+
+    COMPLETED = "completed"
+    """Generated (or computed) by this run: paid for, when it is a generation."""
+    CACHED = "cached"
+    """Reused from the verified cache: nothing submitted, nothing paid."""
+    JOINED = "joined"
+    """Polled a request another run or worker had already submitted: not paid again."""
+    FAILED = "failed"
+    """Did not produce its output; ``error`` says why."""
+    SKIPPED = "skipped"
+    """Not run because a step it depends on failed."""
+
+    @property
+    def produced(self) -> bool:
+        """True when the step's output exists (completed, cached or joined)."""
+        return self in (Status.COMPLETED, Status.CACHED, Status.JOINED)
+
+
+class StepRecord(BaseModel):
+    """One step execution (or one foreach item): one ledger row.
+
+    ``outputs`` (the step's outputs for the steps after it) travels with the record in the run
+    but is not a column.
+    """
+
+    run_id: str | None = None
+    flow_run_id: str | None = None
+    pipeline: str | None = None
+    step_id: str
+    item_index: int | None = None
+    kind: str
+    endpoint: str
+    backend: str
+    request_id: str | None = None
+    status: Status = Status.COMPLETED
+    cache_key: str | None = None
+    attempts: int = 0
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    queue_seconds: float | None = None
+    run_seconds: float | None = None
+    estimated_cost_usd: float = 0.0
+    prompt: str | None = None
+    arguments: str = "{}"
+    output_path: str | None = None
+    output_url: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    duration_s: float | None = None
+    width: int | None = None
+    height: int | None = None
+    fps: float | None = None
+    has_audio: bool | None = None
+    error: str | None = None
+    outputs: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def step_label(self) -> str:
+        """``step_id``, or ``step_id[i]`` for item ``i`` of a foreach step."""
+        return step_label(self.model_dump(include={"step_id", "item_index"}))
+
+
+def step_label(row: dict[str, Any]) -> str:
+    """``step_id``, or ``step_id[i]`` for item ``i`` of a foreach step: how every view names a row."""
+    index = row.get("item_index")
+    return row["step_id"] if index is None or index is pd.NA else f"{row['step_id']}[{index}]"
+
+
+_DTYPES: dict[type, str] = {
+    str: "string",
+    Status: "string",
+    int: "Int64",
+    float: "Float64",
+    bool: "boolean",
+    datetime: "datetime64[us, UTC]",
+}
+
+
+def _dtype(annotation: Any) -> str:
+    """The pandas dtype of a field: ``X | None`` is nullable X."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    return _DTYPES[annotation]
+
+
+COLUMNS: dict[str, str] = {
+    name: _dtype(field.annotation) for name, field in StepRecord.model_fields.items() if not field.exclude
+}
+"""Every ledger column and its pandas dtype, in order: the fields of :class:`StepRecord`."""
