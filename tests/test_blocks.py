@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from prefect.settings import PREFECT_API_URL
 from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from prefect.testing.utilities import prefect_test_harness
 from pydantic import SecretStr
@@ -12,6 +16,7 @@ from pydantic import SecretStr
 from klingflow import RunOptions, parse_pipeline, run_pipeline
 from klingflow.blocks import FalCredentials, KlingDefaults, register_blocks
 from klingflow.cache import Journal, Store
+from klingflow.errors import BudgetError
 
 pytestmark = pytest.mark.slow
 
@@ -80,3 +85,92 @@ def test_run_with_credentials_and_defaults_blocks(emulator, tmp_path: Path) -> N
         "report.html",
         "second.mp3",
     ]
+
+
+def _one_line(tmp_path: Path, name: str, text: str, max_cost: float | None = None) -> Path:
+    """A one-step TTS pipeline file (each test its own text, so nothing is cached from another)."""
+    budget = f"max_cost_usd: {max_cost}\n" if max_cost is not None else ""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\n{budget}steps:\n  - id: line\n    uses: tts\n    with: {{text: {text!r}}}\n"
+    )
+    return path
+
+
+def _cli(emulator, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "FAL_KEY": emulator.key,
+        "KLINGFLOW_HOME": str(tmp_path / "home"),
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "klingflow.cli", "run", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_cli_out_and_max_cost_win_over_the_defaults_block(emulator, tmp_path: Path) -> None:
+    KlingDefaults(max_cost_usd=100.0, output_location=str(tmp_path / "team-out")).save(
+        "generous", overwrite=True
+    )
+    pipeline = _one_line(tmp_path, "cli_wins", "The command line wins.")
+    done = _cli(
+        emulator, tmp_path, str(pipeline), "--defaults", "generous", "--out", str(tmp_path / "cli-out")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "cli-out" / "line.mp3").is_file() and not (tmp_path / "team-out").exists()
+
+    pipeline = _one_line(tmp_path, "cli_budget", "The command line budget wins.")
+    done = _cli(emulator, tmp_path, str(pipeline), "--defaults", "generous", "--max-cost", "0.001")
+    assert done.returncode == 1 and "over the limit of $0.001" in done.stderr, done.stdout + done.stderr
+
+
+def test_the_block_wins_over_the_fallback_and_the_pipeline_file(emulator, tmp_path: Path) -> None:
+    KlingDefaults(max_cost_usd=0.001, output_location=str(tmp_path / "team-out")).save(
+        "stingy", overwrite=True
+    )
+    KlingDefaults(output_location=str(tmp_path / "team-out")).save("folder", overwrite=True)
+    pipeline = _one_line(tmp_path, "block_folder", "The team folder beats the default folder.")
+    done = _cli(emulator, tmp_path, str(pipeline), "--defaults", "folder")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "team-out" / "line.mp3").is_file(), "the block's folder, not ./klingflow-out/NAME"
+
+    generous_file = _one_line(tmp_path, "block_budget", "The block budget beats the file.", max_cost=100.0)
+    done = _cli(emulator, tmp_path, str(generous_file), "--defaults", "stingy")
+    assert done.returncode == 1 and "over the limit of $0.001" in done.stderr, done.stdout + done.stderr
+
+
+def test_run_pipeline_keywords_win_over_the_block_and_the_file_over_built_in(
+    emulator, tmp_path: Path
+) -> None:
+    KlingDefaults(max_cost_usd=100.0, output_location=str(tmp_path / "team-out")).save(
+        "python", overwrite=True
+    )
+    options = RunOptions(
+        backend="fal",
+        key=emulator.key,
+        store=Store(tmp_path / "store"),
+        journal=Journal(tmp_path / "journal"),
+    )
+    result = run_pipeline(
+        _one_line(tmp_path, "py_out", "Python's folder wins."),
+        options=options,
+        defaults="python",
+        out_dir=tmp_path / "py-out",
+    )
+    assert result.final == {"line": tmp_path / "py-out" / "line.mp3"}
+    with pytest.raises(BudgetError, match=r"over the limit of \$0\.001"):
+        run_pipeline(
+            _one_line(tmp_path, "py_budget", "Python's budget wins."),
+            options=options,
+            defaults="python",
+            max_cost_usd=0.001,
+        )
+    with pytest.raises(BudgetError, match=r"over the limit of \$0\.001"):
+        run_pipeline(
+            _one_line(tmp_path, "file_budget", "The file's budget.", max_cost=0.001), options=options
+        )

@@ -79,13 +79,16 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     rows = to_records(frame)
     spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
     cached = sum(r["status"] == Status.CACHED for r in rows)
+    counts = " · ".join(f"{s} {sum(r['status'] == s for r in rows)}" for s in Status)
     queues = frame["queue_seconds"].dropna()
     lines = [
         f"# {manifest.pipeline}: {manifest.status}",
         "",
         f"Run `{manifest.run_id}` · {len(rows)} step runs · estimated spend **${spend:.3f}** · "
-        f"cache hits {cached}/{len(rows)} · failed {sum(r['status'] == Status.FAILED for r in rows)}"
+        f"cache hits {cached}/{len(rows)}"
         + (f" · queue p50 {queues.median():.1f} s" if not queues.empty else ""),
+        "",
+        f"Steps: {counts}",
         "",
         "## Outputs",
         "",

@@ -1,0 +1,59 @@
+"""Run options resolve in one place: explicit > block > pipeline file > fallback > built-in.
+
+These call :func:`klingflow.engine.resolve_options` directly, one test per level; the same order
+through the CLI, ``run_pipeline`` and a KlingDefaults block on a real Prefect server is tested in
+``test_blocks.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from klingflow.engine import BUILT_IN, RetryPolicy, RunOptions, resolve_options
+from klingflow.errors import ConfigError
+from klingflow.spec import parse_pipeline
+
+SPEC = parse_pipeline(
+    {"name": "levels", "max_cost_usd": 3.0, "steps": [{"id": "line", "uses": "tts", "with": {"text": "hi"}}]}
+)
+BLOCK = RunOptions(concurrency=2, max_cost_usd=2.0, out_dir=Path("block-out"))
+FALLBACK = RunOptions(out_dir=Path("fallback-out"), max_cost_usd=4.0)
+
+
+def test_explicit_wins_over_everything() -> None:
+    explicit = RunOptions(concurrency=7, max_cost_usd=1.0, out_dir=Path("cli-out"))
+    resolved = resolve_options(explicit, block=BLOCK, pipeline=SPEC, fallback=FALLBACK)
+    assert (resolved.concurrency, resolved.max_cost_usd, resolved.out_dir) == (7, 1.0, Path("cli-out"))
+
+
+def test_block_wins_over_the_pipeline_file_and_the_fallback() -> None:
+    resolved = resolve_options(RunOptions(), block=BLOCK, pipeline=SPEC, fallback=FALLBACK)
+    assert (resolved.concurrency, resolved.max_cost_usd, resolved.out_dir) == (2, 2.0, Path("block-out"))
+
+
+def test_pipeline_file_wins_over_the_fallback_and_built_in() -> None:
+    resolved = resolve_options(RunOptions(), pipeline=SPEC, fallback=FALLBACK)
+    assert resolved.max_cost_usd == 3.0 and resolved.out_dir == Path("fallback-out")
+
+
+def test_fallback_then_built_in() -> None:
+    resolved = resolve_options(None, fallback=FALLBACK)
+    assert resolved.max_cost_usd == 4.0 and resolved.concurrency == BUILT_IN.concurrency == 4
+    bare = resolve_options()
+    assert bare.retry == RetryPolicy() and bare.refresh is False and bare.out_dir is None
+
+
+def test_an_option_left_out_falls_through_to_the_next_layer() -> None:
+    resolved = resolve_options(RunOptions(max_cost_usd=0.5), block=BLOCK, pipeline=SPEC)
+    assert (
+        resolved.max_cost_usd == 0.5 and resolved.concurrency == 2 and resolved.out_dir == Path("block-out")
+    )
+
+
+def test_run_pipeline_refuses_an_option_given_twice() -> None:
+    from klingflow import run_pipeline
+
+    with pytest.raises(ConfigError, match="concurrency given both"):
+        run_pipeline(SPEC, options=RunOptions(concurrency=1), concurrency=2)
