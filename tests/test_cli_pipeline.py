@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
+from klingflow.emulator.faults import FaultPlan
 from klingflow.media import probe
 
 pytestmark = pytest.mark.slow
@@ -135,3 +138,69 @@ def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> Non
     assert emulator_stats(served)["submits"][T2V] - before == 3, "exactly one submit per step"
     exported = sorted(p.name for p in (tmp_path / "klingflow-out" / "crashy").iterdir())
     assert exported == ["report.html", "shots-0.mp4", "shots-1.mp4", "shots-2.mp4"]
+
+
+def _script_faults(env: dict[str, str], *script: str) -> None:
+    """Script the next faults of the emulator ``env`` points at (its admin route)."""
+    response = httpx.post(
+        f"https://{env['FAL_QUEUE_RUN_HOST']}/_emulator/faults",
+        json=FaultPlan(script=list(script)).model_dump(),
+        headers={"Authorization": f"Key {env['FAL_KEY']}"},
+        verify=ssl.create_default_context(cafile=env["SSL_CERT_FILE"]),
+    )
+    response.raise_for_status()
+
+
+def test_a_failing_step_prints_one_clear_summary_and_no_traceback(served, tmp_path: Path) -> None:
+    """Output captured (not a terminal, as in CI or `| tee`): klingflow's message, whole lines, no trace."""
+    pipeline = tmp_path / "failing.yaml"
+    pipeline.write_text(
+        "name: failing\n"
+        "steps:\n"
+        "  - id: doomed\n    uses: text-to-video\n    with: {prompt: a clip whose file vanishes}\n"
+        "  - id: fine\n    uses: tts\n    with: {text: This one is fine.}\n"
+    )
+    _script_faults(served, "result_404@text-to-video")
+    try:
+        done = klingflow(served, "run", str(pipeline), "--out", str(tmp_path / "out"))
+    finally:
+        _script_faults(served)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output and 'File "' not in output
+    lines = done.stderr.splitlines()
+    cause = [line for line in lines if line.strip().startswith("doomed:")]
+    assert len(cause) == 1, done.stderr
+    assert "downloading the result file failed" in cause[0] and "request " in cause[0] and T2V in cause[0]
+    assert any(line.strip() == "where: pipeline 'failing'" for line in lines), done.stderr
+    assert "  hint: fix the cause and run again: completed steps are cached and not paid twice" in lines
+    assert (tmp_path / "out" / "fine.mp3").is_file(), "the independent step finished and was exported"
+
+
+def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(tmp_path: Path) -> None:
+    """Two terminals, one home, one emulator: the second run joins the first one's requests."""
+    home = tmp_path / "home"
+    with serve_emulator(home, "--latency", "8", "--workers", "4") as env:
+        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+        pipeline = fan_out(tmp_path, "together", 2)
+        runs = []
+        for name in ("first", "second"):
+            runs.append(
+                subprocess.Popen(
+                    [*KLINGFLOW, "run", str(pipeline), "--out", str(tmp_path / name)],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            time.sleep(1)
+        outputs = [run.communicate(timeout=240) for run in runs]
+        for run, (stdout, stderr) in zip(runs, outputs, strict=True):
+            assert run.returncode == 0, stdout + stderr
+            assert "Traceback" not in stdout + stderr and "KeyError" not in stdout + stderr
+            assert "shots-0: " in stdout and "shots-1: " in stdout
+        assert emulator_stats(env)["submits"] == {T2V: 2}, "one submit per step across both runs"
+        assert "joined" in outputs[0][0] + outputs[1][0]
+        for name in ("first", "second"):
+            assert probe(tmp_path / name / "shots-0.mp4").duration > 4

@@ -77,7 +77,7 @@ def quiet_prefect_tracebacks() -> None:
     """Drop tracebacks from Prefect's console output in this process (its API log handler keeps them)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+    for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
             if isinstance(handler, PrefectConsoleHandler) and not isinstance(
                 handler.formatter, _WithoutTraceback

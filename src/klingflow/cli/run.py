@@ -159,8 +159,6 @@ def run(
     from klingflow.errors import PipelineFailed
     from klingflow.flows.pipeline import run_pipeline
 
-    if not debug:
-        quiet_prefect_tracebacks()
     console = out()
     progress = Progress(console)
     try:
@@ -176,7 +174,11 @@ def run(
             ),
             credentials=credentials,
             defaults=defaults,
-            hooks=RunHooks(on_start=progress.start, on_finish=progress.finish),
+            hooks=RunHooks(
+                on_run_start=(lambda: None) if debug else quiet_prefect_tracebacks,
+                on_start=progress.start,
+                on_finish=progress.finish,
+            ),
             fallback=RunOptions(out_dir=Path("klingflow-out") / spec.name),
         )
     except PipelineFailed as exc:

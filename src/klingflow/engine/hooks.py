@@ -3,6 +3,8 @@
 The engine runs the same way from plain Python, the CLI and a Prefect flow; what differs is what
 happens around each step. Instead of loose callables, a run takes one :class:`RunHooks`:
 
+* ``on_run_start()``: once, when the run begins (after the layer above has set itself up: the CLI
+  quiets Prefect's console tracebacks here, once Prefect has configured its logging);
 * ``run_step(step, call)``: wraps each step execution (the Prefect layer runs it as a task run
   named after the step, with the endpoint and arguments as the task's parameters);
 * ``on_start(label)`` / ``on_finish(record)``: progress (the CLI prints a line per step);
@@ -51,6 +53,7 @@ def _ignore(*_: Any) -> None:
 class RunHooks:
     """What happens around each step; every hook is optional."""
 
+    on_run_start: Callable[[], None] = _ignore
     run_step: Callable[[StepInfo, StepCall, Logger], Awaitable[StepRecord]] = _direct
     on_start: Callable[[str], None] = _ignore
     on_finish: Callable[[StepRecord], None] = _ignore

@@ -112,6 +112,8 @@ async def arun(
     ``options`` are the caller's explicit options, ``block`` a KlingDefaults block's and
     ``fallback`` the caller's own defaults (see :mod:`~klingflow.engine.options` for the order).
     """
+    hooks = hooks or RunHooks()
+    hooks.on_run_start()
     validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
     if resolved.max_cost_usd is not None:
         check_budget(make_plan(validated, ctx), resolved.max_cost_usd)

@@ -124,6 +124,7 @@ async def run_body(
         block=await _block_layer(credentials, defaults),
         fallback=local.fallback,
         hooks=RunHooks(
+            on_run_start=local.hooks.on_run_start,
             run_step=run_step_as_task,
             on_start=local.hooks.on_start,
             on_finish=local.hooks.on_finish,
