@@ -163,7 +163,7 @@ def _message(error: Any, model: type[BaseModel], owner: str) -> tuple[str, str]:
     if kind == "string_too_long" and isinstance(value, str):
         message += f"; it has {len(value)}"
     if isinstance(value, str | int | float | bool) and repr(value) not in message:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "...'"
+        shown = repr(value) if len(repr(value)) <= 40 else repr(f"{value}"[:34] + "...")
         message += f" (got {shown})"
     return message, ""
 

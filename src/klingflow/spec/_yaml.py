@@ -91,6 +91,13 @@ def _syntax_error(exc: yaml.YAMLError, text: str, shown: str) -> SpecError:
     what = getattr(exc, "problem", None) or str(exc)
     context = getattr(exc, "context", None)
     message = f"not valid YAML: {context + ': ' if context else ''}{what}"
+    opened = getattr(exc, "context_mark", None)
+    if opened is not None and context and "end of stream" in what:
+        # Something opened (a quote, a bracket) is never closed: the file's end is not where to look.
+        thing = context.removeprefix("while scanning ").removeprefix("while parsing ")
+        thing = thing.replace("quoted scalar", "quoted string")
+        message = f"not valid YAML: {thing} starts here and is never closed (the file ends on line {line})"
+        line, mark = opened.line + 1, opened
     source_lines = text.splitlines()
     offending = source_lines[mark.line] if mark is not None and mark.line < len(source_lines) else ""
     # A bare ${...} inside a flow mapping or list is YAML's most common trap here: '{' ends the value.
