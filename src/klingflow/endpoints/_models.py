@@ -50,7 +50,6 @@ DUAL_IMAGE_SCENES = frozenset(
 """Scenes that take two images (left person, right person); every other known scene takes one."""
 
 
-
 @dataclass(frozen=True)
 class ImageLimits:
     """What Kling accepts as an input image (``image_url``, ``tail_image_url``, ``input_image_urls``).

@@ -367,9 +367,10 @@ class _Checker:
                             " or give an http(s) URL",
                         )
                         continue
-                    wanted = target.consumes[_slot(path)]
+                    slot = _slot(path)
+                    wanted = target.consumes[slot]
                     # Kling's image limits hold for the pictures it animates, not for motion-brush masks.
-                    limited = isinstance(target, EndpointInfo) and wanted == "image" and "mask" not in _slot(path)
+                    limited = isinstance(target, EndpointInfo) and wanted == "image" and "mask" not in slot
                     self._check_content(i, file, wanted, limited, where)
 
     def _check_content(self, i: int, file: Path, wanted: str, limited: bool, where: DocPath) -> None:

@@ -279,7 +279,7 @@ def _build(data: Any, source: Path | None, shown: str, lines: dict[DocPath, int]
         problem = Problem(
             f"a pipeline must be a mapping with name and steps, but this file is {what}",
             line=lines.get((), 1),
-            hint="a pipeline file has top-level keys: name: ..., steps: (a list of steps with id, uses, with)",
+            hint="a pipeline file has top-level keys name: and steps: (a list of steps with id, uses, with)",
         )
         raise spec_error([problem], shown)
     steps = data.get("steps")
