@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 
 def reel(broken: Path) -> dict[str, Any]:
     """A shot, its last frame, and a step that fails for good (its input is not a video)."""
-    broken.write_bytes(b"this is not a video " * 50)
+    # An MP4 signature over garbage: it passes validation's content check and fails when decoded.
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"this is not a video " * 50)
     return {
         "name": "Promo Reel!",
         "steps": [

@@ -46,7 +46,8 @@ def test_the_planted_key_appears_in_no_file_and_no_artifact(
     monkeypatch.setenv("FAL_KEY", SECRET)
     monkeypatch.setattr(emulator_server.state, "key", SECRET)
     broken = tmp_path / f"clip-{SECRET}.mp4"
-    broken.write_bytes(b"this is not a video " * 50)
+    # An MP4 signature over garbage: it passes validation's content check and fails when decoded.
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"this is not a video " * 50)
     data = {
         "name": "secrets",
         "steps": [

@@ -79,7 +79,8 @@ def run_demo(
     ``warm`` first runs just ``opening`` and ``voice``, so that the demo finds those two cached.
     """
     broken = home / "broken.mp4"
-    broken.write_bytes(b"this is not a video " * 50)
+    # An MP4 signature over garbage: it passes validation's content check and fails when decoded.
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"this is not a video " * 50)
     data = demo(broken)
     options = RunOptions(
         backend="fal",

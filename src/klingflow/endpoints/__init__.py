@@ -22,6 +22,10 @@ Effect images. Pair scenes (:data:`DUAL_IMAGE_SCENES`: hug, kiss, heart_gesture,
 ``input_image_urls``, other known scenes exactly one. The count is checked only when the list is given,
 because fal marks it optional and fal's quick-start sends ``{"effect_scene": "hug"}`` alone.
 
+Input images. Kling takes JPEG or PNG, at most 10 MB, sides of at least 300 pixels and an aspect ratio
+between 1:2.5 and 2.5:1 (:data:`IMAGE_LIMITS`). fal's schema only says "URL", so the limits are checked
+where the image can be seen: on local files, by ``klingflow.spec.check``.
+
 Prices. fal's public prices: $0.045 per second of video (text-to-video, image-to-video, effects),
 $0.0562 per second for ai-avatar, $0.007 per TTS request. Override them per call (``prices=``) or with
 ``KLINGFLOW_PRICES='{"text-to-video": 0.05}'`` (alias or id keys). An ai-avatar estimate made before
@@ -49,6 +53,7 @@ from klingflow.endpoints._enums import (
 from klingflow.endpoints._models import (
     DUAL_IMAGE_SCENES,
     EFFECT_SCENES,
+    IMAGE_LIMITS,
     TTS_VOICES,
     AiAvatarInput,
     AiAvatarOutput,
@@ -58,6 +63,7 @@ from klingflow.endpoints._models import (
     FalInput,
     FalOutput,
     File,
+    ImageLimits,
     ImageToVideoInput,
     TextToVideoInput,
     Trajectory,
@@ -92,6 +98,7 @@ __all__ = [
     "ENDPOINTS",
     "EXTENSIBLE_ENUMS",
     "EXTRA_ENUM_VALUES_ENV",
+    "IMAGE_LIMITS",
     "PRICES_ENV",
     "TTS_VOICES",
     "AiAvatarInput",
@@ -104,6 +111,7 @@ __all__ = [
     "FalInput",
     "FalOutput",
     "File",
+    "ImageLimits",
     "ImageToVideoInput",
     "MediaKind",
     "PriceUnit",

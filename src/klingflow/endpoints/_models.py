@@ -7,6 +7,7 @@ the run. Outputs keep unknown fields, because fal adds fields to its answers wit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -17,6 +18,7 @@ from klingflow.endpoints._enums import EXTRA_ENUM_VALUES_ENV, FalEnum, load_valu
 __all__ = [
     "DUAL_IMAGE_SCENES",
     "EFFECT_SCENES",
+    "IMAGE_LIMITS",
     "TTS_VOICES",
     "AiAvatarInput",
     "AiAvatarOutput",
@@ -26,6 +28,7 @@ __all__ = [
     "FalInput",
     "FalOutput",
     "File",
+    "ImageLimits",
     "ImageToVideoInput",
     "TextToVideoInput",
     "Trajectory",
@@ -45,6 +48,27 @@ DUAL_IMAGE_SCENES = frozenset(
     {"hug", "kiss", "heart_gesture", "kiss_pro", "fight_pro", "hug_pro", "cheers_2026", "heart_gesture_pro"}
 )
 """Scenes that take two images (left person, right person); every other known scene takes one."""
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What Kling accepts as an input image (``image_url``, ``tail_image_url``, ``input_image_urls``).
+
+    From Kling's API docs (kling-schema.md §2, S6/S7): JPEG or PNG, at most 10 MB, each side at least
+    300 pixels, aspect ratio between 1:2.5 and 2.5:1. fal's schema only says "URL", so these are checked
+    where klingflow can see the image: local files, before anything is uploaded or paid for. Mask images
+    are not held to them (Kling only asks that a mask match its image).
+    """
+
+    formats: tuple[str, ...] = ("JPEG", "PNG")
+    max_bytes: int = 10 * 1024 * 1024
+    min_side: int = 300
+    max_aspect: float = 2.5
+    """Longest side over shortest side."""
+
+
+IMAGE_LIMITS = ImageLimits()
+"""Kling's input image limits (see :class:`ImageLimits`)."""
 
 _DEFAULT_NEGATIVE_PROMPT = "blur, distort, and low quality"
 

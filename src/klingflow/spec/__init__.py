@@ -32,6 +32,9 @@ from these references alone. Inside ``{ }`` or ``[ ]`` YAML needs references quo
 ``{video: "${steps.opening.video}"}``.
 
 Local media paths are relative to the pipeline file's folder; http(s) and ``data:`` URLs are fine too.
+:func:`check` looks at each local file's first bytes: a ``.png`` that is an HTML page, an ``.mp3`` that is
+a PDF or an image given as audio is refused, and images for Kling endpoints must meet Kling's limits
+(JPEG or PNG, at most 10 MB, sides of at least 300 pixels, aspect ratio between 1:2.5 and 2.5:1).
 
 Example::
 

@@ -2,8 +2,10 @@
 
 Every generation costs money, so everything that can be known without running is checked here, and
 every problem is collected before one ``SpecError`` is raised: inputs (given, typed, required), step
-ids, ``uses``, references (inputs, steps, outputs, ``${item}``), media kinds per field, local files,
-cycles, and each step's arguments against its endpoint's or operation's pydantic model.
+ids, ``uses``, references (inputs, steps, outputs, ``${item}``), media kinds per field, local files
+(they exist, their content is the media the field takes, images meet Kling's limits), foreach lists
+(a list, not empty), cycles, and each step's arguments against its endpoint's or operation's pydantic
+model.
 
 Arguments are validated with *placeholders*: a reference to a step's image becomes
 ``https://klingflow.invalid/ref.png``, an input reference its resolved value, a ``duration`` a number.
@@ -15,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
-from klingflow.endpoints import ENDPOINTS, EndpointInfo, validate_input
+from klingflow.endpoints import ENDPOINTS, IMAGE_LIMITS, EndpointInfo, validate_input
 from klingflow.errors import SpecError
 from klingflow.spec._arguments import (
     MEDIA_KINDS,
@@ -34,6 +37,7 @@ from klingflow.spec._arguments import (
     target_of,
 )
 from klingflow.spec._graph import ValidatedPipeline, find_cycle, topological_order
+from klingflow.spec._media import Content, sniff
 from klingflow.spec._models import PipelineSpec, StepSpec, resolve_inputs
 from klingflow.spec._operations import OPERATIONS, takes_list
 from klingflow.spec._problems import (
@@ -102,6 +106,7 @@ class _Checker:
         self._item_lists: dict[int, list[Any] | None] = {}
         # (step index, field) already reported: validating placeholders there would only repeat it.
         self.flagged: set[tuple[int, str | None]] = set()
+        self._contents: dict[Path, Content] = {}
         self.inputs, problems = resolve_inputs(spec, given)
         self.problems.extend(problems)
 
@@ -233,6 +238,17 @@ class _Checker:
             return
         item = _Value(value.kind, False, _A[value.kind] if value.kind else f"an element of {reference}")
         self.items[i] = (reference, item)
+        if reference.kind == "input" and self.inputs.get(reference.name or "") == []:
+            # An error, not a warning: an empty loop is almost always a forgotten --set or an unfilled
+            # default, and the run would go on to pay for every other step and then hand empty lists
+            # to the steps that read this one (a concat of nothing fails only after that spend).
+            self.add(
+                f"foreach over an empty list: {reference} is [], so this step would run zero times",
+                path,
+                i,
+                hint=f"give the list with --set {reference.name}='[a, b]' or a non-empty default;"
+                " remove the step if it is not needed",
+            )
 
     def _check_found(self, i: int, found: Found, path: DocPath) -> None:
         if found.reference is None:
@@ -339,14 +355,82 @@ class _Checker:
             for candidate in candidates:
                 if isinstance(candidate, str) and not is_url(candidate):
                     file = local_path(self.spec, candidate)
-                    if file is not None and not file.is_file():
+                    where = origin[str(path[0])] + path[1:]
+                    if file is None:
+                        continue
+                    if not file.is_file():
                         self.add(
                             f"local file not found: {file}",
-                            origin[str(path[0])] + path[1:],
+                            where,
                             i,
                             hint=f"local paths are relative to the pipeline file's folder ({folder});"
                             " or give an http(s) URL",
                         )
+                        continue
+                    slot = _slot(path)
+                    wanted = target.consumes[slot]
+                    # Kling's image limits hold for the pictures it animates, not for motion-brush masks.
+                    limited = isinstance(target, EndpointInfo) and wanted == "image" and "mask" not in slot
+                    self._check_content(i, file, wanted, limited, where)
+
+    def _check_content(self, i: int, file: Path, wanted: str, limited: bool, where: DocPath) -> None:
+        """Refuse a local file whose content is not the media its field takes (or, for an image that
+        Kling animates, breaks Kling's image limits): looked at before anything is uploaded."""
+        if file not in self._contents:
+            try:
+                self._contents[file] = sniff(file)
+            except OSError as exc:
+                self._contents[file] = Content(frozenset(), f"unreadable ({exc.strerror or exc})")
+        content = self._contents[file]
+        if wanted not in content.kinds:
+            self.add(
+                f"local file {file} is not {_A[wanted]}: its content is {content.label}",
+                where,
+                i,
+                hint="klingflow looks at what a file holds, not at its name; re-export or re-download it"
+                " (a failed download often saves an error page or a JSON error under the media's name)",
+            )
+            return
+        if not limited:
+            return
+        limits = IMAGE_LIMITS
+        if content.format is not None and content.format not in limits.formats:
+            self.add(
+                f"local image {file} is {content.label}; Kling takes {' or '.join(limits.formats)}",
+                where,
+                i,
+                hint="convert it, e.g. ffmpeg -i IN OUT.png",
+            )
+        size = file.stat().st_size
+        if size > limits.max_bytes:
+            self.add(
+                f"local image {file} is {size / 2**20:.1f} MB; Kling takes at most"
+                f" {limits.max_bytes / 2**20:.0f} MB",
+                where,
+                i,
+                hint="save it as JPEG or at a smaller size",
+            )
+        if content.size is None:
+            return
+        width, height = content.size
+        if min(width, height) < limits.min_side:
+            self.add(
+                f"local image {file} is {width}x{height} pixels; Kling needs at least"
+                f" {limits.min_side} pixels on each side",
+                where,
+                i,
+                hint="use a larger original (upscaling a thumbnail also works, at a loss of detail)",
+            )
+        elif max(width, height) / min(width, height) > limits.max_aspect:
+            ratio = max(width, height) / min(width, height)
+            shape = f"{ratio:.3g}:1" if width >= height else f"1:{ratio:.3g}"
+            self.add(
+                f"local image {file} is {width}x{height} pixels, an aspect ratio of {shape}; Kling needs"
+                f" between 1:{limits.max_aspect:g} and {limits.max_aspect:g}:1",
+                where,
+                i,
+                hint="crop it closer to the video's aspect ratio (16:9, 9:16 or 1:1)",
+            )
 
     def _check_arguments(self, i: int, step: StepSpec, target: Target, outputs: dict[str, Any]) -> None:
         arguments, origin = merged_with_origin(self.spec, step, i)
@@ -383,8 +467,9 @@ def check(spec: PipelineSpec, inputs: Mapping[str, Any] | None = None) -> Valida
 
     ``inputs`` are this run's values (strings from ``--set`` are read as the input's type); missing
     ones take their defaults. Every problem is collected and one ``SpecError`` lists them all, sorted
-    by line, each naming ``file:line``, the step and the field. Only local media files are looked at
-    (do they exist?).
+    by line, each naming ``file:line``, the step and the field. Only local media files are looked at:
+    they must exist, hold the media their field takes (judged by content, not name) and, for images
+    Kling animates, meet Kling's image limits (``klingflow.endpoints.IMAGE_LIMITS``).
 
     Example::
 

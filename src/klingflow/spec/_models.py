@@ -157,6 +157,18 @@ class StepSpec(BaseModel):
             f" letter); try {fixed!r}"
         )
 
+    @field_validator("foreach", mode="before")
+    @classmethod
+    def _foreach_is_a_reference(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, list):
+            raise ValueError(
+                "foreach takes a reference to a list, e.g. ${inputs.shots}, not a list written in place;"
+                " declare the list as an input (type: list, with a default) and loop over that"
+            )
+        raise ValueError(f"foreach takes a reference to a list, e.g. ${{inputs.shots}}, not {value!r}")
+
     @field_validator("with_", mode="before")
     @classmethod
     def _empty_with(cls, value: Any) -> Any:
@@ -264,9 +276,12 @@ def resolve_inputs(spec: PipelineSpec, given: Mapping[str, Any]) -> tuple[dict[s
 def _build(data: Any, source: Path | None, shown: str, lines: dict[DocPath, int]) -> PipelineSpec:
     if not isinstance(data, Mapping):
         what = "empty" if data is None else f"a {type(data).__name__}"
-        raise spec_error(
-            [Problem(f"a pipeline must be a mapping with name and steps, but this is {what}")], shown
+        problem = Problem(
+            f"a pipeline must be a mapping with name and steps, but this file is {what}",
+            line=lines.get((), 1),
+            hint="a pipeline file has top-level keys name: and steps: (a list of steps with id, uses, with)",
         )
+        raise spec_error([problem], shown)
     steps = data.get("steps")
 
     def locate(loc: DocPath) -> tuple[int | None, str | None, str | None, int]:

@@ -160,8 +160,10 @@ def _message(error: Any, model: type[BaseModel], owner: str) -> tuple[str, str]:
         hint = _UNKNOWN_KEY_HINTS.get(key) or ("allowed fields: " + ", ".join(names) if names else "")
         return "unknown field" + did_you_mean(key, names), hint
     message = error["msg"].removeprefix("Value error, ")
+    if kind == "string_too_long" and isinstance(value, str):
+        message += f"; it has {len(value)}"
     if isinstance(value, str | int | float | bool) and repr(value) not in message:
-        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "...'"
+        shown = repr(value) if len(repr(value)) <= 40 else repr(f"{value}"[:34] + "...")
         message += f" (got {shown})"
     return message, ""
 
