@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import EmulatorAdmin
+from conftest import KLINGFLOW, EmulatorAdmin
 from faultproxy import Fault, FaultProxy, classify, running_proxy
 
 pytestmark = pytest.mark.slow
@@ -330,3 +331,23 @@ def test_close_frees_every_port_and_thread(emulator: EmulatorAdmin) -> None:
     for port in ports:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # raises if anything still listens there
+
+
+def test_a_klingflow_run_subprocess_goes_through_the_proxy(
+    fault_proxy: FaultProxy, emulator: EmulatorAdmin, tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "one.yaml"
+    pipeline.write_text(
+        "name: one\nsteps:\n  - id: clip\n    uses: text-to-video\n    with:\n      prompt: a fox\n"
+    )
+    env = fault_proxy.environment()
+    env.update(KLINGFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"))
+
+    done = subprocess.run(
+        [*KLINGFLOW, "run", str(pipeline)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert len(fault_proxy.accepted_submits) == 1 == emulator.stats()["total_submits"]
+    counts = fault_proxy.counts
+    assert counts["result"]["seen"] == counts["download"]["forwarded"] == 1
