@@ -28,6 +28,7 @@ os.environ["KLINGFLOW_HOME"] = str(_SESSION_HOME)
 for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
     os.environ.pop(_name, None)
 
+from faultproxy import fault_proxy  # noqa: E402, F401  (the fault-injecting proxy fixture)
 from klingflow.cache import Journal, Store  # noqa: E402
 from klingflow.emulator.faults import FaultPlan  # noqa: E402
 from klingflow.emulator.server import EmulatorServer  # noqa: E402
