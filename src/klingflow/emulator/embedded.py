@@ -7,11 +7,16 @@ fal_client at it. fal_client reads its hosts once, at import, so two cases are h
 * fal_client not imported yet: ``FAL_RUN_HOST`` / ``FAL_QUEUE_RUN_HOST`` are set before it is,
   exactly as ``klingflow emulator env`` tells a shell to do.
 * fal_client already imported (a notebook ran ``import fal_client`` first): its hosts are fixed,
-  so ``HTTPS_PROXY`` points at a CONNECT tunnel that joins those host names to the emulator
-  (see :mod:`klingflow.emulator.tunnel`); other hosts pass through to their real destination.
+  and the emulator's CONNECT tunnel also joins those host names to it.
 
-Either way ``SSL_CERT_FILE`` names a bundle of certifi's roots plus the emulator's CA, and
-nothing inside fal_client is patched.
+In both cases ``HTTPS_PROXY`` points at the tunnel (see :mod:`klingflow.emulator.tunnel`), which
+fal_client's hard-coded upload hosts (``rest.fal.ai``, ``v3.fal.media``) and the Platform API
+(``api.fal.ai``) always need; other hosts pass through to their real destination, through the
+proxy that was configured before, if any. ``SSL_CERT_FILE`` names a bundle of certifi's roots plus
+the emulator's CA, and nothing inside fal_client is patched.
+
+The ``KLINGFLOW_EMULATOR_*`` variables tune it: ``LATENCY`` (0.5 s), ``WORKERS`` (4), ``OFFLINE``,
+and the fal behaviours of :mod:`klingflow.emulator.options` (e.g. ``RENDER=prerendered``).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from klingflow.emulator.server import EmulatorServer
 
 __all__ = ["embedded_emulator", "stop_embedded_emulator"]
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _lock = threading.Lock()
 _server: EmulatorServer | None = None
 
@@ -50,7 +56,7 @@ def _trust_bundle(bundle: Path) -> None:
 
 def _add_no_proxy() -> None:
     hosts = [h for h in os.environ.get("NO_PROXY", "").split(",") if h]
-    os.environ["NO_PROXY"] = ",".join(dict.fromkeys([*hosts, "127.0.0.1", "localhost", "::1"]))
+    os.environ["NO_PROXY"] = ",".join(dict.fromkeys([*hosts, *_LOOPBACK]))
 
 
 def embedded_emulator() -> EmulatorServer:
@@ -73,13 +79,12 @@ def embedded_emulator() -> EmulatorServer:
             os.environ["FAL_QUEUE_RUN_HOST"] = server.queue_host
             os.environ["FAL_RUN_HOST"] = server.run_host
             server.start_in_thread()
-        elif imported == (server.queue_host, server.run_host):
-            server.start_in_thread()
-        else:
-            queue_name, run_name = (host.rsplit(":", 1)[0] for host in imported)
-            server.start_in_thread(tunnel_routes={queue_name: "queue", run_name: "run"})
-            assert server.tunnel is not None
-            os.environ["HTTPS_PROXY"] = f"http://127.0.0.1:{server.tunnel.port}"
+        else:  # its hosts are fixed: the tunnel joins them (loopback ones are never proxied)
+            queue_name, run_name = (host.rsplit(":", 1)[0].strip("[]") for host in imported)
+            names = {queue_name: "queue", run_name: "run"}
+            server.start_in_thread(tunnel_routes={n: kind for n, kind in names.items() if n not in _LOOPBACK})
+        os.environ.pop("https_proxy", None)
+        os.environ["HTTPS_PROXY"] = server.proxy_url
         atexit.register(stop_embedded_emulator)
         _server = server
         return server

@@ -4,24 +4,36 @@ A fault is chosen when a request arrives (queue submit or direct run), either fr
 ("the next N requests get these faults, in order") or by rate ("each request has a 10 % chance of
 a 503"); rates use a seeded RNG so a run is repeatable. Each kind acts at one stage:
 
-=============  ====================================================================
-kind           effect
-=============  ====================================================================
-``429``        submit answered 429 Too Many Requests with ``Retry-After``
-``500``        submit answered 500 (with ``x-fal-request-id``, so fal_client passes it on)
-``502``        submit answered 502 (idem)
-``503``        submit answered 503 (idem)
-``drop``       submit's connection dropped mid-response (the client sees a protocol error)
-``stuck``      request accepted but never leaves the queue (until cancelled or timed out)
-``error``      request runs and ends COMPLETED with an error; its result answers 500
-``result_404`` request completes, but its output file answers 404
-``truncated``  request completes, but its output file is served cut in half (once)
-=============  ====================================================================
+=============================  =====================================================================
+kind                           effect
+=============================  =====================================================================
+``429``                        answered 429 Too Many Requests with ``Retry-After``
+``500`` ``502`` ``503``        answered 5xx by the app: JSON ``detail`` *with* ``x-fal-request-id``,
+                               so fal_client does not retry it and passes it on
+``ingress-502`` ``-503``       answered 5xx by the ingress: nginx HTML *without* ``x-fal-request-id``,
+``ingress-504``                which fal_client retries by itself (up to 10 attempts)
+``drop``                       connection dropped mid-response *before* the request was accepted
+``lost``                       request accepted (queued, billed, in the history), then the answer is
+                               dropped: the client cannot tell it from ``drop``
+``stuck``                      request accepted but never leaves the queue (until cancelled/timed out)
+``error``                      runs, ends COMPLETED with ``error_type`` ``runner_server_error``; its
+                               result answers 500 with ``X-Fal-Error-Type``
+``startup_timeout``            ends COMPLETED with that ``error_type``; result 504
+``runner_scheduling_failure``  ends COMPLETED with that ``error_type``; result 503
+``runner_disconnected``        runs, then ends COMPLETED with that ``error_type``; result 503
+``result_404``                 request completes, but its output file answers 404
+``truncated``                  request completes, but its output file is served cut in half (once)
+=============================  =====================================================================
+
+The kinds down to ``lost`` act on the HTTP answer; those down to ``drop`` also act on uploads
+when targeted with ``@upload`` (see below). The others act on a request after it was accepted.
 
 CLI form (``--faults``): ``KIND[:RATE][,KIND[:RATE]...]`` for rates, e.g. ``503:0.2,drop:0.05``;
 ``script=KIND+KIND+ok`` scripts the next requests (``ok`` = no fault). A script entry may name an
 endpoint, ``KIND@ALIAS`` (e.g. ``error@tts``): it then waits for the next request to that endpoint,
-so a test with concurrent steps knows which step gets the fault.
+so a test with concurrent steps knows which step gets the fault. ``KIND@upload`` waits for the
+next upload instead (fal_client's ``POST /files/upload``, the PUT of the storage fallback, or a
+multipart part): uploads take only entries targeted at them, never untargeted ones or rates.
 """
 
 from __future__ import annotations
@@ -33,11 +45,47 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel, Field, field_validator
 
-__all__ = ["FAULT_KINDS", "FaultKind", "FaultPlan", "Faults", "parse_faults", "SUBMIT_FAULTS"]
+__all__ = [
+    "FAULT_KINDS",
+    "INFRA_ERRORS",
+    "SUBMIT_FAULTS",
+    "UPLOAD_TARGET",
+    "FaultKind",
+    "FaultPlan",
+    "Faults",
+    "parse_faults",
+]
 
-FaultKind = Literal["429", "500", "502", "503", "drop", "stuck", "error", "result_404", "truncated"]
+FaultKind = Literal[
+    "429",
+    "500",
+    "502",
+    "503",
+    "ingress-502",
+    "ingress-503",
+    "ingress-504",
+    "drop",
+    "lost",
+    "stuck",
+    "error",
+    "startup_timeout",
+    "runner_scheduling_failure",
+    "runner_disconnected",
+    "result_404",
+    "truncated",
+]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
-SUBMIT_FAULTS = frozenset({"429", "500", "502", "503", "drop"})
+SUBMIT_FAULTS = frozenset({"429", "500", "502", "503", "ingress-502", "ingress-503", "ingress-504", "drop"})
+"""Faults that answer the HTTP request themselves: the request is never accepted."""
+UPLOAD_TARGET = "upload"
+"""The ``@`` target that makes a scripted fault wait for the next upload."""
+INFRA_ERRORS: dict[str, tuple[int, str]] = {
+    "error": (500, "runner_server_error"),
+    "startup_timeout": (504, "startup_timeout"),
+    "runner_scheduling_failure": (503, "runner_scheduling_failure"),
+    "runner_disconnected": (503, "runner_disconnected"),
+}
+"""Faults that end an accepted request COMPLETED with an error: kind -> (result status, error_type)."""
 
 
 class FaultPlan(BaseModel):
@@ -120,6 +168,20 @@ class Faults:
                     if draw < edge:
                         fault = kind
                         break
-            if fault:
-                self.injected[fault] = self.injected.get(fault, 0) + 1
-            return fault
+            return self._count(fault)
+
+    def choose_for_upload(self) -> str | None:
+        """The fault for the next upload: only script entries targeted ``@upload`` apply, and only the
+        kinds that answer the HTTP exchange (429, 5xx, ingress 5xx, drop); others are used up unused."""
+        with self._lock:
+            scripted = next((e for e in self._script if e.partition("@")[2] == UPLOAD_TARGET), None)
+            if scripted is None:
+                return None
+            self._script.remove(scripted)
+            kind = scripted.partition("@")[0]
+            return self._count(kind if kind in SUBMIT_FAULTS else None)
+
+    def _count(self, fault: str | None) -> str | None:
+        if fault:
+            self.injected[fault] = self.injected.get(fault, 0) + 1
+        return fault

@@ -3,8 +3,12 @@
 A fixed number of workers take requests in order; each spends the configured latency "running"
 (emitting log lines as fal apps do) and then renders the output with ffmpeg in a thread. Queue
 positions, cancellation, start timeouts (``X-Fal-Request-Timeout``) and the faults that act after
-submission (stuck, error) are handled here. Everything runs on the server's event loop; the
-counters are what tests read to prove "one submit per step".
+submission (stuck, infrastructure errors) are handled here. Everything runs on the server's event
+loop; the counters are what tests read to prove "one submit per step".
+
+As on fal, nothing ever ends FAILED: a request ends COMPLETED, and ``status_code`` says what its
+result fetch answers (200; 422 for input the model refused; 499/503/504/500 with an ``error_type``
+for cancellations and infrastructure errors).
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["EmulatedRequest", "RequestQueue", "Renderer"]
+from klingflow.emulator.faults import INFRA_ERRORS
+
+__all__ = ["CancelOutcome", "EmulatedRequest", "RequestQueue", "Renderer"]
 
 Status = Literal["IN_QUEUE", "IN_PROGRESS", "COMPLETED"]
+CancelOutcome = Literal["OK", "CANCELLATION_REQUESTED", "ALREADY_COMPLETED"]
 Renderer = Callable[["EmulatedRequest"], Awaitable[dict[str, Any]]]
 
 _PROGRESS_STEPS = 4
@@ -34,6 +41,14 @@ class EmulatedRequest:
     base_url: str
     fault: str | None = None
     start_deadline: float | None = None
+    raw_input: Any = None
+    invalid: list[dict[str, Any]] | None = None
+    direct: bool = False
+    webhook_url: str | None = None
+    media_ttl: float | None = None
+    billable_units: float | None = None
+    status_code: int | None = None
+    cancel_requested: bool = False
     status: Status = "IN_QUEUE"
     logs: list[dict[str, Any]] = field(default_factory=list)
     submitted_at: float = field(default_factory=time.time)
@@ -52,12 +67,18 @@ class EmulatedRequest:
         self.logs.append({"message": message, "level": level, "source": "user", "timestamp": stamp})
 
     def finish(
-        self, *, result: dict[str, Any] | None = None, error: str | None = None, error_type: str | None = None
+        self,
+        *,
+        result: dict[str, Any] | None = None,
+        error: str | None = None,
+        error_type: str | None = None,
+        status_code: int = 200,
     ) -> None:
         """Move to COMPLETED with a result or an error, and wake anyone waiting."""
         if self.status == "COMPLETED":
             return
         self.status, self.result, self.error, self.error_type = "COMPLETED", result, error, error_type
+        self.status_code = status_code
         self.completed_at = time.time()
         self.done.set()
 
@@ -97,8 +118,9 @@ class RequestQueue:
         base_url: str,
         fault: str | None = None,
         start_timeout: float | None = None,
+        **details: Any,
     ) -> EmulatedRequest:
-        """Accept a request and queue it."""
+        """Accept a request and queue it (``details`` are further :class:`EmulatedRequest` fields)."""
         request = EmulatedRequest(
             id=str(uuid.uuid4()),
             endpoint_id=endpoint_id,
@@ -106,6 +128,7 @@ class RequestQueue:
             base_url=base_url,
             fault=fault,
             start_deadline=time.monotonic() + start_timeout if start_timeout else None,
+            **details,
         )
         self.requests[request.id] = request
         if fault != "stuck":
@@ -127,6 +150,7 @@ class RequestQueue:
             request.finish(
                 error="Request timed out before it started (X-Fal-Request-Timeout)",
                 error_type="request_timeout",
+                status_code=504,
             )
         return request
 
@@ -136,16 +160,26 @@ class RequestQueue:
             return self._waiting.index(request)
         return len(self._waiting)
 
-    def cancel(self, request: EmulatedRequest) -> bool:
-        """Cancel a request that has not completed; False if it already had."""
+    def cancel(self, request: EmulatedRequest) -> CancelOutcome:
+        """Cancel a request, as fal does: a queued one is removed at once ("OK"), a running one is
+        signalled and stops at its next step ("CANCELLATION_REQUESTED")."""
+        self.refresh(request)
         if request.status == "COMPLETED":
-            return False
-        request.cancelled = True
+            return "ALREADY_COMPLETED"
+        if request.status == "IN_PROGRESS":
+            request.cancel_requested = True
+            request.log("Cancellation requested by the client")
+            return "CANCELLATION_REQUESTED"
         if request in self._waiting:
             self._waiting.remove(request)
+        self._cancelled(request)
+        return "OK"
+
+    @staticmethod
+    def _cancelled(request: EmulatedRequest) -> None:
+        request.cancelled = True
         request.log("Request cancelled by the client")
-        request.finish(error="Request was cancelled", error_type="request_cancelled")
-        return True
+        request.finish(error="Request was cancelled", error_type="client_cancelled", status_code=499)
 
     async def _work(self) -> None:
         while True:
@@ -159,23 +193,43 @@ class RequestQueue:
             await self._process(request)
 
     async def _process(self, request: EmulatedRequest) -> None:
+        if request.fault in ("startup_timeout", "runner_scheduling_failure"):
+            await asyncio.sleep(self.latency / _PROGRESS_STEPS)
+            self._infra_error(request)
+            return
         request.status, request.started_at = "IN_PROGRESS", time.time()
         request.log(f"Starting {request.endpoint_id} on the klingflow emulator")
+        if request.invalid is not None:
+            await asyncio.sleep(self.latency / _PROGRESS_STEPS)
+            request.log("Input validation failed (the result answers 422)", level="ERROR")
+            request.finish(result={"detail": request.invalid}, status_code=422)
+            return
         for step in range(1, _PROGRESS_STEPS + 1):
             await asyncio.sleep(self.latency / _PROGRESS_STEPS)
-            if request.cancelled:
+            if request.cancel_requested:
+                self._cancelled(request)
                 return
             request.log(f"Generating: {100 * step // _PROGRESS_STEPS}%")
-        if request.fault == "error":
-            request.log("Emulated model failure", level="ERROR")
-            request.finish(error="Emulated model failure (fault injected)", error_type="runner_error")
+        if request.fault in INFRA_ERRORS:
+            self._infra_error(request)
             return
         try:
             result = await self._render(request)
         except Exception as exc:  # a render failure is reported to the client, as fal does
             request.log(f"Render failed: {exc}", level="ERROR")
-            request.finish(error=f"Render failed: {exc}", error_type="runner_error")
+            request.finish(error=f"Render failed: {exc}", error_type="runner_server_error", status_code=500)
             return
-        if not request.cancelled:
-            request.log("Done: output uploaded")
-            request.finish(result=result)
+        if request.cancel_requested:
+            self._cancelled(request)
+            return
+        request.log("Done: output uploaded")
+        request.finish(result=result)
+
+    @staticmethod
+    def _infra_error(request: EmulatedRequest) -> None:
+        status_code, error_type = INFRA_ERRORS[str(request.fault)]
+        message = f"Emulated {error_type} (fault injected)"
+        if request.fault == "error":
+            message = "Emulated model failure (fault injected)"
+        request.log(message, level="ERROR")
+        request.finish(error=message, error_type=error_type, status_code=status_code)

@@ -39,6 +39,7 @@ from klingflow.emulator._render_camera import (
     FPS,
     CameraMotion,
     camera_motion,
+    loop_still,
     roll_over,
     zoom_over,
 )
@@ -50,12 +51,14 @@ from klingflow.media import probe, run_ffmpeg
 
 __all__ = [
     "FPS",
+    "nearest_size",
     "output_size",
     "placeholder_audio",
     "placeholder_image",
     "render_ai_avatar",
     "render_effects",
     "render_image_to_video",
+    "render_stock_clip",
     "render_text_to_video",
     "render_tts",
 ]
@@ -89,7 +92,7 @@ def output_size(aspect_ratio: str) -> tuple[int, int]:
     return _SIZES[aspect_ratio]
 
 
-def _nearest_size(width: int, height: int) -> tuple[int, int]:
+def nearest_size(width: int, height: int) -> tuple[int, int]:
     """The Kling output size whose aspect is closest (in log ratio) to a picture's."""
     aspect = math.log(width / height)
     return min(_SIZES.values(), key=lambda size: abs(math.log(size[0] / size[1]) - aspect))
@@ -184,7 +187,7 @@ def render_image_to_video(
     Motion-brush trajectories are drawn as markers travelling along their paths.
     """
     source_size = image_size(image)
-    size = _nearest_size(*source_size)
+    size = nearest_size(*source_size)
     frames = _frame_count(duration)
     seed = seed_of("image-to-video", prompt, duration)
     drift = CameraMotion(
@@ -222,6 +225,16 @@ def render_image_to_video(
         _write_video(video, frames=frames, out=out, context=f"image-to-video render {out}")
 
 
+def render_stock_clip(*, title: str, prompt: str, size: tuple[int, int], frames: int, out: Path) -> None:
+    """A still procedural scene held for ``frames`` frames, with the emulator banner: the cheap clip
+    the benchmark mode renders once per (endpoint, size, length) and hands out to every request."""
+    with tempfile.TemporaryDirectory(prefix="klingflow-render-") as tmp_name:
+        tmp = Path(tmp_name)
+        scene = _still(scene_canvas(prompt, size), tmp, "scene").filter("format", "yuv420p")
+        video = _labelled(loop_still(scene, frames), tmp, size, title=title, prompt=prompt)
+        _write_video(video, frames=frames, out=out, context=f"{title} stock render {out}")
+
+
 def render_effects(*, effect_scene: str, duration: int, images: list[Path], out: Path) -> None:
     """The image(s) with a procedural effect: one image pulses or swirls, two move toward each other.
 
@@ -238,7 +251,7 @@ def render_effects(*, effect_scene: str, duration: int, images: list[Path], out:
                 stand_in = tmp / f"placeholder-{index}.png"
                 placeholder_picture(f"effects: {effect_scene} #{index + 1}", (1024, 1024)).save(stand_in)
                 pictures.append(stand_in)
-        size = _nearest_size(*image_size(pictures[0]))
+        size = nearest_size(*image_size(pictures[0]))
         if len(pictures) == 2:
             video = dual_effect(effect_scene, tmp, pictures, size=size, frames=frames)
         else:
@@ -261,7 +274,7 @@ def render_ai_avatar(*, prompt: str, image: Path, audio: Path, out: Path) -> flo
         raise MediaError("the avatar's audio input has no audio stream", context=str(audio))
     frames = _frame_count(max(heard.audio_duration or heard.duration, 1 / FPS))
     samples = frames * _AVATAR_AUDIO_RATE // FPS
-    size = _nearest_size(*image_size(image))
+    size = nearest_size(*image_size(image))
     with tempfile.TemporaryDirectory(prefix="klingflow-render-") as tmp_name:
         tmp = Path(tmp_name)
         face = _still(fitted_image(image, size), tmp, "face").filter("format", "yuv420p")

@@ -21,9 +21,20 @@ import trustme
 
 from klingflow.settings import klingflow_home
 
-__all__ = ["DEFAULT_HOSTNAMES", "EmulatorIdentity", "emulator_identity", "issue_server_cert"]
+__all__ = ["DEFAULT_HOSTNAMES", "FAL_HOSTS", "EmulatorIdentity", "emulator_identity", "issue_server_cert"]
 
-DEFAULT_HOSTNAMES = ("127.0.0.1", "localhost", "::1", "fal.run", "queue.fal.run")
+FAL_HOSTS: dict[str, str] = {
+    "queue.fal.run": "queue",
+    "fal.run": "run",
+    "queue.falrun.com": "queue",
+    "falrun.com": "run",
+    "rest.fal.ai": "queue",
+    "v3.fal.media": "queue",
+    "api.fal.ai": "queue",
+}
+"""fal's fixed host names (fal_client's model, backup, storage and CDN hosts, and the Platform API)
+-> the emulator socket ("queue" or "run") the tunnel joins them to; the certificate names them all."""
+DEFAULT_HOSTNAMES = ("127.0.0.1", "localhost", "::1", *FAL_HOSTS)
 
 
 @dataclass(frozen=True)
@@ -67,8 +78,8 @@ def emulator_identity(home: Path | None = None) -> EmulatorIdentity:
 def issue_server_cert(identity: EmulatorIdentity, hostnames: tuple[str, ...] = DEFAULT_HOSTNAMES) -> Path:
     """Write a server certificate + key (one PEM) valid for ``hostnames`` and return its path.
 
-    It includes fal's own host names so that a client whose fal_client was imported before the
-    emulator started (and so still targets fal.run) can be tunnelled to the emulator unchanged.
+    It includes fal's own host names (:data:`FAL_HOSTS`) so that a client tunnelled to the emulator
+    (fal_client's fixed upload hosts, or its model hosts fixed at import) verifies it unchanged.
     """
     cert = identity.ca.issue_cert(*hostnames)
     path = identity.directory / f"server-{os.getpid()}.pem"
