@@ -110,17 +110,20 @@ async def test_identical_requests_give_identical_bytes(backend: FalBackend) -> N
     assert file_sha256(second.files["audio"].path) == second.files["audio"].sha256
 
 
-async def test_invalid_input_is_a_permanent_422_naming_the_field(backend: FalBackend) -> None:
+async def test_invalid_input_is_a_permanent_422_on_the_result_naming_the_field(backend: FalBackend) -> None:
+    """As on fal: the queue accepts the submit, the request completes, the result fetch answers 422."""
+    handle = await backend.submit(T2V, {"prompt": "x", "cfg_scale": 3})
     with pytest.raises(InvalidInput) as info:
-        await backend.submit(T2V, {"prompt": "x", "cfg_scale": 3})
-    assert info.value.status_code == 422 and info.value.phase == "submit"
+        await backend.wait(handle)
+    assert info.value.status_code == 422 and info.value.phase == "result"
     assert not is_transient(info.value)
-    assert "cfg_scale" in str(info.value)
+    assert "cfg_scale" in str(info.value) and handle.request_id in str(info.value)
 
 
 async def test_unknown_effect_scene_is_refused_with_a_suggestion(backend: FalBackend) -> None:
+    handle = await backend.submit("effects", {"effect_scene": "hugg"})
     with pytest.raises(InvalidInput) as info:
-        await backend.submit("effects", {"effect_scene": "hugg"})
+        await backend.wait(handle)
     assert info.value.status_code == 422 and "did you mean 'hug'" in str(info.value)
 
 

@@ -31,6 +31,7 @@ import pytest
 from conftest import CLIENT_VARIABLES, EmulatorAdmin, emulator_stats, serve_emulator
 from klingflow.emulator.options import EmulatorOptions
 from klingflow.emulator.server import EmulatorServer
+from klingflow.errors import ConfigError
 from klingflow.media import probe
 
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
@@ -540,13 +541,15 @@ def test_benchmark_mode_gives_distinct_valid_files(emulator: EmulatorAdmin, raw:
     assert raw.stats()["prerendered_stock_renders"] - renders <= 3, "one stock render per kind"
 
 
-def test_render_mode_from_the_environment() -> None:
-    options = EmulatorOptions.from_env({"KLINGFLOW_EMULATOR_RENDER": "prerendered"})
+def test_render_mode_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KLINGFLOW_EMULATOR_RENDER", "prerendered")
+    options = EmulatorOptions.from_env()
     assert options.render == "prerendered" and options.validation == "model"
-    assert (
-        EmulatorOptions.from_env({"KLINGFLOW_EMULATOR_VALIDATION": "submit"}, validation="model").validation
-        == "model"
-    )
+    monkeypatch.setenv("KLINGFLOW_EMULATOR_VALIDATION", "submit")
+    assert EmulatorOptions.from_env(validation="model").validation == "model"
+    monkeypatch.setenv("KLINGFLOW_EMULATOR_RENDER", "sometimes")
+    with pytest.raises(ConfigError, match="KLINGFLOW_EMULATOR_RENDER"):
+        EmulatorOptions.from_env()
 
 
 # --- the serve flags ------------------------------------------------------------------------------------
@@ -556,7 +559,7 @@ def test_render_mode_from_the_environment() -> None:
 def test_serve_flags_set_the_options(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_VARIABLES}
     env["KLINGFLOW_HOME"] = str(tmp_path)
-    command = [sys.executable, "-m", "klingflow.emulator.cli"]
+    command = [sys.executable, "-m", "klingflow.cli", "emulator"]
     flags = ["--validation", "submit", "--result-retention", "7", "--large-result-retention", "3"]
     flags += ["--media-expiry", "60", "--render-mode", "prerendered"]
     server = subprocess.Popen(

@@ -217,7 +217,7 @@ def test_429_on_a_status_poll_carries_retry_after_and_is_not_forwarded(fault_pro
         after = client.get(status_url)
 
     assert limited.status_code == 429 and limited.headers["retry-after"] == "7"
-    assert after.status_code == 200
+    assert after.status_code in (200, 202), "forwarded: 202 while pending, 200 once completed"
     assert fault_proxy.counts["status"] == {"seen": 2, "forwarded": 1, "faulted": 1}
 
 
@@ -280,7 +280,8 @@ def test_faults_target_an_endpoint_and_a_request_number(fault_proxy: FaultProxy)
         polls = [client.get(status_url).status_code for _ in range(3)]
 
     assert untouched.status_code == 200 and hit.status_code == 500
-    assert polls == [200, 503, 200]
+    assert [code if code == 503 else "ok" for code in polls] == ["ok", 503, "ok"]
+    assert all(code in (200, 202, 503) for code in polls), polls
     assert fault_proxy.pending() == []
     assert len(fault_proxy.accepted_submits) == 2
 
@@ -294,15 +295,13 @@ def test_connect_listener_intercepts_fal_hosts(fault_proxy: FaultProxy) -> None:
         trust_env=False,
         timeout=30,
     ) as client:
-        upload = client.post(
-            "https://rest.fal.ai/storage/upload",
-            params={"file_name": "note.txt"},
-            content=b"hello",
+        token = client.post(
+            "https://rest.fal.ai/storage/auth/token",
+            params={"storage_type": "fal-cdn-v3"},
             headers={"Authorization": f"Key {fault_proxy.key}"},
         )
 
-    assert upload.status_code == 200
-    assert upload.json()["url"].startswith(f"https://{fault_proxy.host}/files/uploads/")
+    assert token.status_code == 200 and token.json()["token_type"] == "Bearer"
     assert fault_proxy.counts["upload"] == {"seen": 1, "forwarded": 1, "faulted": 0}
 
 

@@ -16,9 +16,12 @@ Example::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from klingflow.errors import ConfigError
 
 __all__ = ["Settings", "klingflow_home", "settings"]
 
@@ -59,11 +62,38 @@ class Settings(BaseSettings):
     emulator_offline: bool = Field(
         default=False, description="The embedded emulator never fetches http(s) inputs."
     )
+    emulator_validation: Literal["model", "submit"] | None = Field(
+        default=None, description="Emulator: 'model' (fal: 422 on the result) or 'submit' (422 at submit)."
+    )
+    emulator_result_retention: float | None = Field(
+        default=None, gt=0, description="Emulator: seconds a result is kept after completion (fal: 3600)."
+    )
+    emulator_large_result_retention: float | None = Field(
+        default=None, gt=0, description="Emulator: the same for results of 10 KB or more (fal: 360)."
+    )
+    emulator_media_expiry: float | None = Field(
+        default=None, gt=0, description="Emulator: seconds output and uploaded files are served (kept)."
+    )
+    emulator_render: Literal["full", "prerendered"] | None = Field(
+        default=None, description="Emulator: 'full' renders every request, 'prerendered' is benchmark mode."
+    )
+    emulator_webhook_attempts: int | None = Field(
+        default=None, ge=1, description="Emulator: webhook deliveries tried per request (5)."
+    )
+    emulator_webhook_backoff: float | None = Field(
+        default=None, ge=0, description="Emulator: seconds before the second webhook delivery (0.5)."
+    )
 
 
 def settings() -> Settings:
-    """The settings as the environment says now."""
-    return Settings()
+    """The settings as the environment says now; a bad value is a ConfigError naming its variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [f"KLINGFLOW_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
+        raise ConfigError(
+            "; ".join(problems), context="environment", hint="fix or unset the variable"
+        ) from None
 
 
 def klingflow_home() -> Path:

@@ -9,15 +9,15 @@ through :func:`klingflow.errors.error_for_status`, a timeout or transport error 
 submit, status, result, cancel). Which of them a retry may fix is decided in one place,
 :func:`klingflow.errors.is_transient`.
 
-Local files given as media inputs are uploaded first: to fal's CDN through fal_client on real fal,
-and to the emulator's own upload route on the emulator (fal_client's upload host is a hard-coded
-constant, which we do not patch).
+Local files given as media inputs are uploaded first, through fal_client's own upload on both
+backends: fal's storage protocol (a token from ``rest.fal.ai``, then the upload to the URL it
+returns). fal_client hard-codes that host; the emulator is reached there through the same
+CONNECT tunnel (``HTTPS_PROXY``) the embedded default and ``klingflow emulator env`` set up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -60,6 +60,10 @@ _HINTS = {
     404: "check the endpoint id (or the request id, if resuming an old request)",
     422: "fix the arguments named above",
 }
+
+
+_CANCELLED = ("request_cancelled", "client_cancelled")
+"""fal's error types for a request that was cancelled: it will not run again by itself."""
 
 
 def fal_hosts() -> tuple[str, str]:
@@ -163,27 +167,7 @@ class FalBackend:
         return ssl.create_default_context(cafile=str(self.config.ca_bundle))
 
     async def upload(self, path: Path) -> str:
-        """Upload a local file and return a URL the endpoint can read."""
-        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        if self.config.is_emulator:
-            async with httpx.AsyncClient(verify=self._verify, timeout=120) as client:
-                response = await client.post(
-                    f"https://{self.config.queue_host}/storage/upload",
-                    params={"file_name": path.name},
-                    content=path.read_bytes(),
-                    headers={
-                        "Authorization": f"Key {self.config.key.get_secret_value()}",
-                        "Content-Type": content_type,
-                    },
-                )
-            if response.status_code != 200:
-                raise error_for_status(response.status_code)(
-                    f"uploading {path} failed: {response.text}",
-                    status_code=response.status_code,
-                    retry_after=_retry_after(dict(response.headers)),
-                    phase="upload",
-                )
-            return str(response.json()["url"])
+        """Upload a local file with fal_client's own upload and return a URL the endpoint can read."""
         with _translated("", None, "upload"):
             return str(await self._client.upload_file(path))
 
@@ -251,7 +235,7 @@ class FalBackend:
             await asyncio.sleep(self.poll_interval)
         finished = time.monotonic()
         if status.error:
-            error = RequestCancelled if status.error_type == "request_cancelled" else RequestFailed
+            error = RequestCancelled if status.error_type in _CANCELLED else RequestFailed
             raise error(
                 status.error,
                 error_type=status.error_type,

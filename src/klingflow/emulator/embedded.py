@@ -29,6 +29,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from klingflow.emulator.server import EmulatorServer
+from klingflow.settings import settings
 
 __all__ = ["embedded_emulator", "stop_embedded_emulator"]
 
@@ -65,9 +66,9 @@ def embedded_emulator() -> EmulatorServer:
     with _lock:
         if _server is not None:
             return _server
-        latency = float(os.environ.get("KLINGFLOW_EMULATOR_LATENCY", "0.5"))
-        workers = int(os.environ.get("KLINGFLOW_EMULATOR_WORKERS", "4"))
-        fetch_remote = os.environ.get("KLINGFLOW_EMULATOR_OFFLINE", "") not in ("1", "true", "yes")
+        configured = settings()
+        latency, workers = configured.emulator_latency, configured.emulator_workers
+        fetch_remote = not configured.emulator_offline
         imported = _imported_fal_hosts()
         extra = tuple(host.rsplit(":", 1)[0] for host in imported) if imported else ()
         server = EmulatorServer(

@@ -23,16 +23,15 @@ option                             environment variable            default (fal'
 
 from __future__ import annotations
 
-import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from klingflow.errors import ConfigError
+from klingflow.settings import settings
 
-__all__ = ["ENV_PREFIX", "EmulatorOptions", "RenderMode", "Validation"]
+__all__ = ["EmulatorOptions", "RenderMode", "Validation"]
 
-ENV_PREFIX = "KLINGFLOW_EMULATOR_"
 Validation = Literal["model", "submit"]
 RenderMode = Literal["full", "prerendered"]
 
@@ -62,14 +61,14 @@ class EmulatorOptions(BaseModel):
     webhook_backoff: float = Field(0.5, ge=0, description="Seconds before the 2nd delivery; doubles.")
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **given: Any) -> EmulatorOptions:
-        """Options from ``KLINGFLOW_EMULATOR_<NAME>`` variables, with ``given`` (non-None) winning."""
-        environ = dict(os.environ if environ is None else environ)
+    def from_env(cls, **given: Any) -> EmulatorOptions:
+        """Options from the ``KLINGFLOW_EMULATOR_<NAME>`` settings, with ``given`` (non-None) winning."""
+        configured = settings()
         values: dict[str, Any] = {}
         for name in cls.model_fields:
-            raw = environ.get(ENV_PREFIX + name.upper(), "").strip()
-            if raw:
-                values[name] = None if raw.lower() in ("none", "never", "off") else raw
+            value = getattr(configured, f"emulator_{name}", None)
+            if value is not None:
+                values[name] = value
         values.update({k: v for k, v in given.items() if v is not None})
         try:
             return cls.model_validate(values)
@@ -77,5 +76,5 @@ class EmulatorOptions(BaseModel):
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
             raise ConfigError(
                 f"invalid emulator option: {problems}",
-                hint=f"check the {ENV_PREFIX}* variables and the serve flags",
+                hint="check the serve flags and the KLINGFLOW_EMULATOR_* variables",
             ) from None

@@ -21,9 +21,10 @@ import shutil
 import threading
 from pathlib import Path
 
+from klingflow._files import atomic_path
 from klingflow.emulator import render
 from klingflow.emulator._render_audio import TTS_CHARS_PER_SECOND, speech_seconds
-from klingflow.media import atomic_output, mux_audio
+from klingflow.media import mux_audio
 
 __all__ = ["Prerendered", "tag_mp3", "tag_mp4"]
 
@@ -87,7 +88,7 @@ class Prerendered:
 
     def video(self, alias: str, size: tuple[int, int], frames: int, out: Path, request_id: str) -> None:
         """Write a distinct copy of the stock clip to ``out``."""
-        with atomic_output(out) as partial:
+        with atomic_path(out) as partial:
             shutil.copyfile(self.stock_clip(alias, size, frames), partial)
             tag_mp4(partial, request_id)
 
@@ -109,7 +110,7 @@ class Prerendered:
                 probed = render.render_tts(text=_STOCK_TEXT, voice_id=voice_id, voice_speed=speed, out=path)
                 meta.write_text(repr(probed))
                 self.renders += 1
-        with atomic_output(out) as partial:
+        with atomic_path(out) as partial:
             shutil.copyfile(path, partial)
             tag_mp3(partial, request_id)
         return float(meta.read_text())

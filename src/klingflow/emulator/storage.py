@@ -21,9 +21,6 @@ Lifecycle headers (``X-Fal-Object-Lifecycle`` / ``-Preference``:
 ``/files/uploads/<id>/<name>`` and are served byte-identical, at the emulator's own loopback
 address (fal answers ``v3.fal.media`` URLs): such URLs work for any client that trusts the
 emulator's CA, through the tunnel or not.
-
-``POST /storage/upload`` (``Authorization: Key``, raw body, ``?file_name=``) is klingflow's older,
-emulator-only upload route, kept while klingflow's backend still calls it.
 """
 
 from __future__ import annotations
@@ -36,11 +33,12 @@ import secrets
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 
+from klingflow._files import atomic_write
 from klingflow.emulator.responses import error, fault_response
 from klingflow.emulator.state import EmulatorState, StoredUpload
 
@@ -101,10 +99,7 @@ def add_storage_routes(app: FastAPI, state: EmulatorState) -> None:
 
     def store(upload_id: str, name: str, data: bytes, ttl: float | None) -> str:
         target = state.data_dir / "files" / "uploads" / upload_id / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{name}.partial")
-        partial.write_bytes(data)
-        partial.replace(target)
+        atomic_write(target, data, durable=False)
         state.uploads[upload_id] = StoredUpload(path=target, created_at=time.time(), ttl=ttl)
         state.counts["uploads"] += 1
         return f"/files/uploads/{upload_id}/{name}"
@@ -161,26 +156,6 @@ def add_storage_routes(app: FastAPI, state: EmulatorState) -> None:
         name, _content_type, ttl = pending_puts.pop(upload_id)
         store(upload_id, name, await request.body(), ttl)
         return Response(status_code=200)
-
-    @app.post("/storage/upload")
-    async def legacy_upload(request: Request, file_name: str = "upload.bin") -> Response:
-        if not key_ok(request):
-            return unauthorised()
-        data = await request.body()
-        suffix = (
-            Path(file_name).suffix
-            or mimetypes.guess_extension(request.headers.get("content-type", ""))
-            or ".bin"
-        )
-        relative = Path("uploads") / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-        target = state.data_dir / "files" / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.is_file():
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(target)
-        state.counts["uploads"] += 1
-        return JSONResponse({"url": f"{base(request)}/files/{relative.as_posix()}"})
 
     @app.post("/files/{path:path}")
     async def cdn_post(path: str, request: Request) -> Response:
