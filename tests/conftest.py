@@ -25,6 +25,10 @@ import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="klingflow-test-home-"))
 os.environ["KLINGFLOW_HOME"] = str(_SESSION_HOME)
+# A submit whose answer is lost is looked for in fal's history for 15 minutes by default; the
+# emulator lists a request as soon as it ended, so the tests (and their subprocesses) look briefly.
+os.environ.setdefault("KLINGFLOW_RECONCILE_GRACE", "3")
+os.environ.setdefault("KLINGFLOW_RECONCILE_POLL", "0.2")
 for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
     os.environ.pop(_name, None)
 

@@ -121,10 +121,10 @@ def test_a_run_publishes_a_table_and_a_summary_with_stable_keys(
     assert [row["step"] for row in rows] == ["shot", "still", "broken"]
     assert [row["status"] for row in rows] == ["completed", "completed", "failed"]
     assert set(rows[0]) == {
-        "step", "status", "endpoint", "cost_usd", "queue_s", "run_s", "attempts",
+        "step", "status", "endpoint", "estimated_usd", "billed_usd", "queue_s", "run_s", "attempts",
         "duration_s", "size", "request_id", "output", "error",
     }  # fmt: skip
-    assert rows[0]["cost_usd"] == pytest.approx(0.225) and rows[0]["size"] == "1280x720"
+    assert rows[0]["estimated_usd"] == pytest.approx(0.225) and rows[0]["billed_usd"] == pytest.approx(0.225) and rows[0]["size"] == "1280x720"
     assert "not a readable media file" in rows[2]["error"]
 
     summary = artifacts["klingflow-promo-reel-summary"]

@@ -43,6 +43,7 @@ def test_fallback_then_built_in() -> None:
     assert resolved.max_cost_usd == 4.0 and resolved.concurrency == BUILT_IN.concurrency == 4
     bare = resolve_options()
     assert bare.retry == RetryPolicy() and bare.refresh is False and bare.out_dir is None
+    assert bare.on_ambiguous_submit == "reconcile"
 
 
 def test_an_option_left_out_falls_through_to_the_next_layer() -> None:

@@ -15,6 +15,7 @@ Hierarchy::
     │   ├── RateLimited              408 / 409 / 429: try again later (retry_after)        transient
     │   ├── ServerError              5xx                                                   transient
     │   ├── ConnectionLost           transport error, timeout or truncated transfer         transient
+    │   ├── SubmitAmbiguous          a submit fal may have accepted: its answer was lost or 5xx
     │   ├── RequestFailed            fal finished the request with an error                transient
     │   ├── RequestCancelled         the request was cancelled (by someone else)
     │   ├── Rejected                 any other 4xx: a retry will never help
@@ -63,6 +64,7 @@ __all__ = [
     "SpecError",
     "StepFailed",
     "StoreError",
+    "SubmitAmbiguous",
     "Unauthorized",
     "error_for_status",
     "is_transient",
@@ -182,6 +184,14 @@ class ConnectionLost(BackendError):
     """The connection failed, timed out or was cut before a whole answer arrived."""
 
     reference = "connection-lost"
+
+
+class SubmitAmbiguous(BackendError):
+    """A submit whose outcome is unknown: the body was sent, then the answer was lost, cut, timed
+    out, a 5xx, or had no request id. fal may have accepted (and will bill) it, so it is never
+    resent blindly: klingflow asks fal's request history first."""
+
+    reference = "submit-ambiguous"
 
 
 class RequestFailed(BackendError):

@@ -52,6 +52,17 @@ class Settings(BaseSettings):
         default="",
         description="Newer enum values to accept: field=value,value;field=value.",
     )
+    free_deadline: float = Field(
+        default=600.0,
+        gt=0,
+        description="Seconds a free call (poll, result fetch, download, upload) is retried.",
+    )
+    reconcile_grace: float = Field(
+        default=900.0,
+        ge=0,
+        description="Seconds to look for a lost submit in fal's request history before paying again.",
+    )
+    reconcile_poll: float = Field(default=5.0, gt=0, description="Seconds between two looks at that history.")
     ffmpeg: str | None = Field(
         default=None, description="The ffmpeg binary to run (default: PATH, else bundled)."
     )

@@ -9,6 +9,15 @@ through :func:`klingflow.errors.error_for_status`, a timeout or transport error 
 submit, status, result, cancel). Which of them a retry may fix is decided in one place,
 :func:`klingflow.errors.is_transient`.
 
+A submit is sent once, never resent behind our back: fal_client's own ``submit`` retries the POST
+on transport errors, read timeouts and gateway 5xx (up to 10 times, silently), and each resend
+fal accepted is paid again. :meth:`FalBackend.submit` therefore posts the body itself, through the
+HTTP client fal_client configured (its key, headers and backup-domain transport; taken from a
+public request handle), and classifies the outcome: accepted (a request id), rejected (4xx:
+nothing is billed), not sent (the connection never opened), or :class:`~klingflow.errors.SubmitAmbiguous`.
+The result is fetched the same way so its ``x-fal-billable-units`` header can be read. Every
+other call (status, cancel, upload) is fal_client's own.
+
 Local files given as media inputs are uploaded first, through fal_client's own upload on both
 backends: fal's storage protocol (a token from ``rest.fal.ai``, then the upload to the URL it
 returns). fal_client hard-codes that host; the emulator is reached there through the same
@@ -48,10 +57,11 @@ from klingflow.errors import (
     RequestCancelled,
     RequestFailed,
     ResultTimeout,
+    SubmitAmbiguous,
     error_for_status,
 )
 
-__all__ = ["EndpointResult", "FalBackend", "QueueEvent", "RequestHandle", "fal_hosts"]
+__all__ = ["EndpointResult", "FalBackend", "FetchedResult", "QueueEvent", "RequestHandle", "fal_hosts"]
 
 EventCallback = Callable[["QueueEvent"], Awaitable[None] | None]
 _HINTS = {
@@ -73,6 +83,13 @@ def fal_hosts() -> tuple[str, str]:
     return urlparse(client.QUEUE_URL_FORMAT).netloc, urlparse(client.RUN_URL_FORMAT).netloc
 
 
+class FetchedResult(BaseModel):
+    """A completed request's output JSON and what fal says it bills for it."""
+
+    raw: dict[str, Any]
+    billable_units: float | None = None
+
+
 class EndpointResult(BaseModel):
     """A finished request: the raw JSON, the parsed output model and the downloaded files."""
 
@@ -84,10 +101,11 @@ class EndpointResult(BaseModel):
     files: dict[str, StoredFile]
     queue_seconds: float | None = None
     run_seconds: float | None = None
+    billable_units: float | None = None
 
 
-def _detail(exc: fal_client.client.FalClientHTTPError) -> str:
-    message = exc.message
+def _detail(message: Any) -> str:
+    """fal's error detail as one line: a 422's list of ``{"loc", "msg"}`` becomes ``field: message; ...``."""
     if isinstance(message, list):  # a 422 body: [{"loc": [...], "msg": ..., "type": ...}]
         parts = []
         for item in message:
@@ -108,6 +126,43 @@ def _retry_after(headers: dict[str, str]) -> float | None:
         return None
 
 
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _answer_error(
+    response: httpx.Response, endpoint: str, request_id: str | None, phase: Phase
+) -> BackendError:
+    """The typed error for an HTTP error answer we read ourselves (same table as fal_client's)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    detail = body.get("detail", response.text) if isinstance(body, dict) else response.text
+    error_type = (body.get("error_type") if isinstance(body, dict) else None) or response.headers.get(
+        "x-fal-error-type"
+    )
+    message = _detail(detail)
+    error = error_for_status(response.status_code, request_known=request_id is not None)
+    return error(
+        message,
+        endpoint=endpoint,
+        request_id=request_id,
+        status_code=response.status_code,
+        retry_after=_retry_after(dict(response.headers)),
+        phase=phase,
+        error_type=error_type,
+        hint=_HINTS.get(response.status_code, ""),
+    )
+
+
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError, httpx.PoolTimeout)
+"""Transport failures that happen before a request's body leaves: the request provably never reached fal."""
+
+
 @contextmanager
 def _translated(endpoint: str, request_id: str | None, phase: Phase) -> Iterator[None]:
     """Translate fal_client/httpx failures into klingflow's typed errors at the seam."""
@@ -119,7 +174,7 @@ def _translated(endpoint: str, request_id: str | None, phase: Phase) -> Iterator
         status = exc.status_code
         error = error_for_status(status, request_known=request_id is not None)
         raise error(
-            _detail(exc),
+            _detail(exc.message),
             endpoint=endpoint,
             request_id=request_id,
             status_code=status,
@@ -148,11 +203,17 @@ class FalBackend:
     """Calls Kling endpoints through fal_client with one resolved :class:`BackendConfig`."""
 
     def __init__(
-        self, config: BackendConfig, store: Store | None = None, *, poll_interval: float = 0.25
+        self,
+        config: BackendConfig,
+        store: Store | None = None,
+        *,
+        poll_interval: float = 0.25,
+        submit_timeout: float = 120.0,
     ) -> None:
         self.config = config
         self.store = store or Store()
         self.poll_interval = poll_interval
+        self.submit_timeout = submit_timeout
         self._client = fal_client.AsyncClient(key=config.key.get_secret_value())
 
     @property
@@ -191,17 +252,63 @@ class FalBackend:
             set_media_input(body, path, await self.upload(local))
         return body
 
+    async def http(self) -> httpx.AsyncClient:
+        """The HTTP client fal_client configured for this key (auth, headers, backup domains).
+
+        Taken from a public request handle, so the key never leaves fal_client's hands.
+        """
+        handle = await self._client.get_handle("fal-ai/kling-video", "client")
+        return handle.client
+
     async def submit(self, endpoint: str, body: dict[str, Any]) -> RequestHandle:
-        """Submit a prepared body to the queue; the returned handle is what a journal records."""
+        """POST a prepared body to the queue once and classify the outcome.
+
+        Returns the accepted request's handle. Raises :class:`~klingflow.errors.ConnectionLost`
+        when the connection never opened (safe to send again), a rejection (429, 4xx: nothing is
+        billed), or :class:`~klingflow.errors.SubmitAmbiguous` when fal may have accepted it.
+        """
         endpoint_id = get_endpoint(endpoint).id
-        with _translated(endpoint_id, None, "submit"):
-            handle = await self._client.submit(endpoint_id, body)
-        return RequestHandle(endpoint=endpoint_id, request_id=handle.request_id)
+        client = await self.http()
+        url = fal_client.client.QUEUE_URL_FORMAT + endpoint_id
+        try:
+            response = await client.post(url, json=body, timeout=self.submit_timeout)
+        except _NOT_SENT as exc:
+            raise ConnectionLost(
+                f"could not connect to fal ({type(exc).__name__}: {exc}); nothing was sent",
+                endpoint=endpoint_id,
+                phase="submit",
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise SubmitAmbiguous(
+                f"the submit was sent but its answer was lost ({type(exc).__name__}: {exc})",
+                endpoint=endpoint_id,
+                phase="submit",
+            ) from exc
+        if response.status_code >= 500:
+            raise SubmitAmbiguous(
+                f"the submit was answered with HTTP {response.status_code}: fal may have accepted it",
+                endpoint=endpoint_id,
+                status_code=response.status_code,
+                phase="submit",
+            )
+        if response.status_code >= 400:
+            raise _answer_error(response, endpoint_id, None, "submit")
+        try:
+            request_id = str(response.json()["request_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SubmitAmbiguous(
+                "the submit's answer carried no request id", endpoint=endpoint_id, phase="submit"
+            ) from exc
+        return RequestHandle(endpoint=endpoint_id, request_id=request_id)
 
     async def wait(
         self, handle: RequestHandle, *, on_event: EventCallback | None = None, timeout: float | None = None
-    ) -> tuple[dict[str, Any], float | None, float | None]:
-        """Poll until COMPLETED, forwarding events; return (result JSON, queue s, run s)."""
+    ) -> tuple[float, float]:
+        """Poll until COMPLETED, forwarding events; return (seconds queued, seconds running).
+
+        Raises :class:`~klingflow.errors.RequestFailed` (or ``RequestCancelled``) when fal finished
+        the request with an error, and ``ResultTimeout`` after ``timeout`` seconds.
+        """
         fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
         started = time.monotonic()
         began_running: float | None = None
@@ -244,10 +351,30 @@ class FalBackend:
                 phase="status",
                 hint="the request failed on fal; a retry submits it again",
             )
-        with _translated(handle.endpoint, handle.request_id, "result"):
-            result = await self._client.result(handle.endpoint, handle.request_id)
         queue_s = (began_running or finished) - started
-        return result, queue_s, finished - (began_running or finished)
+        return queue_s, finished - (began_running or finished)
+
+    async def fetch_result(self, handle: RequestHandle) -> FetchedResult:
+        """GET a completed request's output once, with fal's ``x-fal-billable-units``.
+
+        404 means fal no longer keeps the result (:class:`~klingflow.errors.RequestGone`), 422 that
+        the model refused the input (:class:`~klingflow.errors.InvalidInput`, which fal may bill).
+        """
+        fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
+        try:
+            response = await fal_handle.client.get(fal_handle.response_url, timeout=self.submit_timeout)
+        except httpx.HTTPError as exc:
+            raise ConnectionLost(
+                f"fetching the result failed ({type(exc).__name__}: {exc})",
+                endpoint=handle.endpoint,
+                request_id=handle.request_id,
+                phase="result",
+            ) from exc
+        if response.status_code >= 400:
+            raise _answer_error(response, handle.endpoint, handle.request_id, "result")
+        return FetchedResult(
+            raw=response.json(), billable_units=_float(response.headers.get("x-fal-billable-units"))
+        )
 
     async def cancel(self, handle: RequestHandle) -> None:
         """Ask fal to cancel a request (so a request nobody will use stops costing money)."""
@@ -287,10 +414,11 @@ class FalBackend:
         body = await self.prepare(endpoint, arguments, base_dir=base_dir)
         handle = await self.submit(endpoint, body)
         try:
-            result, queue_s, run_s = await self.wait(handle, on_event=on_event, timeout=timeout)
+            queue_s, run_s = await self.wait(handle, on_event=on_event, timeout=timeout)
         except ResultTimeout:
             await self.cancel(handle)
             raise
-        done = await self.download(handle, result)
-        done.queue_seconds, done.run_seconds = queue_s, run_s
+        fetched = await self.fetch_result(handle)
+        done = await self.download(handle, fetched.raw)
+        done.queue_seconds, done.run_seconds, done.billable_units = queue_s, run_s, fetched.billable_units
         return done

@@ -7,6 +7,9 @@ the store (``done`` with their sha256). So:
 * a re-run finds ``done`` and, after verifying the stored files, uses them: a cache hit;
 * a re-run after a crash, ``kill -9`` or a retry finds ``submitted`` and polls that request id
   instead of submitting again;
+* ``interrupted`` is written *before* a submit is sent (with the digest of its body): if the
+  answer never arrives (a crash, a lost answer), fal may still have accepted it, and the next
+  attempt asks fal's request history for that body before it pays again;
 * a record whose files are gone or corrupt is forgotten, and the step regenerates.
 
 Records are written to a temporary file and renamed, so a crash mid-write leaves the old record
@@ -44,8 +47,9 @@ class JournalEntry(BaseModel):
     key: str
     endpoint: str
     backend: str
-    status: Literal["submitted", "done"]
+    status: Literal["interrupted", "submitted", "done"]
     request_id: str | None = None
+    payload_digest: str | None = Field(default=None, description="sha256 of the body submitted.")
     submitted_at: datetime | None = None
     finished_at: datetime | None = None
     outputs: dict[str, OutputRecord] = Field(default_factory=dict)
@@ -72,7 +76,31 @@ class Journal:
     def _write(self, entry: JournalEntry) -> None:
         atomic_write(self._path(entry.key), entry.model_dump_json(indent=1))
 
-    def record_submitted(self, key: str, *, endpoint: str, backend: str, request_id: str) -> JournalEntry:
+    def record_interrupted(
+        self, key: str, *, endpoint: str, backend: str, payload_digest: str
+    ) -> JournalEntry:
+        """Remember, before sending it, that a submit of this body is about to leave."""
+        entry = JournalEntry(
+            key=key,
+            endpoint=endpoint,
+            backend=backend,
+            status="interrupted",
+            payload_digest=payload_digest,
+            submitted_at=datetime.now(UTC),
+        )
+        self._write(entry)
+        return entry
+
+    def record_submitted(
+        self,
+        key: str,
+        *,
+        endpoint: str,
+        backend: str,
+        request_id: str,
+        payload_digest: str | None = None,
+        submitted_at: datetime | None = None,
+    ) -> JournalEntry:
         """Remember a request id before polling it (the step that makes resume possible)."""
         entry = JournalEntry(
             key=key,
@@ -80,10 +108,20 @@ class Journal:
             backend=backend,
             status="submitted",
             request_id=request_id,
-            submitted_at=datetime.now(UTC),
+            payload_digest=payload_digest,
+            submitted_at=submitted_at or datetime.now(UTC),
         )
         self._write(entry)
         return entry
+
+    def entries(self) -> list[JournalEntry]:
+        """Every readable entry (for ``klingflow recover``: what was paid for and is not stored)."""
+        found = []
+        for path in sorted(self.root.glob("*/*.json")):
+            entry = self.get(path.stem)
+            if entry is not None:
+                found.append(entry)
+        return found
 
     def record_done(
         self,

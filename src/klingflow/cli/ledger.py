@@ -78,6 +78,7 @@ _ROW_COLUMNS = [
     ("status", "status", 0),
     ("endpoint", "endpoint", 0),
     ("estimated_cost_usd", "cost $", 0),
+    ("cost_usd", "billed $", 0),
     ("queue_seconds", "queue s", 0),
     ("run_seconds", "run s", 0),
     ("started_at", "started", 0),
@@ -87,7 +88,8 @@ _SUMMARY_COLUMNS = [
     ("steps", "steps"),
     ("cached_share", "cached"),
     *((str(s), str(s)) for s in Status if s not in (Status.COMPLETED, Status.CACHED)),
-    ("spend_usd", "spend $"),
+    ("spend_usd", "estimated $"),
+    ("billed_usd", "billed $"),
     ("queue", "queue s"),
     ("run", "run s"),
 ]
@@ -120,7 +122,7 @@ def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
         value = "–" if low is None else f"{low:.1f} / {high:.1f}"
     elif name == "cached_share" and value is not None:
         value = f"{value:.0%}"
-    elif name in ("estimated_cost_usd", "spend_usd") and value is not None:
+    elif name in ("estimated_cost_usd", "cost_usd", "spend_usd", "billed_usd") and value is not None:
         value = f"{value:.3f}"
     elif isinstance(value, float):
         value = f"{value:.1f}"
@@ -213,7 +215,7 @@ def ledger_summary(
     ] = None,
     output: OutputOpt = None,
 ) -> None:
-    """Per run and per pipeline: steps, cached share, failures, estimated spend, p50/p95 queue and run s."""
+    """Per run and per pipeline: steps, cached share, failures, estimated and billed spend, timings."""
     frame = _load(run, pipeline, since, status)
     runs, pipelines = ledger.summary(frame)
     levels = {"run": runs, "pipeline": pipelines}

@@ -146,6 +146,13 @@ def run(
         Path | None,
         typer.Option("--out", help="Where to copy the final outputs (default ./klingflow-out/NAME)."),
     ] = None,
+    on_ambiguous_submit: Annotated[
+        str | None,
+        typer.Option(
+            help="A submit fal may have accepted (answer lost): reconcile (ask fal's history; default), "
+            "fail, or resubmit (pay again, flagged possible_duplicate)."
+        ),
+    ] = None,
     debug: Annotated[bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")] = False,
 ) -> None:
     """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths."""
@@ -171,6 +178,7 @@ def run(
                 refresh=refresh or None,
                 max_cost_usd=max_cost,
                 out_dir=out_dir,
+                on_ambiguous_submit=on_ambiguous_submit,
             ),
             credentials=credentials,
             defaults=defaults,

@@ -28,8 +28,10 @@ from klingflow.cache import (
     canonical_json,
     new_owner,
 )
+from klingflow.endpoints import unit_price
 from klingflow.engine.hooks import Logger
-from klingflow.engine.options import RetryPolicy
+from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
+from klingflow.errors import BackendError
 from klingflow.ledger import Status, StepRecord
 from klingflow.media import probe
 
@@ -55,8 +57,10 @@ class StepContext:
     refresh: bool = False
     base_dir: Path | None = None
     prices: dict[str, float] | None = None
+    on_ambiguous_submit: AmbiguousSubmitPolicy = "reconcile"
     _backend: FalBackend | None = None
     _limiter: asyncio.Semaphore | None = None
+    _fal_prices: dict[str, float] = field(default_factory=dict)
 
     @property
     def backend(self) -> FalBackend:
@@ -71,6 +75,18 @@ class StepContext:
         if self._limiter is None:
             self._limiter = asyncio.Semaphore(self.concurrency)
         return self._limiter
+
+    async def unit_price(self, endpoint: str) -> float:
+        """USD per billable unit: fal's pricing API when it answers (once per run), else klingflow's table."""
+        from klingflow.backends.platform import unit_prices
+
+        if endpoint not in self._fal_prices:
+            try:
+                self._fal_prices.update(await unit_prices(self.backend, [endpoint]))
+            except BackendError:
+                pass  # unreachable or unknown to fal: klingflow's table (or KLINGFLOW_PRICES) below
+            self._fal_prices.setdefault(endpoint, unit_price(endpoint, self.prices))
+        return self._fal_prices[endpoint]
 
     def secrets(self) -> list[SecretStr]:
         """The key of the backend this run used, if it made one (for redacting what is recorded)."""

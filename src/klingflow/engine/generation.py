@@ -23,15 +23,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from klingflow.backends.handles import QueueEvent, RequestHandle
+from klingflow.backends.platform import payload_digest
 from klingflow.cache import JournalEntry, OutputRecord, generation_key, media_digest
 from klingflow.endpoints import (
     canonical_arguments,
@@ -44,13 +45,16 @@ from klingflow.endpoints import (
 )
 from klingflow.engine.context import StepContext, describe_output, plain, prompt_of, shown_arguments
 from klingflow.engine.hooks import Logger
+from klingflow.engine.options import AmbiguousSubmitPolicy
 from klingflow.errors import (
     BackendError,
+    InvalidInput,
     RequestFailed,
     RequestGone,
     ResultLost,
     ResultTimeout,
     StepFailed,
+    SubmitAmbiguous,
     is_transient,
 )
 from klingflow.ledger import Status, StepRecord
@@ -59,6 +63,8 @@ if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
 
 __all__ = ["generation_key_for", "run_generation"]
+
+T = TypeVar("T")
 
 
 def generation_key_for(ctx: StepContext, endpoint_id: str, body: dict[str, Any]) -> tuple[BaseModel, str]:
@@ -83,9 +89,14 @@ async def run_generation(
     use_cache: bool = True,
     refresh: bool = False,
     on_event: Callable[[QueueEvent], None] | None = None,
+    on_ambiguous_submit: AmbiguousSubmitPolicy | None = None,
     log: Logger = print,
 ) -> StepRecord:
-    """Run (or reuse) one generation; raise StepFailed with the failed record on error."""
+    """Run (or reuse) one generation; raise StepFailed with the failed record on error.
+
+    ``refresh`` (or ``use_cache=False``) regenerates a *stored* result; a request that is paid for
+    but not stored yet is always resumed, never forgotten.
+    """
     info = get_endpoint(endpoint)
     body = plain(arguments)
     backend_id = ctx.backend_identity
@@ -107,7 +118,7 @@ async def run_generation(
     record.cache_key = key
     kinds = dict(info.produces)
     entry = ctx.journal.get(key)
-    if entry is not None and (refresh or ctx.refresh or (entry.status == "done" and not use_cache)):
+    if entry is not None and entry.status == "done" and (refresh or ctx.refresh or not use_cache):
         ctx.journal.forget(key)
         entry = None
     if entry is not None and entry.status == "done":
@@ -125,6 +136,7 @@ async def run_generation(
         ctx.retry.retries if retries is None else retries,
         timeout,
         on_event,
+        on_ambiguous_submit or ctx.on_ambiguous_submit,
         log,
     )
     while True:
@@ -143,6 +155,9 @@ async def run_generation(
                         record.estimated_cost_usd = estimate_cost(
                             info.id, model, output_seconds=record.duration_s, prices=ctx.prices
                         )
+                        if record.billable_units is not None:
+                            price = await ctx.unit_price(info.id)
+                            record.cost_usd = round(record.billable_units * price, 6)
                 finally:
                     ctx.claims.release(key, ctx.owner)
         if held:
@@ -186,7 +201,7 @@ async def _renewing(ctx: StepContext, key: str, log: Logger) -> AsyncIterator[No
 
 @dataclass
 class _Generation:
-    """Submit-or-resume, poll, download and journal one generation, retrying what is transient."""
+    """Submit-or-resume, poll, fetch, download and journal one generation; retry by what it costs."""
 
     ctx: StepContext
     record: StepRecord
@@ -196,83 +211,122 @@ class _Generation:
     retries: int
     timeout: float | None
     on_event: Callable[[QueueEvent], None] | None
+    policy: AmbiguousSubmitPolicy
     log: Logger
+
+    @property
+    def key(self) -> str:
+        return self.record.cache_key or ""
+
+    def fail(self, error: str, cause: BaseException | None = None) -> StepFailed:
+        """The step's failure, with its row filled in."""
+        self.record.status, self.record.error = Status.FAILED, error
+        failure = StepFailed(self.record)
+        failure.__cause__ = cause
+        return failure
+
+    async def free(self, phase: str, call: Callable[[], Awaitable[T]]) -> T:
+        """A call that costs nothing, retried on transient errors until the phase's deadline."""
+        policy, started, attempt = self.ctx.retry, time.monotonic(), 0
+        while True:
+            try:
+                return await call()
+            except BackendError as exc:
+                if not is_transient(exc) or isinstance(exc, RequestFailed):
+                    raise
+                attempt += 1
+                if time.monotonic() - started > policy.free_deadline:
+                    raise
+                wait = policy.delay(attempt, exc.retry_after)
+                self.log(
+                    f"{self.record.step_id}: {exc.message} ({phase}, costs nothing); retry in {wait:.1f} s"
+                )
+                await asyncio.sleep(wait)
 
     async def run(self, entry: JournalEntry | None, *, may_submit: bool) -> None:
         """Poll ``entry``'s request (or submit one, if allowed) until its outputs are stored."""
-        ctx, record, endpoint, log = self.ctx, self.record, self.endpoint, self.log
-        backend, key = ctx.backend, record.cache_key or ""
-        handle = (
-            RequestHandle(endpoint=endpoint, request_id=entry.request_id)
-            if entry and entry.request_id
-            else None
-        )
-        resumed = handle is not None
-        if resumed and may_submit:
-            log(f"{record.step_id}: resuming request {handle.request_id} instead of submitting again")
-        if resumed:
-            record.submitted_at = entry.submitted_at if entry else None
-        while True:
-            record.attempts += 1
-            try:
-                if handle is None:
-                    if not may_submit:
-                        raise _JoinedRequestEnded
-                    prepared = await backend.prepare(endpoint, self.body, base_dir=ctx.base_dir)
-                    handle = await backend.submit(endpoint, prepared)
-                    record.submitted_at = datetime.now(UTC)
-                    ctx.journal.record_submitted(
-                        key, endpoint=endpoint, backend=record.backend, request_id=handle.request_id
-                    )
-                record.request_id = handle.request_id
-                started = time.monotonic()
-                result, queue_s, run_s = await backend.wait(
-                    handle, on_event=self.on_event, timeout=self.timeout
+        ctx, record, backend = self.ctx, self.record, self.ctx.backend
+        handle: RequestHandle | None = None
+        if entry is not None and entry.status == "submitted" and entry.request_id:
+            handle = RequestHandle(endpoint=self.endpoint, request_id=entry.request_id)
+            record.submitted_at, record.attempts = entry.submitted_at, max(record.attempts, 1)
+            if may_submit:
+                self.log(
+                    f"{record.step_id}: resuming request {handle.request_id} instead of submitting again"
                 )
-                done = await backend.download(handle, result)
+        elif entry is not None and entry.status == "interrupted" and may_submit:
+            self.log(
+                f"{record.step_id}: an earlier submit's outcome is unknown; asking fal's request history"
+            )
+            handle = await self.reconcile(entry)
+        resumed = handle is not None
+        while True:
+            if handle is None:
+                if not may_submit:
+                    raise _JoinedRequestEnded
+                handle = await self.submit()
+            record.request_id = handle.request_id
+            try:
+                started = time.monotonic()
+                queue_s, run_s = await self.free(
+                    "status", lambda h=handle: backend.wait(h, on_event=self.on_event, timeout=self.timeout)
+                )
+                fetched = await self.free("result", lambda h=handle: backend.fetch_result(h))
+                done = await self.free("download", lambda h=handle, r=fetched.raw: backend.download(h, r))
                 break
             except ResultTimeout as exc:
                 if may_submit:
-                    await _give_up(ctx, backend, handle, key, log)
-                record.status = Status.FAILED
-                record.error = (
-                    f"did not finish within {self.timeout:g} s (step timeout); the request was cancelled"
+                    await _give_up(ctx, backend, handle, self.key, self.log)
+                raise self.fail(
+                    f"did not finish within {self.timeout:g} s (step timeout); the request was cancelled", exc
+                ) from exc
+            except RequestGone as exc:
+                if not may_submit:
+                    raise _JoinedRequestEnded from exc
+                ctx.journal.forget(self.key)
+                if not resumed:
+                    raise self.fail(str(exc), exc) from exc
+                # an earlier run's request that fal no longer keeps (its result is kept 1 hour): paid, lost
+                self.log(
+                    f"{record.step_id}: fal no longer knows request {handle.request_id}; submitting anew"
                 )
-                raise StepFailed(record) from exc
-            except BackendError as exc:
-                if isinstance(exc, RequestGone) and resumed:
-                    # fal no longer knows the request an earlier run left: submit anew, no retry spent
-                    if not may_submit:
-                        raise _JoinedRequestEnded from exc
-                    log(f"{record.step_id}: fal no longer knows request {record.request_id}; submitting anew")
-                    ctx.journal.forget(key)
-                    handle, resumed = None, False
-                    continue
-                if isinstance(exc, RequestFailed | ResultLost):
-                    # this request is spent: a later attempt (or run) must submit a new one
-                    if not may_submit:
-                        raise _JoinedRequestEnded from exc
-                    ctx.journal.forget(key)
-                    handle = None
-                if not is_transient(exc) or record.attempts > self.retries:
-                    record.status, record.error = Status.FAILED, str(exc)
-                    raise StepFailed(record) from exc
+                record.billing_note = _note(
+                    "result_gone", f"request {handle.request_id} was paid but fal no longer keeps its result"
+                )
+                handle, resumed = None, False
+            except InvalidInput as exc:
+                ctx.journal.forget(self.key)
+                record.billing_note = _note(
+                    "possibly_billed", f"fal's model refused request {handle.request_id}"
+                )
+                raise self.fail(str(exc), exc) from exc
+            except (RequestFailed, ResultLost) as exc:
+                if not may_submit:
+                    raise _JoinedRequestEnded from exc
+                ctx.journal.forget(self.key)  # this request is spent: a new one must be submitted
+                if isinstance(exc, ResultLost) or record.attempts > self.retries:
+                    raise self.fail(str(exc), exc) from exc
                 wait = ctx.retry.delay(record.attempts, exc.retry_after)
-                log(
-                    f"{record.step_id}: {exc.message} (transient); "
-                    f"retry {record.attempts}/{self.retries} in {wait:.1f} s"
+                self.log(
+                    f"{record.step_id}: {exc.message}; "
+                    f"new request {record.attempts}/{self.retries} in {wait:.1f} s"
                 )
                 await asyncio.sleep(wait)
+                handle, resumed = None, False
+            except BackendError as exc:
+                # still failing after its deadline; the request id stays journaled: a re-run resumes it
+                raise self.fail(str(exc), exc) from exc
         record.queue_seconds, record.run_seconds = queue_s, run_s
         if record.queue_seconds is None:
             record.queue_seconds = time.monotonic() - started
+        record.billable_units = fetched.billable_units
         duration = getattr(done.output, "duration", None)
         for name, stored in done.files.items():
             describe_output(record, stored, self.kinds[name], duration=duration)
             record.output_url = getattr(done.output, name).url
         ctx.journal.record_done(
-            key,
-            endpoint=endpoint,
+            self.key,
+            endpoint=self.endpoint,
             backend=record.backend,
             request_id=handle.request_id,
             submitted_at=record.submitted_at,
@@ -284,6 +338,97 @@ class _Generation:
                 for name, f in done.files.items()
             },
         )
+
+    async def submit(self) -> RequestHandle:
+        """Upload, journal the submit as ``interrupted``, send it once, and settle its outcome."""
+        ctx, record, backend = self.ctx, self.record, self.ctx.backend
+        prepared = await self.free(
+            "upload", lambda: backend.prepare(self.endpoint, self.body, base_dir=ctx.base_dir)
+        )
+        digest = payload_digest(prepared)
+        while True:
+            entry = ctx.journal.record_interrupted(
+                self.key, endpoint=self.endpoint, backend=record.backend, payload_digest=digest
+            )
+            record.attempts += 1
+            try:
+                handle = await self.free("submit", lambda: backend.submit(self.endpoint, prepared))
+            except SubmitAmbiguous as exc:
+                self.log(f"{record.step_id}: {exc.message}; asking fal's request history before paying again")
+                found = await self.reconcile(entry)
+                if found is None:
+                    continue
+                return found
+            except BackendError as exc:
+                ctx.journal.forget(self.key)  # rejected or never sent: nothing was accepted
+                raise self.fail(str(exc), exc) from exc
+            record.submitted_at = datetime.now(UTC)
+            ctx.journal.record_submitted(
+                self.key,
+                endpoint=self.endpoint,
+                backend=record.backend,
+                request_id=handle.request_id,
+                payload_digest=digest,
+                submitted_at=record.submitted_at,
+            )
+            return handle
+
+    async def reconcile(self, entry: JournalEntry) -> RequestHandle | None:
+        """Find the request a submit with an unknown outcome created; None means: submit again.
+
+        ``reconcile`` asks fal's request history for a request with this body, sent since the
+        entry's time, for up to ``reconcile_grace`` seconds; ``fail`` stops the step (the entry
+        stays for ``klingflow recover``); ``resubmit`` pays again at once. A second submit is
+        always flagged ``possible_duplicate`` in the ledger.
+        """
+        from klingflow.backends.platform import find_request
+
+        ctx, record = self.ctx, self.record
+        first = entry.submitted_at or datetime.now(UTC)
+        if self.policy == "fail":
+            raise self.fail(
+                f"a submit sent at {first:%H:%M:%S} UTC may have been accepted by fal, and the step's "
+                "policy is on_ambiguous_submit: fail; `klingflow recover` finds it once fal lists it"
+            )
+        if self.policy == "reconcile" and entry.payload_digest:
+            deadline = time.monotonic() + ctx.retry.reconcile_grace
+            since = first - timedelta(seconds=5)
+            while True:
+                try:
+                    found = await find_request(ctx.backend, self.endpoint, entry.payload_digest, since)
+                except BackendError as exc:
+                    self.log(f"{record.step_id}: fal's request history did not answer ({exc.message})")
+                    found = None
+                if found is not None:
+                    self.log(
+                        f"{record.step_id}: fal had accepted the submit; adopting request {found.request_id}"
+                    )
+                    record.submitted_at = found.sent_at or first
+                    ctx.journal.record_submitted(
+                        self.key,
+                        endpoint=self.endpoint,
+                        backend=record.backend,
+                        request_id=found.request_id,
+                        payload_digest=entry.payload_digest,
+                        submitted_at=record.submitted_at,
+                    )
+                    return RequestHandle(endpoint=self.endpoint, request_id=found.request_id)
+                if time.monotonic() >= deadline:
+                    break
+                await asyncio.sleep(ctx.retry.reconcile_poll)
+        record.billing_note = _note(
+            "possible_duplicate",
+            f"a submit sent at {first.isoformat()} may have been accepted; sent again at "
+            f"{datetime.now(UTC).isoformat()}",
+        )
+        self.log(f"{record.step_id}: no trace of the earlier submit in fal's history; submitting again")
+        ctx.journal.forget(self.key)
+        return None
+
+
+def _note(kind: str, text: str) -> str:
+    """A ledger billing note: its kind first, so ``billing_note.str.startswith(kind)`` selects it."""
+    return f"{kind}: {text}"
 
 
 async def _give_up(

@@ -18,26 +18,43 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from klingflow.backends.config import BackendKind
 from klingflow.cache import Journal, Store
+from klingflow.settings import settings
 
 if TYPE_CHECKING:
     from klingflow.spec import PipelineSpec
 
-__all__ = ["BUILT_IN", "RetryPolicy", "RunOptions", "resolve_options"]
+__all__ = ["BUILT_IN", "AmbiguousSubmitPolicy", "RetryPolicy", "RunOptions", "resolve_options"]
+
+
+AmbiguousSubmitPolicy = Literal["reconcile", "fail", "resubmit"]
+"""What to do with a submit fal may have accepted (its answer was lost): see :class:`RetryPolicy`."""
 
 
 class RetryPolicy(BaseModel):
-    """Backoff for transient errors: ``base_delay * 2**(attempt-1)`` with jitter, capped, >= Retry-After."""
+    """Retries, by what they cost.
+
+    Free calls (upload, status poll, result fetch, download, cancel, and a submit that provably
+    never reached fal or was rate-limited) are retried on transient errors with backoff and jitter,
+    never sooner than Retry-After, until ``free_deadline`` seconds have passed in that phase.
+    ``retries`` counts only paid attempts: new submits after fal finished a request with an error.
+    A submit whose answer was lost is looked up in fal's request history for up to
+    ``reconcile_grace`` seconds (fal lists a request once it has ended, so this must cover a
+    generation), polling every ``reconcile_poll`` seconds.
+    """
 
     retries: int = 3
     base_delay: float = 1.0
     max_delay: float = 60.0
     jitter: float = 0.25
+    free_deadline: float = Field(default_factory=lambda: settings().free_deadline)
+    reconcile_grace: float = Field(default_factory=lambda: settings().reconcile_grace)
+    reconcile_poll: float = Field(default_factory=lambda: settings().reconcile_poll)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait before attempt ``attempt + 1``; never less than the server's Retry-After."""
@@ -65,6 +82,11 @@ class RunOptions(BaseModel):
     journal: Journal | None = None
     prices: dict[str, float] | None = None
     claims: str | None = Field(default=None, description="'file' or a redis:// URL (else KLINGFLOW_CLAIMS).")
+    on_ambiguous_submit: AmbiguousSubmitPolicy | None = Field(
+        default=None,
+        description="A submit fal may have accepted: 'reconcile' (ask fal's history, default), 'fail', "
+        "or 'resubmit' (pay again, flagged possible_duplicate).",
+    )
     arguments: dict[str, dict[str, Any]] | None = Field(
         default=None, description="Default endpoint arguments under the pipeline's own (a block's)."
     )
@@ -76,8 +98,8 @@ class RunOptions(BaseModel):
         }
 
 
-BUILT_IN = RunOptions(concurrency=4, refresh=False, retry=RetryPolicy())
-"""What a run uses when no layer says otherwise."""
+BUILT_IN = RunOptions(concurrency=4, refresh=False, on_ambiguous_submit="reconcile")
+"""What a run uses when no layer says otherwise (the retry policy: ``RetryPolicy()``, read from settings)."""
 
 
 def resolve_options(
@@ -93,4 +115,5 @@ def resolve_options(
     for layer in (explicit, block, from_file, fallback, BUILT_IN):
         for name, value in (layer.given() if layer is not None else {}).items():
             resolved.setdefault(name, value)
+    resolved.setdefault("retry", RetryPolicy())
     return RunOptions.model_validate(resolved)

@@ -71,6 +71,7 @@ def prepare(
         refresh=bool(resolved.refresh),
         base_dir=source.parent if source else None,
         prices=resolved.prices,
+        on_ambiguous_submit=resolved.on_ambiguous_submit or "reconcile",
     )
     return validated, ctx, resolved
 

@@ -118,6 +118,7 @@ class _Run:
                     use_cache=step.cache,
                     refresh=step.refresh,
                     on_event=forward,
+                    on_ambiguous_submit=step.on_ambiguous_submit,
                     log=log,
                 )
             return await run_operation(

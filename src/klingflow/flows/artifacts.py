@@ -51,7 +51,8 @@ def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
             "step": step_label(row),
             "status": row["status"],
             "endpoint": (row["endpoint"] or "").removeprefix("fal-ai/kling-video/"),
-            "cost_usd": _round(row["estimated_cost_usd"], 4),
+            "estimated_usd": _round(row["estimated_cost_usd"], 4),
+            "billed_usd": _round(row["cost_usd"], 4),
             "queue_s": _round(row["queue_seconds"], 2),
             "run_s": _round(row["run_seconds"], 2),
             "attempts": row["attempts"],
@@ -78,6 +79,7 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     """The run at a glance: status, spend, cache hits, outputs, contact sheet, report, failures."""
     rows = to_records(frame)
     spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
+    billed = sum(r["cost_usd"] or 0.0 for r in rows)
     cached = sum(r["status"] == Status.CACHED for r in rows)
     counts = " · ".join(f"{s} {sum(r['status'] == s for r in rows)}" for s in Status)
     queues = frame["queue_seconds"].dropna()
@@ -85,6 +87,7 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
         f"# {manifest.pipeline}: {manifest.status}",
         "",
         f"Run `{manifest.run_id}` · {len(rows)} step runs · estimated spend **${spend:.3f}** · "
+        f"billed by fal **${billed:.3f}** · "
         f"cache hits {cached}/{len(rows)}"
         + (f" · queue p50 {queues.median():.1f} s" if not queues.empty else ""),
         "",

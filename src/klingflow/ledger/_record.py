@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 __all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "Status", "StepRecord", "step_label"]
 
-LEDGER_SCHEMA_VERSION = 1
+LEDGER_SCHEMA_VERSION = 2
 """Version of the column set, stored in each parquet file; columns are only ever added."""
 
 
@@ -45,6 +45,12 @@ class Status(StrEnum):
 class StepRecord(BaseModel):
     """One step execution (or one foreach item): one ledger row.
 
+    ``estimated_cost_usd`` is klingflow's estimate; ``billable_units`` is what fal said it bills
+    (``x-fal-billable-units``) and ``cost_usd`` those units at fal's unit price. ``billing_note``
+    flags money that needs a person's eye: ``possibly_billed`` (fal may bill a request its model
+    refused) or ``possible_duplicate`` (a lost submit was not found in fal's history and was sent
+    again), with the times.
+
     ``outputs`` (the step's outputs for the steps after it) travels with the record in the run
     but is not a column.
     """
@@ -67,6 +73,9 @@ class StepRecord(BaseModel):
     queue_seconds: float | None = None
     run_seconds: float | None = None
     estimated_cost_usd: float = 0.0
+    billable_units: float | None = None
+    cost_usd: float | None = None
+    billing_note: str | None = None
     prompt: str | None = None
     arguments: str = "{}"
     output_path: str | None = None

@@ -34,6 +34,7 @@ def _metrics(frame: pd.DataFrame, keys: list[str], **extra: tuple[str, str]) -> 
         steps=("step_id", "size"),
         **{str(status): (f"_{status}", "sum") for status in Status},
         spend_usd=("estimated_cost_usd", "sum"),
+        billed_usd=("cost_usd", "sum"),
     )
     out["cached_share"] = (out[Status.CACHED] / out["steps"]).astype("Float64")
     for column, name in (("queue_seconds", "queue"), ("run_seconds", "run")):
@@ -43,8 +44,9 @@ def _metrics(frame: pd.DataFrame, keys: list[str], **extra: tuple[str, str]) -> 
 
 
 def summary(frame: pd.DataFrame) -> LedgerSummary:
-    """Per run and per pipeline: steps, a count per status, cached share, estimated spend, and
-    p50/p95 of queue and run seconds (over the rows that have them).
+    """Per run and per pipeline: steps, a count per status, cached share, estimated spend
+    (``spend_usd``) beside what fal billed (``billed_usd``: its billable units at its unit price),
+    and p50/p95 of queue and run seconds (over the rows that have them).
 
     ``cached_share`` is cached rows over all rows. Runs come newest first; pipelines by name.
     """

@@ -30,6 +30,7 @@ _TABLE = [
     ("status", "status"),
     ("endpoint", "endpoint"),
     ("estimated_cost_usd", "cost"),
+    ("cost_usd", "billed"),
     ("queue_seconds", "queue s"),
     ("run_seconds", "run s"),
     ("attempts", "attempts"),
@@ -69,6 +70,7 @@ def _stat(value: str, label: str) -> str:
 
 def _header(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
     spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
+    billed = [r["cost_usd"] for r in rows if r.get("cost_usd") is not None]
     cached = sum(r["status"] == Status.CACHED for r in rows)
     failed = sum(r["status"] == Status.FAILED for r in rows)
     queues = sorted(r["queue_seconds"] for r in rows if r["queue_seconds"] is not None)
@@ -84,6 +86,7 @@ def _header(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
         _stat(manifest.status, "status"),
         _stat(str(len(rows)), "step runs"),
         _stat(_money(spend), "estimated spend"),
+        _stat(_money(sum(billed)) if billed else "–", "billed by fal"),
         _stat(f"{cached}/{len(rows)}" if rows else "0", "cache hits"),
         _stat(str(failed), "failed"),
         _stat(took, "wall time"),
@@ -156,11 +159,20 @@ _CACHE_FACTS = {
 """The cache line of a step card; failed and skipped steps have none."""
 
 
+def _billed(row: dict[str, Any]) -> str | None:
+    """What fal billed for a row: its units and their cost, when fal said."""
+    if row.get("cost_usd") is None:
+        return None
+    return f"{_money(row['cost_usd'])} ({row['billable_units']:g} units)"
+
+
 def _facts(row: dict[str, Any]) -> str:
     size = f"{row['width']}×{row['height']}" if row["width"] and row["height"] else None
     cache = _CACHE_FACTS.get(row["status"])
     facts = [
         ("cost", _money(row["estimated_cost_usd"]) if row["kind"] == "endpoint" else "local operation"),
+        ("billed", _billed(row)),
+        ("billing", row.get("billing_note")),
         ("queue", _seconds(row["queue_seconds"])),
         ("run", _seconds(row["run_seconds"])),
         ("attempts", row["attempts"]),
@@ -204,14 +216,21 @@ def _cell(row: dict[str, Any], name: str) -> str:
         value = f"{row['width']}×{row['height']}" if row["width"] and row["height"] else ""
     elif name == "endpoint":
         value = _short_endpoint(row["endpoint"])
-    elif name == "estimated_cost_usd":
-        value = _money(row[name])
+    elif name in ("estimated_cost_usd", "cost_usd"):
+        value = _money(row[name]) if row[name] is not None else "–"
     elif name == "error":
         value = (row[name] or "").splitlines()[0][:160] if row[name] else ""
     else:
         value = row[name]
         value = f"{value:,.2f}" if isinstance(value, float) else ("" if value is None else value)
-    numeric = name in ("estimated_cost_usd", "queue_seconds", "run_seconds", "attempts", "duration_s")
+    numeric = name in (
+        "estimated_cost_usd",
+        "cost_usd",
+        "queue_seconds",
+        "run_seconds",
+        "attempts",
+        "duration_s",
+    )
     return f"<td{' class=num' if numeric else ''}>{escape(str(value))}</td>"
 
 

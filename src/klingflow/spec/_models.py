@@ -131,7 +131,8 @@ class StepSpec(BaseModel):
 
     ``foreach`` names a list; the step then runs once per element (``${item}``) and its outputs are
     lists. ``retries`` and ``timeout`` override the engine's defaults; ``cache: false`` never reuses a
-    result, ``refresh: true`` regenerates once and stores the new result.
+    result, ``refresh: true`` regenerates once and stores the new result. ``on_ambiguous_submit``
+    overrides the run's policy for a submit fal may have accepted (reconcile, fail or resubmit).
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -144,6 +145,7 @@ class StepSpec(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Seconds before the step is given up.")
     cache: bool = True
     refresh: bool = False
+    on_ambiguous_submit: Literal["reconcile", "fail", "resubmit"] | None = None
 
     @field_validator("id")
     @classmethod
