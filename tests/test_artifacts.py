@@ -124,7 +124,11 @@ def test_a_run_publishes_a_table_and_a_summary_with_stable_keys(
         "step", "status", "endpoint", "estimated_usd", "billed_usd", "queue_s", "run_s", "attempts",
         "duration_s", "size", "request_id", "output", "error",
     }  # fmt: skip
-    assert rows[0]["estimated_usd"] == pytest.approx(0.225) and rows[0]["billed_usd"] == pytest.approx(0.225) and rows[0]["size"] == "1280x720"
+    assert (
+        rows[0]["estimated_usd"] == pytest.approx(0.225)
+        and rows[0]["billed_usd"] == pytest.approx(0.225)
+        and rows[0]["size"] == "1280x720"
+    )
     assert "not a readable media file" in rows[2]["error"]
 
     summary = artifacts["klingflow-promo-reel-summary"]
