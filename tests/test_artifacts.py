@@ -51,7 +51,7 @@ def prefect_server() -> Any:
 
 
 @flow(name="klingflow-artifacts-test", persist_result=False)
-async def recorded_flow(data: dict[str, Any], key: str, home: str, out_dir: str) -> dict[str, str]:
+async def recorded_flow(data: dict[str, Any], key: str, home: str, out_dir: str) -> dict[str, Any]:
     """What ``pipeline_flow`` does once wired: run, record, publish; returns the ids to look up."""
     spec = parse_pipeline(data)
     options = RunOptions(
@@ -72,6 +72,8 @@ async def recorded_flow(data: dict[str, Any], key: str, home: str, out_dir: str)
         "flow_run_id": run_id,
         "table": str(ids.table),
         "markdown": str(ids.markdown),
+        "images": sorted(ids.images),
+        "links": sorted(ids.links),
     }
 
 
@@ -113,7 +115,25 @@ def test_a_run_publishes_a_table_and_a_summary_with_stable_keys(
     data = reel(tmp_path / "broken.mp4")
     first = asyncio.run(recorded_flow(data, emulator.key, str(tmp_path / "home"), str(out)))
     artifacts = artifacts_of(first["flow_run_id"])
-    assert set(artifacts) == {"klingflow-promo-reel-ledger", "klingflow-promo-reel-summary"}
+    assert set(artifacts) == {
+        "klingflow-promo-reel-ledger",
+        "klingflow-promo-reel-summary",
+        "klingflow-promo-reel-contact-sheet",  # an image (the shot's frames)
+        "klingflow-promo-reel-thumbnail-still",  # an image (the final output)
+        "klingflow-promo-reel-output-still",  # a link to the exported still
+        "klingflow-promo-reel-report",  # a link to report.html
+    }
+    assert {artifacts[k].type for k in first["images"]} == {"image"}
+    assert set(first["images"]) == {
+        "klingflow-promo-reel-contact-sheet",
+        "klingflow-promo-reel-thumbnail-still",
+    }
+    assert artifacts["klingflow-promo-reel-thumbnail-still"].data.startswith("data:image/jpeg;base64,")
+    assert set(first["links"]) == {"klingflow-promo-reel-output-still", "klingflow-promo-reel-report"}
+    assert (
+        f"[still.png]({(out / 'still.png').resolve().as_uri()})"
+        in artifacts["klingflow-promo-reel-output-still"].data
+    )
 
     table = artifacts["klingflow-promo-reel-ledger"]
     assert table.type == "table" and str(table.id) == first["table"]

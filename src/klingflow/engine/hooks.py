@@ -7,6 +7,8 @@ happens around each step. Instead of loose callables, a run takes one :class:`Ru
   quiets Prefect's console tracebacks here, once Prefect has configured its logging);
 * ``run_step(step, call)``: wraps each step execution (the Prefect layer runs it as a task run
   named after the step, with the endpoint and arguments as the task's parameters);
+* ``on_steps(pipeline, count)``: once, when the steps are about to start: the pipeline's name and
+  how many step executions the run has (each foreach item counts), what a progress bar needs;
 * ``on_start(label)`` / ``on_finish(record)``: progress (the CLI prints a line per step);
 * ``log(message)``: where step messages go when ``run_step`` gives no logger of its own.
 
@@ -55,6 +57,7 @@ class RunHooks:
 
     on_run_start: Callable[[], None] = _ignore
     run_step: Callable[[StepInfo, StepCall, Logger], Awaitable[StepRecord]] = _direct
+    on_steps: Callable[[str, int], None] = _ignore
     on_start: Callable[[str], None] = _ignore
     on_finish: Callable[[StepRecord], None] = _ignore
     log: Logger = print

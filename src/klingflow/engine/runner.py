@@ -32,7 +32,7 @@ from klingflow.errors import StepFailed
 from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
 from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
 
-__all__ = ["RunResult", "execute"]
+__all__ = ["RunResult", "execute", "executions"]
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,27 @@ def _labels(raw: Any, resolved: Any) -> list[str]:
         name = refs[0].step_id if refs else str(entry)
         labels.extend([f"{name}[{i}]" for i in range(len(value))] if isinstance(value, list) else [name])
     return labels
+
+
+def executions(pipeline: ValidatedPipeline) -> int:
+    """How many step executions a run of ``pipeline`` has: one per step, one per foreach item.
+
+    A foreach list is an input or another foreach step's output (``check`` allows nothing else),
+    so its length is known before anything runs.
+    """
+    counts: dict[str, int] = {}
+    for step_id in pipeline.order:
+        foreach = pipeline.step(step_id).foreach
+        if foreach is None:
+            counts[step_id] = 1
+            continue
+        (reference,) = find_references(foreach)
+        if reference.step_id is not None:
+            counts[step_id] = counts.get(reference.step_id, 1)
+        else:
+            items = pipeline.inputs.get(reference.name or "")
+            counts[step_id] = len(items) if isinstance(items, list) else 1
+    return sum(counts.values())
 
 
 class _Run:
@@ -212,6 +233,7 @@ async def execute(
 ) -> RunResult:
     """Run every step of a checked pipeline and return what it produced."""
     run = _Run(pipeline, ctx, hooks or RunHooks())
+    run.hooks.on_steps(pipeline.spec.name, executions(pipeline))
     started = datetime.now(UTC)
     await asyncio.gather(*(run._step(step_id) for step_id in pipeline.order))
     dependants = {d for deps in pipeline.dependencies.values() for d in deps}

@@ -1,7 +1,21 @@
-"""The run in the Prefect UI: a table artifact of its ledger rows and a markdown summary.
+"""The run in the Prefect UI: its ledger rows, a summary, its progress, pictures and links.
 
-Keys are stable per pipeline (``klingflow-<pipeline>-ledger`` and ``klingflow-<pipeline>-summary``),
-so the UI's Artifacts page shows each pipeline's history run after run. The table keeps the
+Every key is stable per pipeline, so the UI's Artifacts page shows each pipeline's history run
+after run:
+
+* ``klingflow-<pipeline>-ledger``: a table of the ledger rows; ``-summary``: markdown;
+* ``klingflow-<pipeline>-progress``: the share of step executions finished, created when the
+  steps start and updated as they finish (:class:`ProgressPublisher`), 100 when the run ends;
+* ``klingflow-<pipeline>-contact-sheet`` and ``klingflow-<pipeline>-thumbnail-<output>``: images;
+* ``klingflow-<pipeline>-report`` and ``klingflow-<pipeline>-output-<output>``: links (``file://``)
+  to ``report.html`` and to each exported final output.
+
+An image artifact is an URL the UI puts in an ``<img>``; a page served over http may not load
+``file://`` pictures, so images travel as ``data:`` URIs of small JPEGs (at most
+:data:`THUMBNAIL_SIDE` / :data:`SHEET_SIDE` pixels a side, tens of kilobytes). Links stay
+``file://``: the UI shows and copies them; browsers do not open them from an http page.
+Pictures and links are cosmetic: one that cannot be made is left out with a warning, never
+failing a run that is paid for. The table keeps the
 columns a person scans (step, status, cost, timings, error), not all thirty; the full row set is
 in the ledger (``klingflow ledger --run ID``). Texts come from the recorded run, whose secrets
 were already removed, and are redacted once more before they leave the process.
@@ -14,30 +28,70 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import io
+import logging
 import re
+import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
 
 import pandas as pd
-from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
+from PIL import Image
+from prefect.artifacts import (
+    acreate_image_artifact,
+    acreate_link_artifact,
+    acreate_markdown_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
 
-from klingflow.ledger import RunManifest, Status, redact, step_label, to_records
+from klingflow.ledger import RunManifest, Status, StepRecord, redact, step_label, to_records
+from klingflow.media import probe, thumbnail
+from klingflow.report import media_kind
 
-__all__ = ["ArtifactIds", "artifact_key", "publish_artifacts", "summary_markdown", "table_rows"]
+__all__ = [
+    "MAX_PICTURES",
+    "SHEET_SIDE",
+    "THUMBNAIL_SIDE",
+    "ArtifactIds",
+    "ProgressPublisher",
+    "artifact_key",
+    "picture_data_uri",
+    "publish_artifacts",
+    "summary_markdown",
+    "table_rows",
+]
+
+logger = logging.getLogger(__name__)
+
+THUMBNAIL_SIDE = 320
+"""The longest side of a final output's thumbnail, in pixels."""
+SHEET_SIDE = 1024
+"""The longest side of the contact sheet's picture in the UI, in pixels."""
+MAX_PICTURES = 12
+"""At most this many thumbnails and output links per run (the summary lists every output)."""
 
 
 class ArtifactIds(NamedTuple):
-    """The ids of the two artifacts one run created."""
+    """The ids of the artifacts one run created (pictures and links only when there were any)."""
 
     table: UUID
     markdown: UUID
+    images: dict[str, UUID] = {}
+    links: dict[str, UUID] = {}
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def artifact_key(pipeline: str, kind: str) -> str:
     """``klingflow-<pipeline>-<kind>`` in the only alphabet Prefect accepts: a-z, 0-9 and dashes."""
-    slug = re.sub(r"[^a-z0-9]+", "-", pipeline.lower()).strip("-") or "pipeline"
-    return f"klingflow-{slug}-{kind}"
+    return f"klingflow-{_slug(pipeline) or 'pipeline'}-{_slug(kind) or 'artifact'}"
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -113,8 +167,66 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     return redact("\n".join(lines)) or ""
 
 
+def picture_data_uri(path: Path, max_side: int) -> str:
+    """A ``data:`` URI of a small JPEG of ``path``: an image, or a video's middle frame."""
+    with tempfile.TemporaryDirectory(prefix="klingflow-thumb-") as folder:
+        if media_kind(path) == "video":
+            middle = (probe(path).duration or 0.0) / 2
+            path = thumbnail(path, Path(folder) / "frame.png", at=middle, context=f"thumbnail of {path}")
+        with Image.open(path) as opened:
+            picture = opened.convert("RGB")
+    picture.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=80, optimize=True)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+async def _picture(path: Path, max_side: int) -> str | None:
+    try:
+        return await asyncio.to_thread(picture_data_uri, path, max_side)
+    except Exception:  # cosmetic: a picture that cannot be made is left out
+        logger.warning("could not make a picture of %s for the Prefect UI", path, exc_info=True)
+        return None
+
+
+async def _publish_media(manifest: RunManifest) -> tuple[dict[str, UUID], dict[str, UUID]]:
+    """The contact sheet and thumbnails as image artifacts; report and final outputs as links."""
+    images: dict[str, UUID] = {}
+    links: dict[str, UUID] = {}
+    run = f"run {manifest.run_id} ({manifest.status})"
+    sheet = Path(manifest.contact_sheet) if manifest.contact_sheet else None
+    if sheet is not None and sheet.is_file() and (uri := await _picture(sheet, SHEET_SIDE)):
+        key = artifact_key(manifest.pipeline, "contact-sheet")
+        images[key] = await acreate_image_artifact(
+            image_url=uri, key=key, description=f"Contact sheet of {run}: `{sheet.resolve().as_uri()}`"
+        )
+    outputs = [(name, Path(path)) for name, path in manifest.final.items()][:MAX_PICTURES]
+    for name, path in outputs:
+        if not path.is_file():
+            continue
+        if media_kind(path) in ("video", "image") and (uri := await _picture(path, THUMBNAIL_SIDE)):
+            key = artifact_key(manifest.pipeline, f"thumbnail-{name}")
+            images[key] = await acreate_image_artifact(
+                image_url=uri, key=key, description=f"{name} of {run}: `{path.resolve().as_uri()}`"
+            )
+        key = artifact_key(manifest.pipeline, f"output-{name}")
+        links[key] = await acreate_link_artifact(
+            link=path.resolve().as_uri(), link_text=path.name, key=key, description=f"{name} of {run}"
+        )
+    report = Path(manifest.report) if manifest.report else None
+    if report is not None and report.is_file():
+        key = artifact_key(manifest.pipeline, "report")
+        links[key] = await acreate_link_artifact(
+            link=report.resolve().as_uri(),
+            link_text="report.html",
+            key=key,
+            description=f"Report of {run} (regenerate: `klingflow report {manifest.run_id}`)",
+        )
+    return images, links
+
+
 async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> ArtifactIds:
-    """Create the run's table and markdown artifacts in the current flow run; return their ids.
+    """Create the run's table, markdown, image and link artifacts in the current flow run.
 
     ``manifest`` and ``frame`` are what the run returned (its manifest and ledger rows). Call it
     inside a flow run, so the artifacts attach to it.
@@ -129,4 +241,79 @@ async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> Artif
         key=artifact_key(manifest.pipeline, "summary"),
         description=f"Summary of run {manifest.run_id} ({manifest.status})",
     )
-    return ArtifactIds(table=table, markdown=markdown)
+    images, links = await _publish_media(manifest)
+    return ArtifactIds(table=table, markdown=markdown, images=images, links=links)
+
+
+class ProgressPublisher:
+    """The run's progress artifact: created when its steps start, updated as they finish.
+
+    Give :meth:`start` and :meth:`finished` to the engine as ``RunHooks.on_steps`` /
+    ``on_finish`` (they are plain callbacks, called on the flow's event loop) and await
+    :meth:`close` when the run is over. At most one API call is in flight: step executions that
+    finish while one is under way are sent together in the next, so there is at most one call
+    per step and fewer when steps finish in bursts. A failing call is logged, never raised.
+    """
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.artifact_id: UUID | None = None
+        self.total = 0
+        self.done = 0
+        self.cached = 0
+        self.failed = 0
+        self._sent: tuple[float, str] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._final = False
+
+    @property
+    def percent(self) -> float:
+        """The share of step executions finished, 0 to 100 (100 once the run has ended)."""
+        if self._final:
+            return 100.0
+        return round(min(100.0, 100.0 * self.done / self.total), 1) if self.total else 0.0
+
+    @property
+    def description(self) -> str:
+        counts = f"{self.done} of {self.total} step runs done ({self.cached} cached, {self.failed} failed)"
+        return f"Run over: {counts}" if self._final else counts
+
+    def start(self, pipeline: str, total: int) -> None:
+        """The steps are about to start: create the artifact (``RunHooks.on_steps``)."""
+        self.key, self.total = artifact_key(pipeline, "progress"), total
+        self._wake()
+
+    def finished(self, record: StepRecord) -> None:
+        """One step execution ended (``RunHooks.on_finish``)."""
+        self.done += 1
+        self.cached += record.status == Status.CACHED
+        self.failed += record.status in (Status.FAILED, Status.SKIPPED)
+        self._wake()
+
+    async def close(self) -> None:
+        """The run is over: send 100 and wait for the last call (nothing is left running)."""
+        if self.key is None:
+            return
+        self._final = True
+        self._wake()
+        if self._sender is not None:
+            await self._sender
+
+    def _wake(self) -> None:
+        if self.key is not None and (self._sender is None or self._sender.done()):
+            self._sender = asyncio.get_running_loop().create_task(self._send())
+
+    async def _send(self) -> None:
+        while (wanted := (self.percent, self.description)) != self._sent:
+            try:
+                if self.artifact_id is None:
+                    self.artifact_id = await acreate_progress_artifact(
+                        wanted[0], key=self.key, description=wanted[1]
+                    )
+                else:
+                    await aupdate_progress_artifact(self.artifact_id, wanted[0], description=wanted[1])
+            except Exception:  # cosmetic: the run goes on without its progress bar
+                logger.warning("could not publish the run's progress to Prefect", exc_info=True)
+                self.key = None
+                return
+            self._sent = wanted

@@ -41,7 +41,8 @@ from prefect.settings import (
 from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.engine import RunHooks, RunOptions, RunResult, arun
 from klingflow.errors import ConfigError, PipelineFailed
-from klingflow.flows.artifacts import publish_artifacts
+from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
+from klingflow.ledger import StepRecord
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
@@ -117,22 +118,36 @@ async def run_body(
     )
     explicit = local.options.model_copy(update=parameters.given())
     run_id = str(flow_run.id) if flow_run.id else None
-    result = await arun(
-        local.spec or pipeline,
-        inputs,
-        explicit,
-        block=await _block_layer(credentials, defaults),
-        fallback=local.fallback,
-        hooks=RunHooks(
-            on_run_start=local.hooks.on_run_start,
-            run_step=run_step_as_task,
-            on_start=local.hooks.on_start,
-            on_finish=local.hooks.on_finish,
-            log=local.hooks.log,
-        ),
-        run_id=run_id,
-        flow_run_id=run_id,
-    )
+    progress = ProgressPublisher()
+
+    def on_steps(name: str, count: int) -> None:
+        local.hooks.on_steps(name, count)
+        progress.start(name, count)
+
+    def on_finish(record: StepRecord) -> None:
+        local.hooks.on_finish(record)
+        progress.finished(record)
+
+    try:
+        result = await arun(
+            local.spec or pipeline,
+            inputs,
+            explicit,
+            block=await _block_layer(credentials, defaults),
+            fallback=local.fallback,
+            hooks=RunHooks(
+                on_run_start=local.hooks.on_run_start,
+                run_step=run_step_as_task,
+                on_steps=on_steps,
+                on_start=local.hooks.on_start,
+                on_finish=on_finish,
+                log=local.hooks.log,
+            ),
+            run_id=run_id,
+            flow_run_id=run_id,
+        )
+    finally:
+        await progress.close()
     if result.manifest is not None:
         await publish_artifacts(result.manifest, result.ledger)
     if result.failures:
