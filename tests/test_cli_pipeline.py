@@ -6,6 +6,7 @@ runs again, and reads the emulator's counters: exactly one submit per step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import ssl
@@ -122,7 +123,7 @@ def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> Non
     )
     journal = tmp_path / "client-home" / "journal"
     deadline = time.monotonic() + 120
-    while len(list(journal.rglob("*.json"))) < 3:
+    while _submitted(journal) < 3:
         assert run.poll() is None, "the run ended before all requests were submitted"
         assert time.monotonic() < deadline
         time.sleep(0.05)
@@ -138,6 +139,43 @@ def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> Non
     assert emulator_stats(served)["submits"][T2V] - before == 3, "exactly one submit per step"
     exported = sorted(p.name for p in (tmp_path / "klingflow-out" / "crashy").iterdir())
     assert exported == ["report.html", "shots-0.mp4", "shots-1.mp4", "shots-2.mp4"]
+
+
+def _submitted(journal: Path) -> int:
+    """Journal entries of requests fal accepted (the journal says so before polling them)."""
+    count = 0
+    for path in journal.rglob("*.json"):
+        with contextlib.suppress(OSError):
+            count += '"status": "submitted"' in path.read_text()
+    return count
+
+
+def test_kill_9_then_recover_collects_what_was_paid(served, tmp_path: Path) -> None:
+    """`klingflow plan` shows the paid requests as recoverable, `klingflow recover` stores them."""
+    pipeline = fan_out(tmp_path, "recoverable", 2)
+    env = {**served, "KLINGFLOW_HOME": str(tmp_path / "home")}
+    before = emulator_stats(served)["submits"].get(T2V, 0)
+    run = subprocess.Popen(
+        [*KLINGFLOW, "run", str(pipeline)],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while _submitted(tmp_path / "home" / "journal") < 2:
+        assert run.poll() is None and time.monotonic() < deadline, "the run ended before submitting"
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    planned = klingflow(env, "plan", str(pipeline))
+    assert "recoverable" in planned.stdout and "to spend: $0.000" in planned.stdout, planned.stdout
+    time.sleep(2)  # the emulator finishes the paid requests (latency 1.5 s)
+    recovered = klingflow(env, "recover")
+    assert recovered.returncode == 0 and "2 recovered, 0 lost for good" in recovered.stdout, recovered.stdout
+    again = klingflow(env, "run", str(pipeline), cwd=tmp_path)
+    assert again.returncode == 0 and "2 cached" in again.stdout, again.stdout + again.stderr
+    assert emulator_stats(served)["submits"][T2V] - before == 2, "paid once, collected by recover"
 
 
 def _script_faults(env: dict[str, str], *script: str) -> None:

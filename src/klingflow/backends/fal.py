@@ -199,6 +199,20 @@ def _translated(endpoint: str, request_id: str | None, phase: Phase) -> Iterator
         ) from exc
 
 
+def _raise_if_failed(status: Any, handle: RequestHandle) -> None:
+    """Raise when fal finished the request with an error (cancelled, or failed on its side)."""
+    if getattr(status, "error", None):
+        error = RequestCancelled if status.error_type in _CANCELLED else RequestFailed
+        raise error(
+            status.error,
+            error_type=status.error_type,
+            endpoint=handle.endpoint,
+            request_id=handle.request_id,
+            phase="status",
+            hint="the request failed on fal; a retry submits it again",
+        )
+
+
 class FalBackend:
     """Calls Kling endpoints through fal_client with one resolved :class:`BackendConfig`."""
 
@@ -341,18 +355,19 @@ class FalBackend:
                 )
             await asyncio.sleep(self.poll_interval)
         finished = time.monotonic()
-        if status.error:
-            error = RequestCancelled if status.error_type in _CANCELLED else RequestFailed
-            raise error(
-                status.error,
-                error_type=status.error_type,
-                endpoint=handle.endpoint,
-                request_id=handle.request_id,
-                phase="status",
-                hint="the request failed on fal; a retry submits it again",
-            )
+        _raise_if_failed(status, handle)
         queue_s = (began_running or finished) - started
         return queue_s, finished - (began_running or finished)
+
+    async def status(self, handle: RequestHandle) -> str:
+        """One status poll: IN_QUEUE, IN_PROGRESS or COMPLETED (a failed request raises)."""
+        fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
+        with _translated(handle.endpoint, handle.request_id, "status"):
+            status = await fal_handle.status(with_logs=False)
+        if isinstance(status, fal_client.Completed):
+            _raise_if_failed(status, handle)
+            return "COMPLETED"
+        return "IN_QUEUE" if isinstance(status, fal_client.Queued) else "IN_PROGRESS"
 
     async def fetch_result(self, handle: RequestHandle) -> FetchedResult:
         """GET a completed request's output once, with fal's ``x-fal-billable-units``.

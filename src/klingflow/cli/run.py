@@ -102,7 +102,7 @@ def plan_table(plan: Plan) -> Table:
         table.add_row(name, step.uses, step.status, f"${step.estimated_cost_usd:.3f}", seconds)
     table.caption = (
         f"to spend: ${plan.total_cost_usd:.3f} ({plan.count('run')} generations to run, "
-        f"{plan.count('cached')} cached, {plan.count('resume')} to resume; "
+        f"{plan.count('cached')} cached, {plan.count('recoverable')} recoverable; "
         f"{plan.operations} local operations, free)"
     )
     return table
@@ -122,7 +122,7 @@ def plan(
     backend: BackendOpt = None,
     refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
 ) -> None:
-    """Show each step's status (cached / run / resume), estimated cost and seconds, and the total."""
+    """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total."""
     from klingflow.engine import RunOptions, plan_pipeline
 
     result = plan_pipeline(file, parse_sets(set_ or []), RunOptions(backend=backend, refresh=refresh or None))
@@ -205,8 +205,47 @@ def _print_final(console: Console, result: RunResult) -> None:
         console.print(f"  {step_id}: {path.resolve()}", highlight=False, markup=False)
 
 
+def recover(backend: BackendOpt = None) -> None:
+    """Find paid requests no cache entry holds; fetch what fal still keeps; say what is lost and its cost.
+
+    A run that crashed, was killed or lost a submit's answer leaves journal entries for requests
+    fal may have accepted. Each is looked up (fal's request history for a lost submit), fetched
+    into the store and the cache while fal keeps its result (1 hour after it completes), and the
+    next run of the pipeline is then a cache hit.
+    """
+    import asyncio
+
+    from klingflow.engine import RunOptions, context_for, recover
+
+    found = asyncio.run(recover(context_for(RunOptions(backend=backend))))
+    console = out()
+    if not found:
+        console.print("nothing to recover: every request this home paid for is stored")
+        return
+    table = Table(title="paid requests no cache entry held", show_lines=False)
+    for column in ("outcome", "endpoint", "request id", "billed", "detail"):
+        table.add_column(column)
+    for item in found:
+        billed = f"${item.cost_usd:.3f}" if item.cost_usd is not None else "–"
+        table.add_row(
+            item.outcome,
+            item.endpoint.removeprefix("fal-ai/kling-video/"),
+            item.request_id or "–",
+            billed,
+            item.detail,
+        )
+    console.print(table)
+    lost = [item for item in found if item.outcome == "lost"]
+    console.print(
+        f"{sum(i.outcome == 'recovered' for i in found)} recovered, {len(lost)} lost for good, "
+        f"{sum(i.outcome in ('pending', 'unreachable') for i in found)} still to collect, "
+        f"{sum(i.outcome == 'not accepted' for i in found)} never accepted"
+    )
+
+
 def add_run_commands(app: typer.Typer) -> None:
-    """Attach ``validate``, ``plan`` and ``run`` to ``app`` behind the error boundary."""
+    """Attach ``validate``, ``plan``, ``run`` and ``recover`` to ``app`` behind the error boundary."""
     app.command("validate")(friendly_errors(validate))
     app.command("plan")(friendly_errors(plan))
     app.command("run")(friendly_errors(run))
+    app.command("recover")(friendly_errors(recover))

@@ -8,13 +8,15 @@
 * :mod:`~klingflow.engine.runner`: the DAG scheduler;
 * :mod:`~klingflow.engine.plan`: the plan as data, and the budget check;
 * :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run;
+* :mod:`~klingflow.engine.recover`: paid requests no cache entry holds, fetched while fal keeps them;
 * :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
 """
 
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, make_plan
-from klingflow.engine.run import arun, export_outputs, plan_pipeline, prepare
+from klingflow.engine.recover import Recovered, recover
+from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
 from klingflow.engine.runner import RunResult, execute
 
 __all__ = [
@@ -25,15 +27,18 @@ __all__ = [
     "RetryPolicy",
     "RunHooks",
     "RunOptions",
+    "Recovered",
     "RunResult",
     "StepCall",
     "StepInfo",
     "arun",
     "check_budget",
+    "context_for",
     "execute",
     "export_outputs",
     "make_plan",
     "plan_pipeline",
     "prepare",
+    "recover",
     "resolve_options",
 ]

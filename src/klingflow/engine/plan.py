@@ -4,8 +4,9 @@ Walking the steps in order, each one is classified without submitting anything:
 
 * ``cached``: its cache key is known (every input is a literal or a cached upstream output) and
   the journal holds verified outputs for it: it costs nothing;
-* ``resume``: a request for this key was already submitted (and paid for) by an earlier run that
-  did not finish: the run will poll it, at no new cost;
+* ``recoverable``: a request for this key was already submitted (and paid for) by an earlier run
+  that did not finish, or a submit's answer was lost: the run will poll it (or find it in fal's
+  request history), at no new cost while fal keeps its result (``klingflow recover`` fetches it now);
 * ``run``: it will be generated and costs its endpoint's price.
 
 A step downstream of one that will run cannot know its inputs yet, so it is planned as ``run``
@@ -30,8 +31,8 @@ from klingflow.spec import ValidatedPipeline, merged_arguments, resolve, step_en
 
 __all__ = ["Plan", "PlanStatus", "PlannedStep", "check_budget", "make_plan"]
 
-PlanStatus = Literal["cached", "resume", "run"]
-"""What a run will do with a step: reuse it, poll a request already paid for, or pay for it."""
+PlanStatus = Literal["cached", "recoverable", "run"]
+"""What a run will do with a step: reuse it, collect a request already paid for, or pay for it."""
 
 _PENDING = Path("/pending")
 
@@ -117,15 +118,16 @@ def _plan_one(
         )
         kind = next(iter(endpoint.produces.values()))
     planned.cache_key = key
-    entry = ctx.journal.get(key) if key and step.cache and not (step.refresh or ctx.refresh) else None
-    files = ctx.cached_files(entry)
+    entry = ctx.journal.get(key) if key else None
+    regenerate = not step.cache or step.refresh or ctx.refresh  # a stored result is redone, a paid one never
+    files = None if regenerate else ctx.cached_files(entry)
     if files is not None and entry is not None:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
         outputs: dict[str, Any] = {kind: next(iter(files.values())).path}
         outputs["duration"] = entry.values.get("duration")
         return planned, outputs
-    if entry is not None and entry.status == "submitted":
-        planned.status, planned.estimated_cost_usd = "resume", 0.0
+    if entry is not None and entry.status in ("submitted", "interrupted"):
+        planned.status, planned.estimated_cost_usd = "recoverable", 0.0
     return planned, None
 
 

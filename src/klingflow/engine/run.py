@@ -27,7 +27,7 @@ from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
 
-__all__ = ["arun", "export_outputs", "plan_pipeline", "prepare"]
+__all__ = ["arun", "context_for", "export_outputs", "plan_pipeline", "prepare"]
 
 
 def _with_arguments(spec: PipelineSpec, arguments: dict[str, dict[str, Any]] | None) -> PipelineSpec:
@@ -54,13 +54,18 @@ def prepare(
     resolved = resolve_options(options, block=block, pipeline=spec, fallback=fallback)
     validated = check(_with_arguments(spec, resolved.arguments), inputs or {})
     source = validated.spec.source
+    return validated, context_for(resolved, base_dir=source.parent if source else None), resolved
+
+
+def context_for(resolved: RunOptions, *, base_dir: Path | None = None) -> StepContext:
+    """The step context resolved options describe (the cache, the backend made on first use, the cap)."""
     store = resolved.store or Store()
     connector = resolved.connector
 
     def backend_factory() -> FalBackend:
         return connector(store) if connector else connect(resolved.backend, key=resolved.key, store=store)
 
-    ctx = StepContext(
+    return StepContext(
         store=store,
         journal=resolved.journal or Journal(),
         backend_identity=planned_identity(resolved.backend, resolved.key),
@@ -69,11 +74,10 @@ def prepare(
         concurrency=resolved.concurrency or BUILT_IN.concurrency or 1,
         retry=resolved.retry or RetryPolicy(),
         refresh=bool(resolved.refresh),
-        base_dir=source.parent if source else None,
+        base_dir=base_dir,
         prices=resolved.prices,
         on_ambiguous_submit=resolved.on_ambiguous_submit or "reconcile",
     )
-    return validated, ctx, resolved
 
 
 def plan_pipeline(
