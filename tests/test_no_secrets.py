@@ -9,6 +9,7 @@ texts; every file written and every artifact is then searched for it.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +78,51 @@ def test_the_planted_key_appears_in_no_file_and_no_artifact(
     assert len(artifacts) == 2
     for artifact in artifacts:
         assert SECRET not in f"{artifact.data} {artifact.description} {artifact.key}", artifact.key
+
+
+def test_the_planted_key_appears_in_no_command_output_and_no_file_of_the_home(tmp_path: Path) -> None:
+    """Every command path, as a user runs them: validate, plan, run (with a failing step and a lost
+    submit), recover, ledger, ledger summary, report. The served emulator accepts only the planted
+    key; its output, and every file under the home (journal, store, claims, ledger, runs) and the
+    exported outputs, are searched for it."""
+    import subprocess
+
+    from conftest import KLINGFLOW, serve_emulator
+
+    home, emulator_home = tmp_path / "home", tmp_path / "emulator-home"
+    (emulator_home / "emulator").mkdir(parents=True)
+    (emulator_home / "emulator" / "key").write_text(SECRET)  # the served emulator's access key
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"this is not a video " * 50)
+    pipeline = tmp_path / "secrets.yaml"
+    pipeline.write_text(
+        "name: secrets\nsteps:\n"
+        f"  - id: shot\n    uses: text-to-video\n    with: {{prompt: 'a kite, key {SECRET} oops'}}\n"
+        "  - id: voice\n    uses: tts\n    with: {text: Nothing to see here.}\n"
+        f"  - id: broken\n    uses: last_frame\n    with: {{video: {broken}}}\n"
+    )
+    outputs = []
+    with serve_emulator(emulator_home, "--latency", "0.2", "--faults", "script=lost") as env:
+        env = {**env, "KLINGFLOW_HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect")}
+        assert env["FAL_KEY"] == SECRET
+        for args in (
+            ["validate", str(pipeline)],
+            ["plan", str(pipeline)],
+            ["run", str(pipeline), "--out", str(tmp_path / "out")],
+            ["recover"],
+            ["ledger", "--format", "json"],
+            ["ledger", "summary", "--format", "json"],
+        ):
+            done = subprocess.run([*KLINGFLOW, *args], env=env, capture_output=True, text=True, timeout=240)
+            outputs.append((args[0], done))
+        run_id = json.loads(outputs[4][1].stdout)[0]["run_id"]
+        report = subprocess.run([*KLINGFLOW, "report", run_id], env=env, capture_output=True, text=True)
+        outputs.append(("report", report))
+    assert outputs[2][1].returncode == 1, "the run really ran (and its broken step failed)"
+    assert "***" in outputs[4][1].stdout, "the key reached the ledger's prompt, redacted"
+    for name, done in outputs:
+        assert SECRET not in done.stdout + done.stderr, f"the key leaked into `klingflow {name}`'s output"
+    written = [p for folder in (home, tmp_path / "out") for p in folder.rglob("*") if p.is_file()]
+    assert any("journal" in p.parts for p in written) and any("store" in p.parts for p in written)
+    for path in written:
+        assert SECRET not in _text(path), f"the key leaked into {path}"
