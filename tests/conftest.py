@@ -29,6 +29,9 @@ os.environ["KLINGFLOW_HOME"] = str(_SESSION_HOME)
 # emulator lists a request as soon as it ended, so the tests (and their subprocesses) look briefly.
 os.environ.setdefault("KLINGFLOW_RECONCILE_GRACE", "3")
 os.environ.setdefault("KLINGFLOW_RECONCILE_POLL", "0.2")
+# Prefect's ephemeral server gets 20 s to start; on 2 busy cores (the suite runs servers, ffmpeg and
+# Chromium side by side) that is not always enough, and a run that cannot reach it fails.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
     os.environ.pop(_name, None)
 

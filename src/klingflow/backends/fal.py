@@ -40,7 +40,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from klingflow.backends.handles import BackendConfig, QueueEvent, RequestHandle
-from klingflow.cache import Store, StoredFile
+from klingflow.cache import OutputRecord, Store, StoredFile
 from klingflow.endpoints import (
     get_endpoint,
     is_url,
@@ -102,6 +102,15 @@ class EndpointResult(BaseModel):
     queue_seconds: float | None = None
     run_seconds: float | None = None
     billable_units: float | None = None
+
+    def output_records(self) -> dict[str, OutputRecord]:
+        """What the journal keeps of each stored output: enough to find and verify it later."""
+        return {
+            name: OutputRecord(
+                sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(self.output, name).url
+            )
+            for name, f in self.files.items()
+        }
 
 
 def _detail(message: Any) -> str:

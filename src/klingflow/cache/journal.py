@@ -73,23 +73,23 @@ class Journal:
         except (FileNotFoundError, ValidationError, json.JSONDecodeError):
             return None
 
-    def _write(self, entry: JournalEntry) -> None:
-        atomic_write(self._path(entry.key), entry.model_dump_json(indent=1))
+    def _record(self, key: str, status: str, **fields: Any) -> JournalEntry:
+        entry = JournalEntry(key=key, status=status, **fields)
+        atomic_write(self._path(key), entry.model_dump_json(indent=1))
+        return entry
 
     def record_interrupted(
         self, key: str, *, endpoint: str, backend: str, payload_digest: str
     ) -> JournalEntry:
         """Remember, before sending it, that a submit of this body is about to leave."""
-        entry = JournalEntry(
-            key=key,
+        return self._record(
+            key,
+            "interrupted",
             endpoint=endpoint,
             backend=backend,
-            status="interrupted",
             payload_digest=payload_digest,
             submitted_at=datetime.now(UTC),
         )
-        self._write(entry)
-        return entry
 
     def record_submitted(
         self,
@@ -102,26 +102,15 @@ class Journal:
         submitted_at: datetime | None = None,
     ) -> JournalEntry:
         """Remember a request id before polling it (the step that makes resume possible)."""
-        entry = JournalEntry(
-            key=key,
+        return self._record(
+            key,
+            "submitted",
             endpoint=endpoint,
             backend=backend,
-            status="submitted",
             request_id=request_id,
             payload_digest=payload_digest,
             submitted_at=submitted_at or datetime.now(UTC),
         )
-        self._write(entry)
-        return entry
-
-    def entries(self) -> list[JournalEntry]:
-        """Every readable entry (for ``klingflow recover``: what was paid for and is not stored)."""
-        found = []
-        for path in sorted(self.root.glob("*/*.json")):
-            entry = self.get(path.stem)
-            if entry is not None:
-                found.append(entry)
-        return found
 
     def record_done(
         self,
@@ -135,19 +124,22 @@ class Journal:
         submitted_at: datetime | None = None,
     ) -> JournalEntry:
         """Remember a finished generation's stored outputs."""
-        entry = JournalEntry(
-            key=key,
+        return self._record(
+            key,
+            "done",
             endpoint=endpoint,
             backend=backend,
-            status="done",
             request_id=request_id,
             submitted_at=submitted_at,
             finished_at=datetime.now(UTC),
             outputs=outputs,
             values=values or {},
         )
-        self._write(entry)
-        return entry
+
+    def entries(self) -> list[JournalEntry]:
+        """Every readable entry (for ``klingflow recover``: what was paid for and is not stored)."""
+        entries = (self.get(path.stem) for path in sorted(self.root.glob("*/*.json")))
+        return [entry for entry in entries if entry is not None]
 
     def forget(self, key: str) -> None:
         """Drop the entry (its request failed, its files are gone, or the user asked to refresh)."""

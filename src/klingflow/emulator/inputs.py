@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse
 
 import httpx
 
+from klingflow._files import atomic_write
 from klingflow.emulator import render
 from klingflow.emulator.queue import EmulatedRequest
 
@@ -39,9 +40,7 @@ class InputFetcher:
     def _save(self, data: bytes, suffix: str) -> Path:
         path = self.inputs_dir / f"{hashlib.sha256(data).hexdigest()}{suffix}"
         if not path.is_file():
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_bytes(data)
-            tmp.replace(path)
+            atomic_write(path, data, durable=False)
         return path
 
     def own_file(self, url: str) -> Path | None:

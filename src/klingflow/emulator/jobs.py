@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from klingflow._files import file_sha256
 from klingflow.emulator import render
 from klingflow.emulator._render_scene import image_size
 from klingflow.emulator.inputs import InputFetcher
@@ -33,14 +34,6 @@ from klingflow.media import probe
 __all__ = ["JobRunner"]
 
 _CONTENT_TYPES = {".mp4": "video/mp4", ".mp3": "audio/mpeg"}
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class JobRunner:
@@ -153,7 +146,7 @@ class JobRunner:
                 "endpoint": endpoint.id,
                 "arguments": request.arguments,
                 "inputs": {
-                    name: [_file_digest(p) for p in (v if isinstance(v, list) else [v]) if p]
+                    name: [file_sha256(p) for p in (v if isinstance(v, list) else [v]) if p]
                     for name, v in inputs.items()
                 },
             },

@@ -46,6 +46,7 @@ from klingflow.emulator._render_camera import (
 from klingflow.emulator._render_effects import dual_effect, single_effect, trajectory_markers
 from klingflow.emulator._render_scene import fitted_image, image_size, scene_canvas
 from klingflow.emulator.labels import banner_image, placeholder_picture, seed_of
+from klingflow.endpoints import DUAL_IMAGE_SCENES
 from klingflow.errors import MediaError
 from klingflow.media import probe, run_ffmpeg
 
@@ -64,9 +65,6 @@ __all__ = [
 ]
 
 _SIZES: dict[str, tuple[int, int]] = {"16:9": (1280, 720), "9:16": (720, 1280), "1:1": (960, 960)}
-_DUAL_SCENES = frozenset(
-    {"hug", "kiss", "heart_gesture", "kiss_pro", "fight_pro", "hug_pro", "heart_gesture_pro", "cheers_2026"}
-)
 _AVATAR_AUDIO_RATE = 48_000
 # veryfast at crf 33 keeps a 5 s 720p clip near a second of CPU and ~150 kB; bitexact flags, no
 # metadata and a fixed encoder thread count make the bytes depend on the inputs only.
@@ -247,7 +245,7 @@ def render_effects(*, effect_scene: str, duration: int, images: list[Path], out:
         tmp = Path(tmp_name)
         pictures = list(images[:2])
         if not pictures:
-            for index in range(2 if effect_scene in _DUAL_SCENES else 1):
+            for index in range(2 if effect_scene in DUAL_IMAGE_SCENES else 1):
                 stand_in = tmp / f"placeholder-{index}.png"
                 placeholder_picture(f"effects: {effect_scene} #{index + 1}", (1024, 1024)).save(stand_in)
                 pictures.append(stand_in)

@@ -19,6 +19,7 @@ from pathlib import Path
 import certifi
 import trustme
 
+from klingflow._files import atomic_path
 from klingflow.settings import klingflow_home
 
 __all__ = ["DEFAULT_HOSTNAMES", "FAL_HOSTS", "EmulatorIdentity", "emulator_identity", "issue_server_cert"]
@@ -48,10 +49,10 @@ class EmulatorIdentity:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o600)
-    os.replace(tmp, path)
+    """Write a file only its owner can read (a key), atomically."""
+    with atomic_path(path) as temp:
+        temp.write_bytes(data)
+        temp.chmod(0o600)
 
 
 def emulator_identity(home: Path | None = None) -> EmulatorIdentity:

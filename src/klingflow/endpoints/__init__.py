@@ -49,6 +49,7 @@ from klingflow.endpoints._enums import (
     allow_enum_values,
     extra_enum_values,
     reset_enum_values,
+    suggest,
 )
 from klingflow.endpoints._models import (
     DUAL_IMAGE_SCENES,
@@ -134,4 +135,5 @@ __all__ = [
     "scene_image_counts",
     "unit_price",
     "validate_input",
+    "suggest",
 ]

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.backends.platform import payload_digest
-from klingflow.cache import JournalEntry, OutputRecord, generation_key, media_digest
+from klingflow.cache import JournalEntry, generation_key, media_digest
 from klingflow.endpoints import (
     canonical_arguments,
     estimate_cost,
@@ -331,12 +331,7 @@ class _Generation:
             request_id=handle.request_id,
             submitted_at=record.submitted_at,
             values={"duration": record.duration_s},
-            outputs={
-                name: OutputRecord(
-                    sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(done.output, name).url
-                )
-                for name, f in done.files.items()
-            },
+            outputs=done.output_records(),
         )
 
     async def submit(self) -> RequestHandle:

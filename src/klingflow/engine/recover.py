@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from klingflow.backends.handles import RequestHandle
 from klingflow.backends.platform import find_request
-from klingflow.cache import JournalEntry, OutputRecord
+from klingflow.cache import JournalEntry
 from klingflow.engine.context import StepContext
 from klingflow.errors import BackendError, RequestFailed, RequestGone
 
@@ -109,12 +109,7 @@ async def _recover_one(ctx: StepContext, entry: JournalEntry) -> Recovered:
         request_id=request_id,
         submitted_at=entry.submitted_at,
         values={"duration": duration} if duration is not None else {},
-        outputs={
-            name: OutputRecord(
-                sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(done.output, name).url
-            )
-            for name, f in done.files.items()
-        },
+        outputs=done.output_records(),
     )
     result.outcome = "recovered"
     result.detail = ", ".join(str(f.path) for f in done.files.values())

@@ -7,8 +7,6 @@ and field separately, so the file name can be added at the end and tests can sor
 
 from __future__ import annotations
 
-import difflib
-import os
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -17,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from klingflow.endpoints import suggest
 from klingflow.errors import SpecError
 
 __all__ = [
@@ -28,7 +27,6 @@ __all__ = [
     "model_at",
     "raise_problems",
     "spec_error",
-    "suggest",
     "validation_problems",
 ]
 
@@ -82,16 +80,6 @@ def raise_problems(problems: Sequence[Problem], shown: str) -> None:
     """Raise :func:`spec_error` when there is any problem; return quietly when there is none."""
     if problems:
         raise spec_error(problems, shown)
-
-
-def suggest(value: str, choices: Iterable[str]) -> str | None:
-    """The closest of ``choices`` to ``value`` (ignoring case, preferring a shared beginning), or None."""
-    by_lower = {choice.lower(): choice for choice in choices}
-    close = difflib.get_close_matches(value.lower(), list(by_lower), n=5, cutoff=0.6)
-    if not close:
-        return None
-    best = max(close, key=lambda choice: len(os.path.commonprefix([choice, value.lower()])))
-    return by_lower[best]
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
