@@ -51,14 +51,14 @@ from moneyhelpers import (
     run_env,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # the matrix runs in a module fixture
 
 FACE = Path(__file__).parent / "specs" / "valid" / "face.png"
 T2V, I2V = "text-to-video", "image-to-video"
 STEPS = {"intro": T2V, "scene": T2V, "portrait": I2V, "outro": T2V}
 ONE_PER_STEP = Counter(STEPS.values())
-SLOW = 5.0  # seconds a SLOW answer is held back ...
-PORTRAIT_TIMEOUT = 4.0  # ... longer than the faulted step's timeout (only status polls are timed)
+SLOW = 8.0  # seconds a SLOW answer is held back: longer than the faulted step's timeout in SLOW cells
+SLOW_TIMEOUT = 6.0  # (klingflow times status polling only); the request itself completes well within it
 
 FAULTS = [
     Fault.RATE_LIMIT,  # 429 + Retry-After
@@ -252,7 +252,9 @@ class Lane:
             self.admin.post("/_emulator/faults", json={"script": [f"stuck@{I2V}"]}).raise_for_status()
             spec = pipeline(folder, name, portrait={"timeout": 1})
         else:
-            spec = pipeline(folder, name, portrait={"timeout": PORTRAIT_TIMEOUT})
+            # SLOW: the answer takes longer than the step's timeout; otherwise no timeout (a loaded
+            # machine must not turn a cell into a timeout)
+            spec = pipeline(folder, name, portrait={"timeout": SLOW_TIMEOUT} if fault is Fault.SLOW else None)
         if phase == "upload":
             # fal_client's upload is a CDN token request, then the file's POST: the fault hits the file
             self.proxy.inject("upload", fault, at=2, delay=SLOW)
