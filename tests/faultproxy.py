@@ -11,8 +11,9 @@ whatever the client then received) and injects at most one fault per request, ch
 
 * Phases, from method + path: ``upload`` (``/storage/...``, a POST/PUT under ``/files/``),
   ``submit`` (POST to an endpoint id on the queue host), ``status``, ``result``, ``download``
-  (GET ``/files/...``), ``cancel``, ``run`` (POST on the run host: fal's direct-run protocol) and
-  ``other`` (admin routes, anything else).
+  (GET ``/files/...``), ``cancel``, ``run`` (POST on the run host: fal's direct-run protocol),
+  ``platform`` (fal's platform API under ``/v1/``: request history, pricing) and ``other`` (admin
+  routes, anything else).
 * The emulator writes absolute URLs with its own host:port (``response_url``, ``status_url``, file
   URLs): the proxy rewrites them in JSON/text bodies and ``Location`` headers to its own, so every
   later call (status, result, download) comes through it too.
@@ -64,10 +65,13 @@ __all__ = [
     "fault_proxy",
 ]
 
-PHASES = ("upload", "submit", "status", "result", "download", "cancel", "run", "other")
+PHASES = ("upload", "submit", "status", "result", "download", "cancel", "run", "platform", "other")
 
 INTERCEPTED_HOSTS = {
     "rest.fal.ai": "queue",
+    "api.fal.ai": "queue",  # the platform API (request history, pricing): never the real fal
+    "queue.falrun.com": "queue",
+    "falrun.com": "run",
     "queue.fal.run": "queue",
     "fal.run": "run",
     "fal.media": "queue",
@@ -180,6 +184,8 @@ def classify(method: str, path: str, *, run_host: bool = False) -> str:
         return "download" if method in ("GET", "HEAD") else "upload"
     if path.startswith("/_emulator/"):
         return "other"
+    if path.startswith("/v1/"):  # before the request pattern: /v1/models/requests/by-endpoint is no result
+        return "platform"
     match = _REQUEST_PATH.match(path)
     if match is not None:
         action = match["action"]

@@ -101,6 +101,9 @@ def test_phases_are_classified_from_method_and_path() -> None:
     ]:
         assert classify(method, path) == "upload", path
     assert classify("GET", "/_emulator/stats") == "other"
+    # fal's request history lives under /v1/: it must not be taken for a result fetch
+    assert classify("GET", "/v1/models/requests/by-endpoint") == "platform"
+    assert classify("GET", "/v1/models/pricing") == "platform"
 
 
 def test_pass_through_rewrites_hosts_so_every_call_goes_through_the_proxy(
@@ -301,8 +304,16 @@ def test_connect_listener_intercepts_fal_hosts(fault_proxy: FaultProxy) -> None:
             headers={"Authorization": f"Key {fault_proxy.key}"},
         )
 
+        history = client.get(
+            "https://api.fal.ai/v1/models/requests/by-endpoint",
+            params={"endpoint_id": T2V},
+            headers={"Authorization": f"Key {fault_proxy.key}"},
+        )
+
     assert token.status_code == 200 and token.json()["token_type"] == "Bearer"
     assert fault_proxy.counts["upload"] == {"seen": 1, "forwarded": 1, "faulted": 0}
+    assert history.status_code == 200 and "items" in history.json(), "api.fal.ai reaches the emulator"
+    assert fault_proxy.counts["platform"] == {"seen": 1, "forwarded": 1, "faulted": 0}
 
 
 def test_reset_forgets_counts_and_faults(fault_proxy: FaultProxy) -> None:
