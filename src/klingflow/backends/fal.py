@@ -400,10 +400,32 @@ class FalBackend:
             raw=response.json(), billable_units=_float(response.headers.get("x-fal-billable-units"))
         )
 
-    async def cancel(self, handle: RequestHandle) -> None:
-        """Ask fal to cancel a request (so a request nobody will use stops costing money)."""
-        with _translated(handle.endpoint, handle.request_id, "cancel"):
-            await self._client.cancel(handle.endpoint, handle.request_id)
+    async def cancel(self, handle: RequestHandle) -> str:
+        """Ask fal to cancel a request (so a request nobody will use stops costing money).
+
+        Returns fal's answer: ``OK`` (a queued request was removed), ``CANCELLATION_REQUESTED`` (a
+        running one was signalled), ``ALREADY_COMPLETED`` (too late: it is done, and paid for) or
+        ``NOT_FOUND``. Read from the answer's body, which fal_client's own cancel discards.
+        """
+        fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
+        try:
+            response = await fal_handle.client.put(fal_handle.cancel_url, timeout=self.submit_timeout)
+        except httpx.HTTPError as exc:
+            raise ConnectionLost(
+                f"cancelling failed ({type(exc).__name__}: {exc})",
+                endpoint=handle.endpoint,
+                request_id=handle.request_id,
+                phase="cancel",
+            ) from exc
+        try:
+            answer = str(response.json().get("status", ""))
+        except (ValueError, AttributeError):
+            answer = ""
+        if answer in ("OK", "CANCELLATION_REQUESTED", "ALREADY_COMPLETED", "NOT_FOUND"):
+            return answer
+        if response.status_code >= 400:
+            raise _answer_error(response, handle.endpoint, handle.request_id, "cancel")
+        return "OK"
 
     async def download(self, handle: RequestHandle, result: dict[str, Any]) -> EndpointResult:
         """Parse the output and download every output file into the store (size-checked)."""

@@ -60,7 +60,7 @@ from klingflow.errors import (
 from klingflow.ledger import Status, StepRecord
 
 if TYPE_CHECKING:
-    from klingflow.backends.fal import FalBackend
+    pass
 
 __all__ = ["generation_key_for", "run_generation"]
 
@@ -268,15 +268,25 @@ class _Generation:
             record.request_id = handle.request_id
             try:
                 started = time.monotonic()
-                queue_s, run_s = await self.free(
-                    "status", lambda h=handle: backend.wait(h, on_event=self.on_event, timeout=self.timeout)
-                )
+                queue_s: float | None = None
+                run_s: float | None = None
+                try:
+                    queue_s, run_s = await self.free(
+                        "status",
+                        lambda h=handle: backend.wait(h, on_event=self.on_event, timeout=self.timeout),
+                    )
+                except ResultTimeout:
+                    if not may_submit or await self.cancel(handle) != "ALREADY_COMPLETED":
+                        raise
+                    self.log(
+                        f"{record.step_id}: request {handle.request_id} finished before the cancel: kept"
+                    )
                 fetched = await self.free("result", lambda h=handle: backend.fetch_result(h))
                 done = await self.free("download", lambda h=handle, r=fetched.raw: backend.download(h, r))
                 break
             except ResultTimeout as exc:
                 if may_submit:
-                    await _give_up(ctx, backend, handle, self.key, self.log)
+                    ctx.journal.forget(self.key)  # cancelled: nobody will collect it
                 raise self.fail(
                     f"did not finish within {self.timeout:g} s (step timeout); the request was cancelled", exc
                 ) from exc
@@ -333,6 +343,14 @@ class _Generation:
             values={"duration": record.duration_s},
             outputs=done.output_records(),
         )
+
+    async def cancel(self, handle: RequestHandle) -> str | None:
+        """Cancel a request nobody will wait for (retried like any free call); fal's answer, or None."""
+        try:
+            return await self.free("cancel", lambda: self.ctx.backend.cancel(handle))
+        except BackendError as exc:
+            self.log(f"{self.record.step_id}: could not cancel request {handle.request_id}: {exc.message}")
+            return None
 
     async def submit(self) -> RequestHandle:
         """Upload, journal the submit as ``interrupted``, send it once, and settle its outcome."""
@@ -424,14 +442,3 @@ class _Generation:
 def _note(kind: str, text: str) -> str:
     """A ledger billing note: its kind first, so ``billing_note.str.startswith(kind)`` selects it."""
     return f"{kind}: {text}"
-
-
-async def _give_up(
-    ctx: StepContext, backend: FalBackend, handle: RequestHandle | None, key: str, log: Logger
-) -> None:
-    if handle is not None:
-        try:
-            await backend.cancel(handle)
-        except BackendError as exc:
-            log(f"could not cancel request {handle.request_id}: {exc.message}")
-    ctx.journal.forget(key)
