@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import os
 import random
+import shutil
 import signal
 import time
 import traceback
@@ -199,10 +200,15 @@ def kill_then_rerun(world: World, proxy: FaultProxy, trial: Trial, *, ephemeral:
     """One trial: a run killed with SIGKILL at its moment, the processes it left, a rerun to the end."""
     home = world.root / f"{'ephemeral' if ephemeral else 'trial'}-{trial.number:02d}"
     marker = str(home)
+    # Each trial's own prompts: trials run side by side on one emulator and one fal key, and fal's
+    # request history (which a rerun asks about a lost submit) must not show one trial another's.
+    pipeline = home / "pipeline" / "crash.yaml"
+    pipeline.parent.mkdir(parents=True)
+    shutil.copyfile(world.pipeline.parent / "harbour.png", pipeline.parent / "harbour.png")
+    tag = f" (trial {'e' if ephemeral else ''}{trial.number})"
+    pipeline.write_text(PIPELINE.replace('", duration', f'{tag}", duration'))
     arm(proxy)
-    process = start_klingflow_run(
-        world.pipeline, world.env(proxy, home, ephemeral=ephemeral), home / "killed"
-    )
+    process = start_klingflow_run(pipeline, world.env(proxy, home, ephemeral=ephemeral), home / "killed")
     try:
         if ephemeral:  # the temporary server is up once the flow submits: kill a moment after that
             deadline = time.monotonic() + 120
@@ -219,7 +225,7 @@ def kill_then_rerun(world: World, proxy: FaultProxy, trial: Trial, *, ephemeral:
     stop_processes(list(trial.left_behind))  # ours to stop: the test started them
 
     started = time.monotonic()
-    trial.rerun_code, trial.rerun_output = klingflow_run(world.pipeline, world.env(proxy, home), home / "out")
+    trial.rerun_code, trial.rerun_output = klingflow_run(pipeline, world.env(proxy, home), home / "out")
     trial.rerun_seconds = time.monotonic() - started
     trial.sha256 = sha256(home / "out" / "final_cut.mp4")
     trial.accepted = accepted_by_endpoint(proxy)

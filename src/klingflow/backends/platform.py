@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Collection
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from klingflow.errors import ConnectionLost, ServerError, error_for_status
 
@@ -48,6 +48,12 @@ class HistoryItem(BaseModel):
     sent_at: datetime | None = None
     ended_at: datetime | None = None
     json_input: dict[str, Any] | None = None
+
+    @field_validator("sent_at", "ended_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        """fal's times are UTC; a time without an offset is taken as UTC."""
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 async def _get(backend: FalBackend, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
@@ -92,9 +98,12 @@ async def find_request(
 ) -> HistoryItem | None:
     """The request in fal's history whose input is the body with this digest, if fal lists one."""
     for item in await request_history(backend, endpoint_id, since):
-        if item.request_id not in exclude and item.json_input is not None:
-            if payload_digest(item.json_input) == digest:
-                return item
+        if item.request_id in exclude or item.json_input is None:
+            continue
+        if item.sent_at is not None and item.sent_at < since:
+            continue  # an older request with the same body (fal filters on when requests ended)
+        if payload_digest(item.json_input) == digest:
+            return item
     return None
 
 
