@@ -11,7 +11,6 @@ import shlex
 import ssl
 from typing import Annotated
 
-import httpx
 import typer
 
 from klingflow.cli._errors import friendly_errors, out
@@ -32,9 +31,7 @@ def serve(
     ] = 8790,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     latency: Annotated[float, typer.Option(help="Seconds each request spends IN_PROGRESS.")] = 2.0,
-    workers: Annotated[
-        int, typer.Option(help="Requests processed at once; the rest wait IN_QUEUE.")
-    ] = 2,
+    workers: Annotated[int, typer.Option(help="Requests processed at once; the rest wait IN_QUEUE.")] = 2,
     faults: Annotated[
         str,
         typer.Option(
@@ -115,6 +112,7 @@ def serve(
     console.print('Point fal_client at it with:  eval "$(klingflow emulator env)"')
     server.serve_forever()
 
+
 @emulator_app.command("env")
 @friendly_errors
 def env(port: Annotated[int | None, typer.Option(help=_PORT_HELP)] = None) -> None:
@@ -124,10 +122,13 @@ def env(port: Annotated[int | None, typer.Option(help=_PORT_HELP)] = None) -> No
     for name, value in running_environment(port).items():
         print(f"export {name}={shlex.quote(value)}")
 
+
 @emulator_app.command("stats")
 @friendly_errors
 def stats(port: Annotated[int | None, typer.Option(help=_PORT_HELP)] = None) -> None:
     """Print the emulator's counters (submits per endpoint, cancels, faults injected) as JSON."""
+    import httpx
+
     from klingflow.emulator.server import running_environment
 
     environment = running_environment(port)

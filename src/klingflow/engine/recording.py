@@ -14,7 +14,10 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +27,7 @@ import pandas as pd
 from pydantic import SecretStr
 
 from klingflow import ledger
+from klingflow._files import atomic_path
 from klingflow.ledger import (
     CONTACT_SHEET_NAME,
     REPORT_NAME,
@@ -31,6 +35,7 @@ from klingflow.ledger import (
     Status,
     redact,
     run_dir,
+    runs_root,
     save_manifest,
     step_label,
 )
@@ -46,20 +51,46 @@ __all__ = ["record_run"]
 logger = logging.getLogger(__name__)
 
 
+SHEET_ROWS = 20
+"""A run's contact sheet shows its first clips; the report shows every one."""
+_SHEET_VERSION = "contact-sheet-2"  # part of a sheet's cache key: bump when the picture changes
+
+
 def _sheet(rows: list[dict[str, Any]], out: Path, run_id: str) -> str | None:
-    """The contact sheet of every video the run produced, or None when it has none or it fails."""
-    videos = [
-        (step_label(row), Path(row["output_path"]))
+    """The contact sheet of the videos the run produced, or None when it has none or it fails.
+
+    A sheet is a function of its clips' labels and contents, so it is kept by that key under
+    ``<home>/runs/sheets/`` and a re-run that produced the same clips (a cached re-run) copies it
+    instead of decoding every clip again.
+    """
+    rows = [
+        row
         for row in rows
         if Status(row["status"]).produced
         and row["output_path"]
         and media_kind(row["output_path"]) == "video"
         and Path(row["output_path"]).is_file()
     ]
-    if not videos:
+    if not rows:
         return None
+    videos = [(step_label(row), Path(row["output_path"])) for row in rows]
+    identity = [
+        _SHEET_VERSION,
+        SHEET_ROWS,
+        *[[label, row["sha256"]] for (label, _), row in zip(videos, rows, strict=True)],
+    ]
+    kept = runs_root() / "sheets" / f"{hashlib.sha256(json.dumps(identity).encode()).hexdigest()}.png"
     try:
-        return str(contact_sheet(videos, out, context=f"run {run_id} contact sheet"))
+        if all(row["sha256"] for row in rows) and kept.is_file():
+            with atomic_path(out) as partial:
+                shutil.copyfile(kept, partial)
+            return str(out)
+        contact_sheet(videos, out, context=f"run {run_id} contact sheet", max_rows=SHEET_ROWS)
+        if all(row["sha256"] for row in rows):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as partial:
+                shutil.copyfile(out, partial)
+        return str(out)
     except Exception:  # cosmetic: the run is paid for and recorded; a missing picture must not fail it
         logger.warning("could not make the contact sheet for run %s", run_id, exc_info=True)
         return None

@@ -72,5 +72,3 @@ def run_ffmpeg(
 def where(context: str, path: str | os.PathLike[str]) -> str:
     """The error context for one file: the caller's description (e.g. the step) and the path."""
     return f"{context}: {path}" if context else str(path)
-
-

@@ -63,21 +63,36 @@ def _row(label: str, video: Path, frames_per_clip: int, context: str) -> Image.I
         draw.text((_GAP, _GAP + 34 + 20 * line), text, font=small, fill=_MUTED)
     times = [float(length * (2 * index + 1) / (2 * frames_per_clip)) for index in range(frames_per_clip)]
     for index, (seconds, picture) in enumerate(
-        zip(times, frames_at(video, times, context=context), strict=True)
+        zip(times, frames_at(video, times, context=context, size=thumb_size), strict=True)
     ):
         x = _LABEL_WIDTH + index * (thumb_size[0] + _GAP)
-        row.paste(picture.resize(thumb_size, Image.Resampling.LANCZOS), (x, _GAP))
+        row.paste(picture, (x, _GAP))
         draw.text((x, _GAP + _THUMB_HEIGHT + 3), f"{seconds:.2f} s", font=small, fill=_MUTED)
     return row
 
 
+def _more(count: int, width: int) -> Image.Image:
+    """The last row of a capped sheet: how many clips it leaves out."""
+    row = Image.new("RGB", (width, 2 * _GAP + _CAPTION + 12), _BACKGROUND)
+    text = f"… and {count} more clip{'s' if count != 1 else ''} (every clip is in the run's report)"
+    ImageDraw.Draw(row).text((_GAP, _GAP), text, font=ImageFont.load_default(size=20), fill=_MUTED)
+    return row
+
+
 def contact_sheet(
-    videos: Sequence[tuple[str, Path]], out: Path, *, frames_per_clip: int = 4, context: str = ""
+    videos: Sequence[tuple[str, Path]],
+    out: Path,
+    *,
+    frames_per_clip: int = 4,
+    context: str = "",
+    max_rows: int | None = None,
 ) -> Path:
     """Write a PNG grid at ``out``: one row per ``(label, video)``, ``frames_per_clip`` frames each.
 
     Every row has the same height, in the order given; the label (e.g. the step id) and the clip's
-    length, rate, size and audio are written at its left, and each frame's time below it.
+    length, rate, size and audio are written at its left, and each frame's time below it. With
+    ``max_rows``, only the first ``max_rows`` clips get a row, and a last line says how many more
+    there are (a sheet of 200 rows is no glance, and decoding them takes a while).
 
     Example:
         >>> contact_sheet([("shot1", Path("shot1.mp4")), ("shot2", Path("shot2.mp4"))],
@@ -89,7 +104,10 @@ def contact_sheet(
         raise MediaError(
             f"frames_per_clip must be at least 1, got {frames_per_clip}", context=where(context, out)
         )
-    rows = [_row(label, Path(video), frames_per_clip, context) for label, video in videos]
+    shown = videos if max_rows is None else videos[: max(max_rows, 1)]
+    rows = [_row(label, Path(video), frames_per_clip, context) for label, video in shown]
+    if len(shown) < len(videos):
+        rows.append(_more(len(videos) - len(shown), max(row.width for row in rows)))
     sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height for row in rows)), _BACKGROUND)
     top = 0
     for row in rows:
