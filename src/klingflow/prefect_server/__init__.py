@@ -9,7 +9,7 @@ idle for ``KLINGFLOW_SERVER_IDLE_MINUTES`` (``klingflow server start | status | 
 This package belongs to the core although it manages a Prefect server: it never imports Prefect.
 The server is ``python -m prefect server start`` run by a stdlib-only supervisor script
 (:mod:`._supervisor`), and everything else is files, signals and one HTTP health check
-(:mod:`._manager`), so ``klingflow server status`` answers in a fraction of a second. What only
+(:mod:`._manager`, :mod:`._lease`), so ``klingflow server status`` answers at once. What only
 Prefect knows (the API URL a user configured in a profile; refreshing an imported Prefect's
 settings) is done by the Prefect layer, :mod:`klingflow.flows.server`.
 
@@ -17,6 +17,7 @@ Settings (:mod:`klingflow.settings`): ``KLINGFLOW_PREFECT`` (``local`` | ``ephem
 ``KLINGFLOW_SERVER_PORT``, ``KLINGFLOW_SERVER_IDLE_MINUTES``, ``KLINGFLOW_SERVER_START_TIMEOUT``.
 """
 
+from klingflow.prefect_server._lease import use_local_server
 from klingflow.prefect_server._manager import (
     LocalServer,
     ServerStatus,
@@ -25,7 +26,6 @@ from klingflow.prefect_server._manager import (
     server_paths,
     server_status,
     stop_server,
-    use_local_server,
 )
 
 __all__ = [

@@ -1,15 +1,14 @@
-"""The client side of the local Prefect server: find it, start it, stop it, describe it, lease it.
+"""The client side of the local Prefect server: find it, start it, stop it, describe it.
 
 Nothing here imports Prefect: the server is ``python -m prefect server start`` run by a supervisor
 (:mod:`._supervisor`), and the server is judged by its ``/api/health`` answer. Which Prefect API
 a user configured (a profile, ``prefect.toml``) only Prefect can tell, so the caller passes it in
-(:func:`use_local_server`'s ``configured``); the Prefect layer (:mod:`klingflow.flows.server`)
-does, and refreshes Prefect's settings afterwards.
+(``use_local_server(configured, ...)``); the Prefect layer (:mod:`klingflow.flows.server`) does,
+and refreshes Prefect's settings afterwards.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import signal
@@ -37,7 +36,6 @@ from klingflow.prefect_server._supervisor import (
     live_clients,
     locked,
     mtime,
-    proc_start,
     read_state,
     remove_state_if,
 )
@@ -51,7 +49,6 @@ __all__ = [
     "server_paths",
     "server_status",
     "stop_server",
-    "use_local_server",
 ]
 
 OWN_URL = "KLINGFLOW_LOCAL_PREFECT_API_URL"  # settings().local_prefect_api_url
@@ -378,64 +375,3 @@ def server_status(home: str | Path | None = None) -> ServerStatus:
         clients=clients,
         log=paths.log,
     )
-
-
-# --------------------------------------------------------------------------- one process's use of it
-
-
-_announced: set[str] = set()
-_held: set[Path] = set()
-
-
-def use_local_server(
-    configured: str | None,
-    home: str | Path | None = None,
-    *,
-    mode: str | None = None,
-    echo: Echo | None = _stderr,
-    strict: bool = False,
-) -> LocalServer | None:
-    """Point this process (and its subprocesses) at ``home``'s local server, starting it if needed.
-
-    ``configured`` is the Prefect API URL the user configured, if any: it always wins, and nothing
-    is started. So does ``mode="ephemeral"`` (default: ``KLINGFLOW_PREFECT``). Otherwise sets
-    ``PREFECT_API_URL`` (and ``KLINGFLOW_LOCAL_PREFECT_API_URL``, so a later call knows klingflow set
-    it) in ``os.environ`` and holds a lease on the server until this process exits, so the idle
-    shutdown never stops a server a live run uses. Echoes the UI address once, when it started the
-    server. If the server cannot start, says so in one line and returns None (the run goes on in
-    Prefect's ephemeral mode), unless ``strict``.
-    """
-    if (mode or settings().prefect) == "ephemeral" or configured:
-        return None
-    try:
-        server = ensure_server(home, echo=echo)
-    except ConfigError as exc:
-        if strict:
-            raise
-        if echo:
-            echo(f"klingflow: {exc.message} (see {exc.context}); using Prefect's ephemeral mode")
-        return None
-    os.environ["PREFECT_API_URL"] = server.api_url
-    os.environ[OWN_URL] = server.api_url
-    _hold(server_paths(home))
-    if server.started and echo and server.url not in _announced:
-        _announced.add(server.url)
-        echo(f"klingflow: started a local Prefect server, UI at {server.url} (klingflow server stop)")
-    return server
-
-
-def _hold(paths: Paths) -> None:
-    """Register this process as a client until it exits (a killed process is noticed by its pid)."""
-    if paths.root in _held:
-        return
-    paths.clients.mkdir(exist_ok=True)
-    lease = paths.clients / str(os.getpid())
-    lease.write_text(proc_start(os.getpid()) or "")
-    _held.add(paths.root)
-
-    def release() -> None:
-        lease.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            paths.last_used.touch()
-
-    atexit.register(release)
