@@ -6,8 +6,8 @@ traceback. Messages are printed with ``soft_wrap``: a terminal folds long lines 
 log or ``| tee`` gets each message on whole lines instead of rich's 80-column default.
 
 Prefect's flow engine logs the traceback of a failed flow run before klingflow's own summary.
-:func:`quiet_prefect_tracebacks` keeps that traceback, and Prefect's INFO lines, out of the
-terminal (they still reach Prefect's API logs and UI); ``--debug`` shows them.
+:func:`quiet_prefect_tracebacks` keeps that traceback out of the terminal (it still reaches
+Prefect's API logs and UI); ``--debug`` shows it.
 """
 
 from __future__ import annotations
@@ -74,13 +74,7 @@ class _WithoutTraceback(logging.Formatter):
 
 
 def quiet_prefect_tracebacks() -> None:
-    """Keep Prefect's console output to warnings and errors, without tracebacks, in this process.
-
-    The CLI prints its own line per finished step; Prefect's INFO lines (a task run started,
-    finished, fal's queue position and log lines) repeat them, and rendering thousands of them
-    costs milliseconds a step. They still reach Prefect's API, so the UI shows them all, and so
-    do the tracebacks; ``--debug`` skips this.
-    """
+    """Drop tracebacks from Prefect's console output in this process (its API log handler keeps them)."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
     for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs"):
@@ -89,4 +83,3 @@ def quiet_prefect_tracebacks() -> None:
                 handler.formatter, _WithoutTraceback
             ):
                 handler.setFormatter(_WithoutTraceback(handler.formatter or logging.Formatter()))
-                handler.setLevel(max(handler.level, logging.WARNING))

@@ -148,7 +148,7 @@ def run(
         typer.Option("--out", help="Where to copy the final outputs (default ./klingflow-out/NAME)."),
     ] = None,
     debug: Annotated[
-        bool, typer.Option(help="Also print Prefect's log lines and tracebacks in the terminal.")
+        bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")
     ] = False,
     ephemeral: Annotated[
         bool,
