@@ -141,9 +141,9 @@ def _fan_out(path: Path, prompts: list[str]) -> Path:
 
 
 def _spread(values: list[float], unit: str = "s", digits: int = 1) -> str:
-    return (
-        f"{statistics.median(values):.{digits}f} {unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
-    )
+    """``median unit (min-max)``."""
+    unit = f" {unit}" if unit else ""
+    return f"{statistics.median(values):.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 class Bench:
@@ -187,7 +187,7 @@ class Bench:
         extra = f"per step {_spread(per_step, 'ms', 0)}" if latency == 0 else ""
         self.rows.append(
             f"| {name}: N={n}, {latency:g} s latency, cap {cap} | {_spread(hand)} | {_spread(kf)} | "
-            f"{_spread(ratios, '', 2).strip()} | {statistics.median(cpu_h):.1f} / "
+            f"{_spread(ratios, '', 2)} | {statistics.median(cpu_h):.1f} / "
             f"{statistics.median(cpu_k):.1f} + {statistics.median(cpu_s):.1f} s | {extra} |"
         )
 
