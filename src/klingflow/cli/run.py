@@ -147,9 +147,7 @@ def run(
         Path | None,
         typer.Option("--out", help="Where to copy the final outputs (default ./klingflow-out/NAME)."),
     ] = None,
-    debug: Annotated[
-        bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")
-    ] = False,
+    debug: Annotated[bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")] = False,
     ephemeral: Annotated[
         bool,
         typer.Option(
