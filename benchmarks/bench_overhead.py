@@ -1,29 +1,51 @@
-"""klingflow's overhead against a hand-written asyncio.gather + fal_client script (run on demand).
+"""klingflow's orchestration overhead against a plain asyncio.gather + fal_client script (run on demand).
 
-The standing bar: a klingflow run of N independent generations finishes within 10 % of the wall time
-of a hand-written ``asyncio.gather`` + ``fal_client`` script doing the same against the same emulator
-with the same concurrency, whole process and start-up included; and a fully cached re-run submits
-nothing. Both sides submit, poll, and download every output. The emulator's render cache is warmed
-first, so both sides wait on the same queue latency rather than on ffmpeg.
+Both sides run as whole processes (start-up included), against the same emulator in benchmark
+render mode (``--render-mode prerendered``: an output costs a file copy, not an ffmpeg render), with
+the same concurrency cap, submitting, polling and downloading every output. The sides alternate
+(hand-written, klingflow, hand-written, klingflow, ...) so a busy machine hurts both alike, and
+every pair uses new prompts, so klingflow never hits its cache. klingflow reports to its local
+Prefect server, started once before the timed runs (the first-ever run, server start included,
+is timed on its own).
 
-    .venv/bin/python benchmarks/bench_overhead.py --n 8 --concurrency 4 --latency 10
+Scenarios:
 
-Appends its table to docs/benchmarks.md under "## Overhead against a hand-written script".
+- ``n8``:     8 generations, 10 s emulator latency, cap 4;
+- ``n200``:   200 generations, 1 s latency, cap 8;
+- ``zero``:   200 generations at zero latency, cap 8: (klingflow - hand-written) / 200 is the
+  per-step overhead;
+- ``cached``: a fully cached re-run of the story preset (whole process);
+- ``first``:  the story preset in a new home: the first-ever run (no server yet, fresh Prefect
+  database), then the same with the server running, then with ``--ephemeral``.
+
+    .venv/bin/python benchmarks/bench_overhead.py                  # all, 3 pairs each (~15 min)
+    .venv/bin/python benchmarks/bench_overhead.py --only n8 zero --pairs 5
+    .venv/bin/python benchmarks/bench_overhead.py --write          # also into docs/benchmarks.md
+
+Times are ``time.perf_counter()`` around ``subprocess.run``; CPU is the children's user+system
+time (``resource.getrusage``), plus, for klingflow, what its local Prefect server used meanwhile
+(``/proc/<pid>/stat``): on a 2-core machine the server's work competes with the run's.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import re
+import resource
+import shutil
+import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,133 +53,246 @@ import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 KLINGFLOW = [sys.executable, "-m", "klingflow.cli"]
-
-HAND_WRITTEN = textwrap.dedent("""
-    import asyncio, sys, httpx, fal_client
-
-    async def one(client, prompt, limit):
-        async with limit:
-            handle = await client.submit("fal-ai/kling-video/v1/standard/text-to-video", {"prompt": prompt})
-            result = await handle.get(interval=0.25)
-            async with httpx.AsyncClient() as http:
-                data = (await http.get(result["video"]["url"])).content
-            return len(data)
-
-    async def main(prompts, concurrency):
-        client, limit = fal_client.AsyncClient(), asyncio.Semaphore(concurrency)
-        sizes = await asyncio.gather(*(one(client, p, limit) for p in prompts))
-        print(sum(sizes))
-
-    asyncio.run(main(sys.argv[2:], int(sys.argv[1])))
-""")
+HAND = [sys.executable, str(Path(__file__).with_name("hand_written.py"))]
+STORY = REPO / "deployments" / "pipelines" / "story.yaml"
+BEGIN, END = "<!-- bench_overhead: begin -->", "<!-- bench_overhead: end -->"
 
 
-def _stats(env: dict[str, str]) -> dict:
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
+    """(wall s, CPU s) of one whole process; fails loudly with its output if it fails."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(args[:6])} ... failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+@contextlib.contextmanager
+def emulator(work: Path, base: dict[str, str], latency: float, workers: int) -> Iterator[dict[str, str]]:
+    """`klingflow emulator serve` in benchmark render mode; yields the client environment for it."""
+    home = work / f"emulator-{latency:g}s-{workers}w"
+    env = {**base, "KLINGFLOW_HOME": str(home)}
+    server = subprocess.Popen(
+        [*KLINGFLOW, "emulator", "serve", "--port", "0", "--offline", "--render-mode", "prerendered",
+         "--latency", str(latency), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (home / "emulator" / "server.json").exists():
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit("the emulator did not start")
+            time.sleep(0.1)
+        printed = subprocess.run(
+            [*KLINGFLOW, "emulator", "env"], env=env, capture_output=True, text=True, check=True
+        ).stdout
+        found = {k: v.strip("'") for k, v in re.findall(r"^export (\w+)=(.*)$", printed, re.M)}
+        yield {**base, **found}
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _server_cpu(home: str) -> float:
+    """CPU seconds the home's local Prefect server has used so far (Linux; 0 if unknown)."""
+    try:
+        state = json.loads((Path(home) / "prefect-server" / "server.json").read_text())
+        fields = Path(f"/proc/{state['server_pid']}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, ValueError, KeyError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _submits(env: dict[str, str]) -> int:
     context = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
-    return httpx.get(
+    response = httpx.get(
         f"https://{env['FAL_QUEUE_RUN_HOST']}/_emulator/stats",
         headers={"Authorization": f"Key {env['FAL_KEY']}"},
         verify=context,
-    ).json()
+        trust_env=False,
+    )
+    return int(response.raise_for_status().json()["total_submits"])
 
 
-def _timed(args: list[str], env: dict[str, str], cwd: Path) -> float:
-    started = time.perf_counter()
-    subprocess.run(args, env=env, cwd=cwd, check=True, capture_output=True)
-    return time.perf_counter() - started
+def _fan_out(path: Path, prompts: list[str]) -> Path:
+    spec = {
+        "name": path.stem,
+        "inputs": {"shots": {"type": "list", "default": prompts}},
+        "steps": [
+            {
+                "id": "shots",
+                "uses": "text-to-video",
+                "foreach": "${inputs.shots}",
+                "with": {"prompt": "${item}"},
+            }
+        ],
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _spread(values: list[float], unit: str = "s", digits: int = 1) -> str:
+    """``median unit (min-max)``."""
+    unit = f" {unit}" if unit else ""
+    return f"{statistics.median(values):.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+class Bench:
+    def __init__(self, work: Path, pairs: int) -> None:
+        self.work, self.pairs, self.tag = work, pairs, uuid.uuid4().hex[:8]
+        self.base = {
+            k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "PREFECT_", "KLINGFLOW_"))
+        }
+        self.base.pop("HTTPS_PROXY", None)
+        self.client = {
+            "KLINGFLOW_HOME": str(work / "client-home"),
+            "KLINGFLOW_SERVER_PORT": str(_free_port()),
+            "PREFECT_HOME": str(work / "prefect-home"),
+        }
+        self.rows: list[str] = []
+
+    def klingflow_env(self, emulator_env: dict[str, str]) -> dict[str, str]:
+        return {**emulator_env, **self.client}
+
+    def race(self, name: str, n: int, latency: float, cap: int) -> None:
+        """Alternating pairs: hand-written, then klingflow, on new prompts each pair."""
+        hand, kf, cpu_h, cpu_k, cpu_s = [], [], [], [], []
+        with emulator(self.work, self.base, latency, cap) as env:
+            kenv = self.klingflow_env(env)
+            for pair in range(self.pairs):
+                prompts = [f"shot {i} of {name} pair {pair} ({self.tag})" for i in range(n)]
+                out = self.work / f"{name}-{pair}"
+                wall, cpu = _timed([*HAND, str(cap), str(out / "hand"), *prompts], env, self.work)
+                hand.append(wall), cpu_h.append(cpu)
+                pipeline = _fan_out(self.work / f"{name}{pair}.yaml", prompts)
+                run = [*KLINGFLOW, "run", str(pipeline), "--concurrency", str(cap), "--out", str(out / "kf")]
+                server = _server_cpu(self.client["KLINGFLOW_HOME"])
+                wall, cpu = _timed(run, kenv, self.work)
+                kf.append(wall), cpu_k.append(cpu)
+                cpu_s.append(_server_cpu(self.client["KLINGFLOW_HOME"]) - server)
+                print(
+                    f"{name} pair {pair}: hand-written {hand[-1]:.2f} s, klingflow {kf[-1]:.2f} s", flush=True
+                )
+        ratios = [k / h for h, k in zip(hand, kf, strict=True)]
+        per_step = [1000 * (k - h) / n for h, k in zip(hand, kf, strict=True)]
+        extra = f"per step {_spread(per_step, 'ms', 0)}" if latency == 0 else ""
+        self.rows.append(
+            f"| {name}: N={n}, {latency:g} s latency, cap {cap} | {_spread(hand)} | {_spread(kf)} | "
+            f"{_spread(ratios, '', 2)} | {statistics.median(cpu_h):.1f} / "
+            f"{statistics.median(cpu_k):.1f} + {statistics.median(cpu_s):.1f} s | {extra} |"
+        )
+
+    def cached(self) -> None:
+        """A fully cached re-run of the story preset, whole process; it must submit nothing."""
+        with emulator(self.work, self.base, 0, 4) as env:
+            kenv = self.klingflow_env(env)
+            run = [*KLINGFLOW, "run", str(STORY), "--set", f"subject=a fox ({self.tag})", "--out",
+                   str(self.work / "story")]  # fmt: skip
+            _timed(run, kenv, self.work)  # fills the cache
+            before = _submits(env)
+            walls = []
+            for _ in range(max(self.pairs, 3)):
+                walls.append(_timed(run, kenv, self.work)[0])
+                print(f"cached story re-run: {walls[-1]:.2f} s", flush=True)
+            submits = _submits(env) - before
+        self.rows.append(
+            f"| cached: story preset, fully cached re-run | | {_spread(walls, 's', 2)} | | | "
+            f"{submits} submits |"
+        )
+
+    def first(self) -> None:
+        """The story preset in a new home: first-ever run (server start, migrations), warm, ephemeral."""
+        fresh = {
+            "KLINGFLOW_HOME": str(self.work / "first-home"),
+            "KLINGFLOW_SERVER_PORT": str(_free_port()),
+            "PREFECT_HOME": str(self.work / "first-prefect-home"),
+        }
+        results = {}
+        try:
+            with emulator(self.work, self.base, 0, 4) as env:
+                for label, args in (
+                    ("first-ever (starts the server)", []),
+                    ("server already running", []),
+                    ("--ephemeral", ["--ephemeral"]),
+                ):
+                    run = [*KLINGFLOW, "run", str(STORY), "--set", f"subject={label} ({self.tag})",
+                           "--out", str(self.work / "first"), *args]  # fmt: skip
+                    results[label] = _timed(run, {**env, **fresh}, self.work)[0]
+                    print(f"story, {label}: {results[label]:.2f} s", flush=True)
+        finally:
+            subprocess.run([*KLINGFLOW, "server", "stop"], env={**self.base, **fresh}, capture_output=True)
+        shown = ", ".join(f"{label} {wall:.1f} s" for label, wall in results.items())
+        self.rows.append(f"| first: story preset, new home, 0 s latency | | {shown} | | | |")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--latency", type=float, default=10.0)
+    parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["n8", "n200", "zero", "cached", "first"],
+        default=["n8", "n200", "zero", "cached", "first"],
+    )
+    parser.add_argument("--write", action="store_true", help="Replace the results in docs/benchmarks.md.")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="klingflow-bench-"))
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("FAL_", "PREFECT_API"))}
-    base["KLINGFLOW_HOME"] = str(work / "emulator-home")
-    server = subprocess.Popen(
-        [
-            *KLINGFLOW,
-            "emulator",
-            "serve",
-            "--port",
-            "0",
-            "--offline",
-            "--latency",
-            str(options.latency),
-            "--workers",
-            str(options.concurrency),
-        ],
-        env=base,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    bench = Bench(work, options.pairs)
+    started = subprocess.run(
+        [*KLINGFLOW, "server", "start"], env={**bench.base, **bench.client}, capture_output=True, text=True
     )
+    if started.returncode != 0:
+        raise SystemExit(started.stderr)
     try:
-        while not (work / "emulator-home" / "emulator" / "server.json").exists():
-            time.sleep(0.1)
-        printed = subprocess.run(
-            [*KLINGFLOW, "emulator", "env"], env=base, capture_output=True, text=True, check=True
-        ).stdout
-        env = {**base, **{k: v.strip("'") for k, v in re.findall(r"^export (\w+)=(.*)$", printed, re.M)}}
-        prompts = [f"benchmark shot {i}" for i in range(options.n)]
-        pipeline = work / "bench.yaml"
-        pipeline.write_text(
-            json.dumps(
-                {
-                    "name": "bench",
-                    "inputs": {"shots": {"type": "list", "default": prompts}},
-                    "steps": [
-                        {
-                            "id": "shots",
-                            "uses": "text-to-video",
-                            "foreach": "${inputs.shots}",
-                            "with": {"prompt": "${item}"},
-                        }
-                    ],
-                }
-            )
-        )
-        hand = [sys.executable, "-c", HAND_WRITTEN, str(options.concurrency), *prompts]
-        _timed(hand, env, work)  # warm the emulator's render cache: both sides then wait on latency alone
-        hand_s = _timed(hand, env, work)
-        run = [
-            *KLINGFLOW,
-            "run",
-            str(pipeline),
-            "--concurrency",
-            str(options.concurrency),
-            "--out",
-            str(work / "out"),
-        ]
-        fresh = {**env, "KLINGFLOW_HOME": str(work / "client-home")}
-        klingflow_s = _timed(run, fresh, work)
-        before = _stats(env)["total_submits"]
-        cached_s = _timed(run, fresh, work)
-        cached_submits = _stats(env)["total_submits"] - before
+        for name in options.only:
+            if name == "n8":
+                bench.race("n8", 8, 10.0, 4)
+            elif name == "n200":
+                bench.race("n200", 200, 1.0, 8)
+            elif name == "zero":
+                bench.race("zero", 200, 0.0, 8)
+            elif name == "cached":
+                bench.cached()
+            else:
+                bench.first()
     finally:
-        server.terminate()
-        server.wait()
-    ratio = klingflow_s / hand_s
-    row = (
-        f"| {datetime.now(UTC):%Y-%m-%d} | {options.n} | {options.concurrency} | {options.latency:g} s | "
-        f"{hand_s:.1f} s | {klingflow_s:.1f} s | {100 * (ratio - 1):+.0f} % | "
-        f"{cached_s:.1f} s | {cached_submits} |"
-    )
-    print(row)
-    doc = REPO / "docs" / "benchmarks.md"
-    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
-    heading = "## Overhead against a hand-written script"
-    if heading not in text:
-        text += (
-            f"\n{heading}\n\nMachine: {platform.machine()}, {os.cpu_count()} cores, "
-            f"Python {platform.python_version()}. `klingflow run` (Prefect ephemeral mode, whole process) "
-            "against `asyncio.gather` + `fal_client` (whole process), same emulator, same concurrency; "
-            "`benchmarks/bench_overhead.py`.\n\n"
-            "| date | N | concurrency | emulator latency | hand-written | klingflow | overhead | "
-            "cached re-run | submits on re-run |\n|---|---|---|---|---|---|---|---|---|\n"
+        subprocess.run(
+            [*KLINGFLOW, "server", "stop"], env={**bench.base, **bench.client}, capture_output=True
         )
-    doc.write_text(text.rstrip("\n") + "\n" + row + "\n")
+    machine = (
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, load average before {os.getloadavg()[0]:.1f}; "
+        f"{options.pairs} alternating pairs per race"
+    )
+    table = "\n".join(
+        [
+            f"Measured {machine}.",
+            "",
+            "| scenario | hand-written | klingflow | ratio | CPU: hand / klingflow + its server | note |",
+            "|---|---|---|---|---|---|",
+            *bench.rows,
+        ]
+    )
+    print(table)
+    if options.write:
+        doc = REPO / "docs" / "benchmarks.md"
+        text = doc.read_text()
+        if BEGIN in text:
+            head, _, rest = text.partition(BEGIN)
+            text = head + BEGIN + "\n" + table + "\n" + END + rest.partition(END)[2]
+        else:
+            text = text.rstrip("\n") + f"\n\n{BEGIN}\n{table}\n{END}\n"
+        doc.write_text(text)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -34,6 +35,10 @@ os.environ.setdefault("KLINGFLOW_RECONCILE_POLL", "0.2")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 for _name in ("FAL_KEY", "FAL_KEY_ID", "FAL_KEY_SECRET", "HTTPS_PROXY", "https_proxy"):
     os.environ.pop(_name, None)
+# Runs use Prefect's ephemeral server unless a test opts in to klingflow's local one
+# (tests/test_local_server.py), so the suite never leaves a background server behind.
+os.environ["KLINGFLOW_PREFECT"] = "ephemeral"
+os.environ.pop("KLINGFLOW_LOCAL_PREFECT_API_URL", None)
 
 from faultproxy import fault_proxy  # noqa: E402, F401  (the fault-injecting proxy fixture)
 from klingflow.cache import Journal, Store  # noqa: E402
@@ -70,6 +75,47 @@ class EmulatorAdmin:
 
     def environment(self) -> dict[str, str]:
         return {**os.environ, **self.server.environment()}
+
+
+def server_processes(root: Path) -> tuple[list[int], list[int]]:
+    """(supervisors, prefect servers) of the local server whose folder is ``root`` (or under it), alive."""
+    supervisors, servers = [], []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state in ("Z", "X"):
+            continue
+        text = b" ".join(cmd).decode(errors="replace")
+        if "_supervisor.py supervise" in text and f"--dir {root}" in text:
+            supervisors.append(int(entry))
+        elif "prefect server start" in text and any(
+            e.startswith(b"PREFECT_HOME=") and e.decode(errors="replace")[13:].startswith(str(root))
+            for e in environ
+        ):
+            servers.append(int(entry))
+    return supervisors, servers
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_local_server_outlives_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test, stop any local Prefect server left under the session's folders."""
+    yield
+    if not sys.platform.startswith("linux"):
+        return
+    for root in (_SESSION_HOME, tmp_path_factory.getbasetemp()):
+        supervisors, servers = server_processes(root)
+        for pid in supervisors:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+        for pid in servers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import time
@@ -178,6 +179,18 @@ def test_kill_9_then_recover_collects_what_was_paid(served, tmp_path: Path) -> N
     assert emulator_stats(served)["submits"][T2V] - before == 2, "paid once, collected by recover"
 
 
+@contextlib.contextmanager
+def _local_server(env: dict[str, str]) -> Iterator[None]:
+    """Runs with ``env`` use klingflow's local Prefect server of their home, stopped afterwards."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        env.update(KLINGFLOW_PREFECT="local", KLINGFLOW_SERVER_PORT=str(sock.getsockname()[1]))
+    try:
+        yield
+    finally:
+        subprocess.run([*KLINGFLOW, "server", "stop"], env=env, capture_output=True, timeout=60)
+
+
 def _script_faults(env: dict[str, str], *script: str) -> None:
     """Script the next faults of the emulator ``env`` points at (its admin route)."""
     response = httpx.post(
@@ -216,9 +229,13 @@ def test_a_failing_step_prints_one_clear_summary_and_no_traceback(served, tmp_pa
 
 
 def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(tmp_path: Path) -> None:
-    """Two terminals, one home, one emulator: the second run joins the first one's requests."""
+    """Two terminals, one home, one emulator: the second run joins the first one's requests.
+
+    They share klingflow's local Prefect server (two ephemeral servers migrating one fresh
+    PREFECT_HOME database at once can collide), stopped at the end.
+    """
     home = tmp_path / "home"
-    with serve_emulator(home, "--latency", "8", "--workers", "4") as env:
+    with serve_emulator(home, "--latency", "8", "--workers", "4") as env, _local_server(env):
         env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
         pipeline = fan_out(tmp_path, "together", 2)
         runs = []

@@ -17,8 +17,8 @@ in which a kill leaves a paid request its journal does not know yet.
   proxy must count exactly one accepted submit per generation step over kill + rerun. These runs use
   a Prefect server of the test's own (about a second of Prefect per run instead of several), two
   trials at a time, each through its own proxy.
-* 2 trials in Prefect's ephemeral mode (no server: what a user without one gets), killed once the
-  flow has started submitting: the temporary Prefect server must not outlive the killed run.
+* 2 trials as a user without a Prefect server runs them (klingflow's local server), killed once
+  the flow has started submitting: only that deliberate server may outlive the killed run.
 
 A process is "left behind" when, seconds after the kill, it still has the trial's own
 ``KLINGFLOW_HOME`` in its environment or command line (every process the run started inherits it).
@@ -33,6 +33,9 @@ import os
 import random
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import time
 import traceback
 from collections import Counter
@@ -110,8 +113,14 @@ class World:
     baseline_output: str = ""
 
     def env(self, proxy: FaultProxy, home: Path, *, ephemeral: bool = False) -> dict[str, str]:
-        prefect_home = self.root / ("prefect-ephemeral" if ephemeral else "prefect-client")
-        return run_env(proxy, home, None if ephemeral else self.prefect, prefect_home)
+        """``ephemeral``: the user's default, no Prefect API configured: klingflow's local server."""
+        prefect_home = self.root / ("prefect-local" if ephemeral else "prefect-client")
+        env = run_env(proxy, home, None if ephemeral else self.prefect, prefect_home)
+        if ephemeral:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                env.update(KLINGFLOW_PREFECT="local", KLINGFLOW_SERVER_PORT=str(sock.getsockname()[1]))
+        return env
 
 
 def arm(proxy: FaultProxy) -> None:
@@ -221,7 +230,10 @@ def kill_then_rerun(world: World, proxy: FaultProxy, trial: Trial, *, ephemeral:
             os.kill(process.pid, signal.SIGKILL)  # the run's own process only, as `kill -9 PID` would
     finally:
         process.wait()
-    trial.left_behind = wait_for_leftovers(marker, grace=3.0)
+    left = wait_for_leftovers(marker, grace=3.0)
+    # klingflow's local Prefect server is a deliberate background service (its supervisor and the
+    # server it runs), reused by the rerun and stopped below; anything else is an orphan.
+    trial.left_behind = {pid: cmd for pid, cmd in left.items() if not _managed_server(cmd)}
     stop_processes(list(trial.left_behind))  # ours to stop: the test started them
 
     started = time.monotonic()
@@ -230,9 +242,21 @@ def kill_then_rerun(world: World, proxy: FaultProxy, trial: Trial, *, ephemeral:
     trial.sha256 = sha256(home / "out" / "final_cut.mp4")
     trial.accepted = accepted_by_endpoint(proxy)
     trial.exchanges = exchange_log(proxy)
+    if ephemeral:
+        subprocess.run(
+            [sys.executable, "-m", "klingflow.cli", "server", "stop"],
+            env=world.env(proxy, home),
+            capture_output=True,
+            timeout=60,
+        )
     trial.left_after_rerun = wait_for_leftovers(marker, grace=2.0)
     stop_processes(list(trial.left_after_rerun))
     return trial
+
+
+def _managed_server(command: str) -> bool:
+    """klingflow's local Prefect server: its supervisor, or the `prefect server start` it runs."""
+    return "_supervisor.py" in command or "prefect server start" in command
 
 
 def run_trials(world: World, trials: list[Trial], *, ephemeral: bool = False) -> Trials:
@@ -313,12 +337,11 @@ def test_a_killed_run_leaves_no_process_behind(trials: Trials) -> None:
     assert not problems, "\n".join(problems)
 
 
-def test_a_killed_ephemeral_run_leaves_no_prefect_server_behind(
-    world: World, ephemeral_trials: Trials
-) -> None:
-    """Issue 12 item 5: in ephemeral mode ``klingflow run`` starts a temporary Prefect server; a
-    ``kill -9`` of the run must not leave it running (each orphan holds ~200 MB and any
-    concurrency slot it granted)."""
+def test_a_killed_run_leaves_no_orphan_behind(world: World, ephemeral_trials: Trials) -> None:
+    """Issue 12 item 5: with no Prefect API configured, ``klingflow run`` used to start Prefect's
+    temporary server, which a ``kill -9`` of the run left orphaned (~200 MB, holding any concurrency
+    slot it granted). Now it uses klingflow's local server, a deliberate background service that the
+    rerun reuses; nothing else of klingflow's or Prefect's may outlive the killed run."""
     problems = [f"{describe(t)}: the trial broke:\n{t.error}" for t in ephemeral_trials if t.error]
     problems += [
         f"{describe(t)}: was not running any more at its kill" for t in ephemeral_trials if not t.killed

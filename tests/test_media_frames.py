@@ -160,6 +160,17 @@ def test_contact_sheet_has_a_labelled_row_per_clip(tmp_path: Path) -> None:
     assert np.abs(labels[0] - labels[1]).sum() > 0
 
 
+def test_a_capped_contact_sheet_shows_the_first_clips_and_counts_the_rest(tmp_path: Path) -> None:
+    clips = [_encode(tmp_path / f"c{i}.mp4", "color=c=red:s=320x180:r=30:d=1") for i in range(3)]
+    labelled = [(f"shot{i}", clip) for i, clip in enumerate(clips)]
+    full = _png(contact_sheet(labelled, tmp_path / "full.png", frames_per_clip=2))
+    capped = _png(contact_sheet(labelled, tmp_path / "capped.png", frames_per_clip=2, max_rows=2))
+    row = full.shape[0] // 3
+    assert full.shape[1] == capped.shape[1]
+    assert 2 * row < capped.shape[0] < 3 * row  # two clip rows and a shorter line for the third
+    assert (capped[2 * row :, :300].min(axis=2) > 120).sum() > 30  # that line has text
+
+
 def test_contact_sheet_names_a_broken_clip(tmp_path: Path) -> None:
     notes = tmp_path / "notes.mp4"
     notes.write_text("not a video\n" * 20)

@@ -94,6 +94,31 @@ class Settings(BaseSettings):
     emulator_webhook_backoff: float | None = Field(
         default=None, ge=0, description="Emulator: seconds before the second webhook delivery (0.5)."
     )
+    prefect: Literal["local", "ephemeral"] = Field(
+        default="local",
+        description="Where runs report when no Prefect API is configured: 'local' (one background "
+        "Prefect server per home, shared by every run, with a UI) or 'ephemeral' (Prefect's "
+        "temporary in-process server, nothing kept).",
+    )
+    server_port: int = Field(
+        default=4290,
+        ge=1,
+        le=65535,
+        description="Preferred port of the local Prefect server (else a free one).",
+    )
+    server_idle_minutes: float = Field(
+        default=60, ge=0, description="The local Prefect server stops after this long unused (0: never)."
+    )
+    server_start_timeout: float = Field(
+        default=90,
+        gt=0,
+        description="Seconds to wait for the local Prefect server to answer when starting it.",
+    )
+    local_prefect_api_url: str | None = Field(
+        default=None,
+        description="Set by klingflow itself next to the PREFECT_API_URL it points at its local server, "
+        "so that URL (inherited by a subprocess, say) is not taken for one the user configured.",
+    )
 
 
 def settings() -> Settings:

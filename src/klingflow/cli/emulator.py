@@ -11,7 +11,6 @@ import shlex
 import ssl
 from typing import Annotated
 
-import httpx
 import typer
 
 from klingflow.cli._errors import friendly_errors, out
@@ -128,6 +127,8 @@ def env(port: Annotated[int | None, typer.Option(help=_PORT_HELP)] = None) -> No
 @friendly_errors
 def stats(port: Annotated[int | None, typer.Option(help=_PORT_HELP)] = None) -> None:
     """Print the emulator's counters (submits per endpoint, cancels, faults injected) as JSON."""
+    import httpx
+
     from klingflow.emulator.server import running_environment
 
     environment = running_environment(port)

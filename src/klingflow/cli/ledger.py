@@ -20,9 +20,8 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import pandas as pd
 import typer
 from rich import box
 from rich.console import Console
@@ -30,7 +29,10 @@ from rich.table import Table
 from rich.text import Text
 
 from klingflow import ledger
-from klingflow.ledger import LedgerError, Status, step_label, to_records
+from klingflow.ledger import LedgerError, Status, step_label
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["add_ledger_commands", "ledger_list", "ledger_summary", "report_command"]
 
@@ -192,7 +194,7 @@ def ledger_list(
         console.print(
             _table(
                 f"{len(frame)} ledger rows (times UTC)",
-                to_records(frame),
+                ledger.to_records(frame),
                 _ROW_COLUMNS,
                 {"pipeline", "endpoint"},
             )
@@ -225,7 +227,7 @@ def ledger_summary(
         return
     wanted = [by.value] if by else ["run", "pipeline"]
     if format is SummaryFormat.json:
-        data = {f"{level}s": to_records(levels[level]) for level in wanted}
+        data = {f"{level}s": ledger.to_records(levels[level]) for level in wanted}
         text = json.dumps(data, indent=2)
         if output is not None:
             output.write_text(text + "\n", encoding="utf-8")
@@ -243,7 +245,7 @@ def ledger_summary(
         columns = keys[level] + [(name, heading, 0) for name, heading in _SUMMARY_COLUMNS]
         title = f"per {level} (times UTC; queue and run seconds as p50 / p95)"
         optional = {"joined", "skipped", "runs"} | ({"pipeline"} if level == "run" else set())
-        console.print(_table(title, to_records(levels[level]), columns, optional))
+        console.print(_table(title, ledger.to_records(levels[level]), columns, optional))
 
 
 def report_command(

@@ -7,6 +7,7 @@ prints a line per finished step (:class:`Progress`), then the final outputs' pat
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks
+from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks, stderr
 from klingflow.errors import ConfigError
 from klingflow.ledger import Status, StepRecord
 
@@ -154,18 +155,33 @@ def run(
         ),
     ] = None,
     debug: Annotated[bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")] = False,
+    ephemeral: Annotated[
+        bool,
+        typer.Option(
+            help="Use Prefect's temporary in-process server instead of the local one "
+            "(same as KLINGFLOW_PREFECT=ephemeral)."
+        ),
+    ] = False,
 ) -> None:
-    """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths."""
+    """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths.
+
+    Without a configured Prefect API the run reports to klingflow's local Prefect server (started
+    on first use, shared by later runs; ``klingflow server status``), and ends with its UI address.
+    """
     from klingflow.spec import check, load_pipeline
 
     inputs = parse_sets(set_ or [])
     spec = load_pipeline(file)
     check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
+    if ephemeral:
+        os.environ["KLINGFLOW_PREFECT"] = "ephemeral"  # for run_pipeline's own look, and subprocesses
 
     from klingflow.engine import RunHooks, RunOptions
     from klingflow.errors import PipelineFailed
     from klingflow.flows.pipeline import run_pipeline
+    from klingflow.flows.server import use_local_server
 
+    use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
     console = out()
     progress = Progress(console)
     try:
@@ -203,6 +219,19 @@ def _print_final(console: Console, result: RunResult) -> None:
     )
     for step_id, path in result.final.items():
         console.print(f"  {step_id}: {path.resolve()}", highlight=False, markup=False)
+    ui = _flow_run_page(result.flow_run_id)
+    if ui:
+        console.print(f"  Prefect UI: {ui}", highlight=False, markup=False)
+
+
+def _flow_run_page(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI, if the run reported to a server that outlives it."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    if not flow_run_id or not ui or not get_current_settings().api.url:
+        return None  # ephemeral mode: the server is gone with this process
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
 
 
 def recover(backend: BackendOpt = None) -> None:

@@ -14,52 +14,130 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import shutil
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
+from PIL import Image
 from pydantic import SecretStr
 
 from klingflow import ledger
+from klingflow._files import atomic_path
 from klingflow.ledger import (
     CONTACT_SHEET_NAME,
     REPORT_NAME,
     RunManifest,
     Status,
+    StepRecord,
     redact,
     run_dir,
+    runs_root,
     save_manifest,
     step_label,
 )
-from klingflow.media import contact_sheet
+from klingflow.media import contact_sheet, contact_sheet_row
 from klingflow.report import media_kind, write_report
 from klingflow.spec import ValidatedPipeline
 
 if TYPE_CHECKING:
     from klingflow.engine.runner import RunResult
 
-__all__ = ["record_run"]
+__all__ = ["SHEET_ROWS", "SheetRows", "record_run"]
 
 logger = logging.getLogger(__name__)
 
 
-def _sheet(rows: list[dict[str, Any]], out: Path, run_id: str) -> str | None:
-    """The contact sheet of every video the run produced, or None when it has none or it fails."""
-    videos = [
-        (step_label(row), Path(row["output_path"]))
-        for row in rows
-        if Status(row["status"]).produced
-        and row["output_path"]
-        and media_kind(row["output_path"]) == "video"
-        and Path(row["output_path"]).is_file()
-    ]
-    if not videos:
+SHEET_ROWS = 20
+"""A run's contact sheet shows its first clips; the report shows every one."""
+_SHEET_VERSION = "contact-sheet-2"  # part of a sheet's cache key: bump when the picture changes
+
+
+def _on_sheet(status: str, output_path: str | None) -> bool:
+    """Whether a ledger row's output gets a row on the run's contact sheet."""
+    return bool(
+        Status(status).produced
+        and output_path
+        and media_kind(output_path) == "video"
+        and Path(output_path).is_file()
+    )
+
+
+class SheetRows:
+    """Makes contact-sheet rows in a worker thread as steps finish, so the sheet at the end is mostly
+    an assembly: decoding a clip's frames then overlaps with waiting for the other requests.
+
+    Feed it every finished record (:meth:`add`, an ``on_finish`` hook); cached records are left
+    for the end, where a cached re-run's sheet is copied whole. :meth:`close` drops what is left.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="klingflow-sheet")
+        self._rows: dict[tuple[str, str], Future[Image.Image]] = {}
+
+    def add(self, record: StepRecord) -> None:
+        if (
+            len(self._rows) < SHEET_ROWS
+            and record.status != Status.CACHED
+            and _on_sheet(record.status, record.output_path)
+        ):
+            key = (record.step_label, str(record.output_path))
+            self._rows[key] = self._pool.submit(contact_sheet_row, key[0], Path(key[1]), context=key[0])
+
+    def get(self, label: str, video: Path) -> Image.Image | None:
+        """The row made ahead for this clip, or None (it is then made by the caller)."""
+        future = self._rows.get((label, str(video)))
+        try:
+            return future.result() if future is not None else None
+        except Exception:  # made again by the caller, which reports the failure properly
+            return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _sheet(
+    rows: list[dict[str, Any]], out: Path, run_id: str, prepared: SheetRows | None = None
+) -> str | None:
+    """The contact sheet of the videos the run produced, or None when it has none or it fails.
+
+    A sheet is a function of its clips' labels and contents, so it is kept by that key under
+    ``<home>/runs/sheets/`` and a re-run that produced the same clips (a cached re-run) copies it
+    instead of decoding every clip again.
+    """
+    rows = [row for row in rows if _on_sheet(row["status"], row["output_path"])]
+    if not rows:
         return None
+    videos = [(step_label(row), Path(row["output_path"])) for row in rows]
+    identity = [
+        _SHEET_VERSION,
+        SHEET_ROWS,
+        *[[label, row["sha256"]] for (label, _), row in zip(videos, rows, strict=True)],
+    ]
+    kept = runs_root() / "sheets" / f"{hashlib.sha256(json.dumps(identity).encode()).hexdigest()}.png"
     try:
-        return str(contact_sheet(videos, out, context=f"run {run_id} contact sheet"))
+        if all(row["sha256"] for row in rows) and kept.is_file():
+            with atomic_path(out) as partial:
+                shutil.copyfile(kept, partial)
+            return str(out)
+        contact_sheet(
+            videos,
+            out,
+            context=f"run {run_id} contact sheet",
+            max_rows=SHEET_ROWS,
+            prepared=prepared.get if prepared is not None else None,
+        )
+        if all(row["sha256"] for row in rows):
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(kept) as partial:
+                shutil.copyfile(out, partial)
+        return str(out)
     except Exception:  # cosmetic: the run is paid for and recorded; a missing picture must not fail it
         logger.warning("could not make the contact sheet for run %s", run_id, exc_info=True)
         return None
@@ -100,6 +178,7 @@ def record_run(
     *,
     out_dir: Path | None,
     secrets: Iterable[SecretStr | str] = (),
+    sheet_rows: SheetRows | None = None,
 ) -> tuple[RunManifest, pd.DataFrame]:
     """Record a finished run: ledger rows, contact sheet, manifest, HTML report.
 
@@ -110,6 +189,7 @@ def record_run(
     ``<home>/runs/<run id>/``; the report to ``out_dir/report.html`` (next to the exported
     outputs) or, without an out dir, beside the contact sheet. Either of those failing only logs
     a warning. ``secrets`` (e.g. the key given in code) are removed from every text recorded.
+    ``sheet_rows`` holds contact-sheet rows made while the run went on.
     """
     hidden = [_reveal(s) for s in secrets]
     frame = ledger.to_frame(result.rows(), secrets=hidden)
@@ -133,7 +213,7 @@ def record_run(
         final={name: str(path) for name, path in result.final.items()},
         final_sources=_sources(result),
         failures={step: redact(reason, hidden) or "" for step, reason in result.failures.items()},
-        contact_sheet=_sheet(rows, folder / CONTACT_SHEET_NAME, result.run_id),
+        contact_sheet=_sheet(rows, folder / CONTACT_SHEET_NAME, result.run_id, sheet_rows),
         out_dir=str(out_dir) if out_dir is not None else None,
     )
     target = (out_dir if out_dir is not None else folder) / REPORT_NAME

@@ -9,6 +9,7 @@ reads back from disk what the run just wrote.
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,8 +21,9 @@ from klingflow.engine.context import StepContext
 from klingflow.engine.hooks import RunHooks
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, check_budget, make_plan
-from klingflow.engine.recording import record_run
+from klingflow.engine.recording import SheetRows, record_run
 from klingflow.engine.runner import RunResult, execute
+from klingflow.ledger import StepRecord
 from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 
 if TYPE_CHECKING:
@@ -122,10 +124,21 @@ async def arun(
     validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
     if resolved.max_cost_usd is not None:
         check_budget(make_plan(validated, ctx), resolved.max_cost_usd)
-    result = await execute(validated, ctx, hooks=hooks, run_id=run_id)
-    result.flow_run_id = flow_run_id
-    if resolved.out_dir is not None:
-        result.final = export_outputs(result, resolved.out_dir)
-    secrets = [resolved.key, *ctx.secrets()] if resolved.key else ctx.secrets()
-    result.recorded(*record_run(result, validated, out_dir=resolved.out_dir, secrets=secrets))
+    sheet = SheetRows()  # the contact sheet's rows, made while the other steps still run
+    finished = hooks.on_finish
+
+    def on_finish(record: StepRecord) -> None:
+        sheet.add(record)
+        finished(record)
+
+    try:
+        result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
+        result.flow_run_id = flow_run_id
+        if resolved.out_dir is not None:
+            result.final = export_outputs(result, resolved.out_dir)
+        secrets = [resolved.key, *ctx.secrets()] if resolved.key else ctx.secrets()
+        recorded = record_run(result, validated, out_dir=resolved.out_dir, secrets=secrets, sheet_rows=sheet)
+    finally:
+        sheet.close()
+    result.recorded(*recorded)
     return result

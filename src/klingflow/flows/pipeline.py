@@ -14,9 +14,13 @@ A flow's parameters go through Prefect's API, so they must be JSON: a pipeline o
 key given in code or a progress callback cannot. A call from Python therefore hands those over
 in-process, as one :class:`InProcess` object in one ContextVar, read once by :func:`run_body`.
 
-With no Prefect API configured, Prefect starts its ephemeral server; klingflow then turns off the
-two server services that print tracebacks at shutdown on Prefect 3.8 (analytics and the task-run
-recorder), and only then: a user's own Prefect settings are never overridden.
+Where a run reports: a Prefect API the user configured always wins; else klingflow's local server
+(:func:`klingflow.flows.server.use_local_server`, called first thing by both entry points, before
+any Prefect settings context), started on first use and shared by later runs; else, with
+``KLINGFLOW_PREFECT=ephemeral`` or when that server cannot start, Prefect's ephemeral server, for
+which klingflow turns off the two server services that print tracebacks at shutdown on Prefect 3.8
+(analytics and the task-run recorder), and only then: a user's own Prefect settings are never
+overridden.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.engine import RunHooks, RunOptions, RunResult, arun
 from klingflow.errors import ConfigError, PipelineFailed
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
+from klingflow.flows.server import use_local_server
 from klingflow.ledger import StepRecord
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
@@ -200,6 +205,7 @@ async def arun_pipeline(
     over the pipeline file, which wins over ``fallback`` (the caller's own defaults) and the
     built-in ones. ``credentials`` / ``defaults`` name a FalCredentials / KlingDefaults block.
     """
+    await asyncio.to_thread(use_local_server)  # a first run starts the server: seconds, off the loop
     options = options or RunOptions()
     spec = pipeline if isinstance(pipeline, PipelineSpec) else None
     name = (spec.source or spec.name) if spec else pipeline
@@ -263,6 +269,7 @@ def run_pipeline(
             hint="give each option once",
         )
     explicit = (options or RunOptions()).model_copy(update=given)
+    use_local_server()  # before the event loop; arun_pipeline's own call then finds it running
     return asyncio.run(
         arun_pipeline(
             pipeline,

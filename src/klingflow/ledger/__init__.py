@@ -19,18 +19,12 @@ Example::
     print(per_pipeline[["pipeline", "runs", "spend_usd", "queue_p95"]])
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from klingflow.errors import LedgerError
-from klingflow.ledger._dataset import (
-    append,
-    export,
-    ledger_root,
-    load,
-    parse_since,
-    redact,
-    to_frame,
-    to_records,
-    typed,
-)
 from klingflow.ledger._manifests import (
     CONTACT_SHEET_NAME,
     REPORT_NAME,
@@ -42,7 +36,48 @@ from klingflow.ledger._manifests import (
     save_manifest,
 )
 from klingflow.ledger._record import COLUMNS, LEDGER_SCHEMA_VERSION, Status, StepRecord, step_label
-from klingflow.ledger._summary import LedgerSummary, summary
+
+if TYPE_CHECKING:
+    from klingflow.ledger._dataset import (
+        append,
+        export,
+        ledger_root,
+        load,
+        parse_since,
+        redact,
+        to_frame,
+        to_records,
+        typed,
+    )
+    from klingflow.ledger._summary import LedgerSummary, summary
+
+# The pandas/pyarrow half is imported on first use, so the row, its statuses and the manifests
+# (what the CLI, `klingflow server status` and `--help` need) do not cost pandas' import.
+_LAZY = {
+    **dict.fromkeys(
+        (
+            "append",
+            "export",
+            "ledger_root",
+            "load",
+            "parse_since",
+            "redact",
+            "to_frame",
+            "to_records",
+            "typed",
+        ),
+        "klingflow.ledger._dataset",
+    ),
+    "LedgerSummary": "klingflow.ledger._summary",
+    "summary": "klingflow.ledger._summary",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'klingflow.ledger' has no attribute {name!r}")
+
 
 __all__ = [
     "COLUMNS",

@@ -8,12 +8,12 @@ forgets one fails a test instead of crashing a user's run.
 
 from __future__ import annotations
 
+import sys
 import types
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Union, get_args, get_origin
 
-import pandas as pd
 from pydantic import BaseModel, Field
 
 __all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "Status", "StepRecord", "step_label"]
@@ -99,7 +99,9 @@ class StepRecord(BaseModel):
 def step_label(row: dict[str, Any]) -> str:
     """``step_id``, or ``step_id[i]`` for item ``i`` of a foreach step: how every view names a row."""
     index = row.get("item_index")
-    return row["step_id"] if index is None or index is pd.NA else f"{row['step_id']}[{index}]"
+    pandas = sys.modules.get("pandas")  # a row from a DataFrame may say pd.NA (never imported for it)
+    missing = index is None or (pandas is not None and index is pandas.NA)
+    return row["step_id"] if missing else f"{row['step_id']}[{index}]"
 
 
 _DTYPES: dict[type, str] = {

@@ -30,7 +30,7 @@ from klingflow.media._frames import first_frame, last_frame, thumbnail
 from klingflow.media._mux import mux_audio
 from klingflow.media._probe import MediaInfo, probe
 from klingflow.media._run import ffmpeg_executable, run_ffmpeg
-from klingflow.media._sheet import contact_sheet
+from klingflow.media._sheet import contact_sheet, contact_sheet_row
 
 __all__ = [
     "ConcatResult",
@@ -39,6 +39,7 @@ __all__ = [
     "Transition",
     "concat",
     "contact_sheet",
+    "contact_sheet_row",
     "ffmpeg_executable",
     "first_frame",
     "last_frame",

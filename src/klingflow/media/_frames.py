@@ -97,13 +97,27 @@ def frame_at(video: Path, seconds: float | None, *, context: str) -> Image.Image
         return frame.to_image()
 
 
-def frames_at(video: Path, seconds: Sequence[float], *, context: str) -> list[Image.Image]:
+def frames_at(
+    video: Path,
+    seconds: Sequence[float],
+    *,
+    context: str,
+    size: tuple[int, int] | None = None,
+    exact: bool = True,
+) -> list[Image.Image]:
     """The frames on screen at each of the ascending ``seconds``, in one forward decoding pass.
 
     One pass beats a seek per frame here: generated clips are often a single GOP, so every seek
-    would decode from the first frame again.
+    would decode from the first frame again. With ``size`` (width, height) each picture is scaled
+    while it is converted (ffmpeg's area scaler), far cheaper than converting the full frame and
+    resizing it in Pillow. ``exact=False`` (thumbnails) skips decoding frames no other frame
+    refers to, about half of an H.264 clip: a picture may then be the reference frame a frame or
+    two before the wanted time.
     """
+    scale = {} if size is None else {"width": size[0], "height": size[1], "interpolation": "AREA"}
     with _video(video, context) as (container, stream):
+        if not exact:
+            stream.codec_context.skip_frame = "NONREF"
         start = _start(stream)
         decoded = container.decode(stream)
         current, upcoming = next(decoded, None), next(decoded, None)
@@ -113,7 +127,7 @@ def frames_at(video: Path, seconds: Sequence[float], *, context: str) -> list[Im
         for wanted in sorted(start + Fraction(value) for value in seconds):
             while upcoming is not None and Fraction(upcoming.time or 0) <= wanted + _EPSILON:
                 current, upcoming = upcoming, next(decoded, None)
-            pictures.append(current.to_image())
+            pictures.append(current.to_image(**scale))
         return pictures
 
 

@@ -7,7 +7,7 @@ height whatever the clip's aspect, so 16:9, 9:16 and 1:1 clips sit side by side 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -18,7 +18,7 @@ from klingflow.media._frames import frames_at, save_png
 from klingflow.media._probe import MediaInfo, probe
 from klingflow.media._run import where
 
-__all__ = ["contact_sheet"]
+__all__ = ["contact_sheet", "contact_sheet_row"]
 
 _THUMB_HEIGHT = 180
 _LABEL_WIDTH = 240
@@ -47,6 +47,11 @@ def _summary(info: MediaInfo) -> list[str]:
     ]
 
 
+def contact_sheet_row(label: str, video: Path, *, frames_per_clip: int = 4, context: str = "") -> Image.Image:
+    """One row of a contact sheet (see :func:`contact_sheet`), e.g. made ahead, while a run goes on."""
+    return _row(label, video, frames_per_clip, context)
+
+
 def _row(label: str, video: Path, frames_per_clip: int, context: str) -> Image.Image:
     info = probe(video, context=context)
     if not info.has_video or not info.width or not info.height:
@@ -63,21 +68,39 @@ def _row(label: str, video: Path, frames_per_clip: int, context: str) -> Image.I
         draw.text((_GAP, _GAP + 34 + 20 * line), text, font=small, fill=_MUTED)
     times = [float(length * (2 * index + 1) / (2 * frames_per_clip)) for index in range(frames_per_clip)]
     for index, (seconds, picture) in enumerate(
-        zip(times, frames_at(video, times, context=context), strict=True)
+        zip(times, frames_at(video, times, context=context, size=thumb_size, exact=False), strict=True)
     ):
         x = _LABEL_WIDTH + index * (thumb_size[0] + _GAP)
-        row.paste(picture.resize(thumb_size, Image.Resampling.LANCZOS), (x, _GAP))
+        row.paste(picture, (x, _GAP))
         draw.text((x, _GAP + _THUMB_HEIGHT + 3), f"{seconds:.2f} s", font=small, fill=_MUTED)
     return row
 
 
+def _more(count: int, width: int) -> Image.Image:
+    """The last row of a capped sheet: how many clips it leaves out."""
+    row = Image.new("RGB", (width, 2 * _GAP + _CAPTION + 12), _BACKGROUND)
+    text = f"… and {count} more clip{'s' if count != 1 else ''} (every clip is in the run's report)"
+    ImageDraw.Draw(row).text((_GAP, _GAP), text, font=ImageFont.load_default(size=20), fill=_MUTED)
+    return row
+
+
 def contact_sheet(
-    videos: Sequence[tuple[str, Path]], out: Path, *, frames_per_clip: int = 4, context: str = ""
+    videos: Sequence[tuple[str, Path]],
+    out: Path,
+    *,
+    frames_per_clip: int = 4,
+    context: str = "",
+    max_rows: int | None = None,
+    prepared: Callable[[str, Path], Image.Image | None] | None = None,
 ) -> Path:
     """Write a PNG grid at ``out``: one row per ``(label, video)``, ``frames_per_clip`` frames each.
 
     Every row has the same height, in the order given; the label (e.g. the step id) and the clip's
-    length, rate, size and audio are written at its left, and each frame's time below it.
+    length, rate, size and audio are written at its left, and each frame's time below it. With
+    ``max_rows``, only the first ``max_rows`` clips get a row, and a last line says how many more
+    there are (a sheet of 200 rows is no glance, and decoding them takes a while). ``prepared``
+    may return a row made ahead by :func:`contact_sheet_row` with the same ``frames_per_clip``
+    (None: make it now).
 
     Example:
         >>> contact_sheet([("shot1", Path("shot1.mp4")), ("shot2", Path("shot2.mp4"))],
@@ -89,7 +112,13 @@ def contact_sheet(
         raise MediaError(
             f"frames_per_clip must be at least 1, got {frames_per_clip}", context=where(context, out)
         )
-    rows = [_row(label, Path(video), frames_per_clip, context) for label, video in videos]
+    shown = videos if max_rows is None else videos[: max(max_rows, 1)]
+    rows = [
+        (prepared and prepared(label, Path(video))) or _row(label, Path(video), frames_per_clip, context)
+        for label, video in shown
+    ]
+    if len(shown) < len(videos):
+        rows.append(_more(len(videos) - len(shown), max(row.width for row in rows)))
     sheet = Image.new("RGB", (max(row.width for row in rows), sum(row.height for row in rows)), _BACKGROUND)
     top = 0
     for row in rows:
