@@ -8,6 +8,7 @@ possibly billed; a local file goes up through fal_client's own upload.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 from pathlib import Path
@@ -135,3 +136,33 @@ def test_a_422_on_the_result_fails_at_once_flagged_possibly_billed(tmp_path: Pat
     rows = ledger.to_records(ledger.load(root=home / "ledger"))
     assert len(rows) == 1 and rows[0]["status"] == "failed" and rows[0]["attempts"] == 1
     assert rows[0]["billing_note"].startswith("possibly_billed")
+
+
+async def test_a_result_fal_no_longer_keeps_is_said_plainly_and_paid_again_only_if_allowed(
+    options: RunOptions, emulator
+) -> None:
+    """A run crashed long ago (its journal says submitted); fal's result retention has passed."""
+    spec = _pipeline({"id": "line", "uses": "tts", "with": {"text": "Collected too late."}})
+    first = await arun(spec, None, options)
+    record = first.records[0]
+    emulator._client.post(
+        f"{emulator.base}/_emulator/config", json={"result_retention": 1}
+    ).raise_for_status()
+    for policy, expected in (("fail", "failed"), ("reconcile", "completed")):
+        options.journal.record_submitted(
+            record.cache_key, endpoint=TTS, backend=record.backend, request_id=record.request_id
+        )
+        await asyncio.sleep(1.5)
+        step = {
+            "id": "line",
+            "uses": "tts",
+            "with": {"text": "Collected too late."},
+            "on_ambiguous_submit": policy,
+        }
+        again = (await arun(_pipeline(step), None, options)).records[0]
+        assert again.status == expected, again.error
+        if policy == "fail":
+            assert "fal no longer keeps its result" in (again.error or "")
+        else:
+            assert again.billing_note and again.billing_note.startswith("result_gone")
+            assert again.request_id != record.request_id

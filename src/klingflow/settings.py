@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a free call (poll, result fetch, download, upload) is retried.",
     )
+    result_deadline: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Seconds a completed request's result fetch is retried (fal keeps results 1 hour).",
+    )
     reconcile_grace: float = Field(
         default=900.0,
         ge=0,

@@ -226,8 +226,13 @@ class _Generation:
         return failure
 
     async def free(self, phase: str, call: Callable[[], Awaitable[T]]) -> T:
-        """A call that costs nothing, retried on transient errors until the phase's deadline."""
+        """A call that costs nothing, retried on transient errors until the phase's deadline.
+
+        A completed request's result fetch is retried for as long as fal keeps the result
+        (``result_deadline``, fal's hour), so a paid clip is never given up while it can be fetched.
+        """
         policy, started, attempt = self.ctx.retry, time.monotonic(), 0
+        deadline = policy.result_deadline if phase == "result" else policy.free_deadline
         while True:
             try:
                 return await call()
@@ -235,7 +240,7 @@ class _Generation:
                 if not is_transient(exc) or isinstance(exc, RequestFailed):
                     raise
                 attempt += 1
-                if time.monotonic() - started > policy.free_deadline:
+                if time.monotonic() - started > deadline:
                     raise
                 wait = policy.delay(attempt, exc.retry_after)
                 self.log(
@@ -297,6 +302,12 @@ class _Generation:
                 if not resumed:
                     raise self.fail(str(exc), exc) from exc
                 # an earlier run's request that fal no longer keeps (its result is kept 1 hour): paid, lost
+                if self.policy == "fail":
+                    raise self.fail(
+                        f"request {handle.request_id} was paid, but fal no longer keeps its result (kept 1 "
+                        "hour after it completes); the step's policy forbids paying again",
+                        exc,
+                    ) from exc
                 self.log(
                     f"{record.step_id}: fal no longer knows request {handle.request_id}; submitting anew"
                 )

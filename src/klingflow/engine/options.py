@@ -42,7 +42,9 @@ class RetryPolicy(BaseModel):
     Free calls (upload, status poll, result fetch, download, cancel, and a submit that provably
     never reached fal or was rate-limited) are retried on transient errors with backoff and jitter,
     never sooner than Retry-After, until ``free_deadline`` seconds have passed in that phase.
-    ``retries`` counts only paid attempts: new submits after fal finished a request with an error.
+    A completed request's result fetch is retried until ``result_deadline`` (fal keeps a result
+    one hour after it completes), since giving up on it loses a paid clip. ``retries`` counts only
+    paid attempts: new submits after fal finished a request with an error.
     A submit whose answer was lost is looked up in fal's request history for up to
     ``reconcile_grace`` seconds (fal lists a request once it has ended, so this must cover a
     generation), polling every ``reconcile_poll`` seconds.
@@ -53,6 +55,7 @@ class RetryPolicy(BaseModel):
     max_delay: float = 60.0
     jitter: float = 0.25
     free_deadline: float = Field(default_factory=lambda: settings().free_deadline)
+    result_deadline: float = Field(default_factory=lambda: settings().result_deadline)
     reconcile_grace: float = Field(default_factory=lambda: settings().reconcile_grace)
     reconcile_poll: float = Field(default_factory=lambda: settings().reconcile_poll)
 
