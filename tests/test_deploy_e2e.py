@@ -94,7 +94,14 @@ def team(tmp_path_factory) -> Iterator[dict[str, str]]:
         with serve_emulator(root / "emulator-home", "--latency", "1.5", "--workers", "8") as fal_env:
             fal = {
                 k: fal_env[k]
-                for k in ("FAL_KEY", "FAL_RUN_HOST", "FAL_QUEUE_RUN_HOST", "SSL_CERT_FILE", "NO_PROXY")
+                for k in (
+                    "FAL_KEY",
+                    "FAL_RUN_HOST",
+                    "FAL_QUEUE_RUN_HOST",
+                    "SSL_CERT_FILE",
+                    "NO_PROXY",
+                    "HTTPS_PROXY",
+                )
             }
             env.update(fal, KLINGFLOW_HOME=str(root / "shared-home"), KLINGFLOW_PROJECT_DIR=str(REPO))
             yield env
