@@ -99,7 +99,7 @@ def test_bad_status_and_since_are_explained(cli: typer.Typer) -> None:
 def test_summary_table_per_run_and_per_pipeline(cli: typer.Typer) -> None:
     out = invoke(cli, "ledger", "summary")
     assert "per run" in out and "per pipeline" in out
-    for heading in ("steps", "cached", "failed", "spend $", "p50", "p95"):
+    for heading in ("steps", "cached", "failed", "estimated $", "billed $", "p50", "p95"):
         assert heading in out
     assert "abc222" in out and "avatar" in out
 
