@@ -75,7 +75,7 @@ def test_the_planted_key_appears_in_no_file_and_no_artifact(
     artifacts = asyncio.run(
         read_artifacts(ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[ids["flow_run_id"]])))
     )
-    assert len(artifacts) == 2
+    assert len(artifacts) >= 2, "the ledger table and summary at least (plus images and links)"
     for artifact in artifacts:
         assert SECRET not in f"{artifact.data} {artifact.description} {artifact.key}", artifact.key
 
