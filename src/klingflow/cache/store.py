@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import ssl
 import tempfile
 from pathlib import Path
 
@@ -84,14 +83,15 @@ class Store:
     async def download(
         self,
         url: str,
+        client: httpx.AsyncClient,
         *,
         suffix: str = "",
         expected_size: int | None = None,
         expected_sha256: str | None = None,
-        verify: bool | ssl.SSLContext = True,
-        timeout: float = 300.0,
     ) -> StoredFile:
-        """Download ``url`` into the store, checking size and hash before it becomes visible.
+        """Download ``url`` with ``client`` into the store, checking size and hash before it becomes visible.
+
+        The caller owns the client, so one run's downloads share its connections and TLS set-up.
 
         Raises :class:`~klingflow.errors.ConnectionLost` for a connection error or a truncated
         transfer, the type :func:`~klingflow.errors.error_for_status` gives for 429 and 5xx,
@@ -103,22 +103,21 @@ class Store:
         digest, received = hashlib.sha256(), 0
         try:
             with os.fdopen(fd, "wb") as handle:
-                async with httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True) as client:
-                    async with client.stream("GET", url) as response:
-                        status = response.status_code
-                        if status >= 400:
-                            error = error_for_status(status)
-                            raise (error if issubclass(error, TRANSIENT) else ResultLost)(
-                                f"downloading the result file failed: {url}",
-                                status_code=status,
-                                phase="download",
-                            )
-                        declared = response.headers.get("content-length")
-                        content_type = response.headers.get("content-type")
-                        async for chunk in response.aiter_raw(_CHUNK):
-                            handle.write(chunk)
-                            digest.update(chunk)
-                            received += len(chunk)
+                async with client.stream("GET", url) as response:
+                    status = response.status_code
+                    if status >= 400:
+                        error = error_for_status(status)
+                        raise (error if issubclass(error, TRANSIENT) else ResultLost)(
+                            f"downloading the result file failed: {url}",
+                            status_code=status,
+                            phase="download",
+                        )
+                    declared = response.headers.get("content-length")
+                    content_type = response.headers.get("content-type")
+                    async for chunk in response.aiter_raw(_CHUNK):
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
             for expected, what in ((declared, "Content-Length"), (expected_size, "file_size")):
                 if expected is not None and int(expected) != received:
                     raise ConnectionLost(

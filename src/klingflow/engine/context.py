@@ -69,6 +69,11 @@ class StepContext:
             self._backend = self.backend_factory()
         return self._backend
 
+    async def aclose(self) -> None:
+        """Release the backend's connections, if this run made a backend."""
+        if self._backend is not None:
+            await self._backend.aclose()
+
     @property
     def limiter(self) -> asyncio.Semaphore:
         """Caps requests in flight (submitted, not yet downloaded) for this run's backend."""

@@ -118,4 +118,7 @@ async def _recover_one(ctx: StepContext, entry: JournalEntry) -> Recovered:
 
 async def recover(ctx: StepContext) -> list[Recovered]:
     """Look at every open journal entry of this backend; fetch what fal still keeps into the cache."""
-    return [await _recover_one(ctx, entry) for entry in open_entries(ctx)]
+    try:
+        return [await _recover_one(ctx, entry) for entry in open_entries(ctx)]
+    finally:
+        await ctx.aclose()

@@ -140,5 +140,6 @@ async def arun(
         recorded = record_run(result, validated, out_dir=resolved.out_dir, secrets=secrets, sheet_rows=sheet)
     finally:
         sheet.close()
+        await ctx.aclose()
     result.recorded(*recorded)
     return result

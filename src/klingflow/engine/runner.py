@@ -121,11 +121,18 @@ class _Run:
         endpoint = step_endpoint(self.pipeline.spec, step)
 
         async def call(log: Logger) -> StepRecord:
+            position: list[int | None] = []
+
             def forward(event: Any) -> None:
-                if event.status == "IN_QUEUE":
+                # One record per change: each record is a line on the console and a row the
+                # Prefect server inserts, so a queue position is said when it moves and the
+                # model's new log lines of one poll go out together.
+                if event.status == "IN_QUEUE" and position[-1:] != [event.queue_position]:
+                    position.append(event.queue_position)
                     log(f"{step_id}: in queue, position {event.queue_position}")
-                for line in event.logs:
-                    log(f"{step_id}: {line.get('message', '')}")
+                lines = [str(line.get("message", "")) for line in event.logs]
+                if lines:
+                    log(f"{step_id}: " + "\n".join(lines))
 
             if endpoint is not None:
                 return await run_generation(

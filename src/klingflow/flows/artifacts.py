@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import logging
 import re
@@ -250,12 +251,15 @@ class ProgressPublisher:
 
     Give :meth:`start` and :meth:`finished` to the engine as ``RunHooks.on_steps`` /
     ``on_finish`` (they are plain callbacks, called on the flow's event loop) and await
-    :meth:`close` when the run is over. At most one API call is in flight: step executions that
-    finish while one is under way are sent together in the next, so there is at most one call
-    per step and fewer when steps finish in bursts. A failing call is logged, never raised.
+    :meth:`close` when the run is over. At most one API call is in flight and calls are at least
+    ``interval`` seconds apart (the end of the run is sent at once): step executions that finish
+    meanwhile are sent together in the next, so a 200-step run at full speed makes a handful of
+    calls, not 200 the local server must write. A failing call is logged, never raised.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._closing = asyncio.Event()
         self.key: str | None = None
         self.artifact_id: UUID | None = None
         self.total = 0
@@ -295,6 +299,7 @@ class ProgressPublisher:
         if self.key is None:
             return
         self._final = True
+        self._closing.set()
         self._wake()
         if self._sender is not None:
             await self._sender
@@ -317,3 +322,6 @@ class ProgressPublisher:
                 self.key = None
                 return
             self._sent = wanted
+            if not self._final:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closing.wait(), self.interval)
