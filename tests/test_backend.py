@@ -31,7 +31,9 @@ T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 
 @pytest.fixture
 def backend(emulator, tmp_path: Path) -> FalBackend:
-    return FalBackend(resolve_backend("fal", key=emulator.key), Store(tmp_path / "store"), poll_interval=(0.05, 0.05))
+    return FalBackend(
+        resolve_backend("fal", key=emulator.key), Store(tmp_path / "store"), poll_interval=(0.05, 0.05)
+    )
 
 
 def test_backend_points_at_the_emulator_without_leaking_the_key(backend: FalBackend, emulator) -> None:
