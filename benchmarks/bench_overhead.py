@@ -16,15 +16,19 @@ Scenarios:
   per-step overhead;
 - ``cached``: a fully cached re-run of the story preset (whole process);
 - ``first``:  the story preset in a new home: the first-ever run (no server yet, fresh Prefect
-  database), then the same with the server running, then with ``--ephemeral``.
+  database), then the same with the server running, then with ``--ephemeral``;
+- ``floor``:  Prefect alone (``prefect_floor.py``): a flow of 0 and of 200 no-op task runs (cap 8),
+  against the same local server: what any Prefect flow pays before klingflow does anything.
 
     .venv/bin/python benchmarks/bench_overhead.py                  # all, 3 pairs each (~15 min)
     .venv/bin/python benchmarks/bench_overhead.py --only n8 zero --pairs 5
     .venv/bin/python benchmarks/bench_overhead.py --write          # also into docs/benchmarks.md
 
 Times are ``time.perf_counter()`` around ``subprocess.run``; CPU is the children's user+system
-time (``resource.getrusage``), plus, for klingflow, what its local Prefect server used meanwhile
-(``/proc/<pid>/stat``): on a 2-core machine the server's work competes with the run's.
+time (``resource.getrusage``), plus, for klingflow, what its local Prefect server used from the
+run's start until it was idle again (``/proc/<pid>/stat``; it records task runs after a flow has
+ended): on a 2-core machine the server's work competes with the run's. Each side starts on an
+idle server.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 KLINGFLOW = [sys.executable, "-m", "klingflow.cli"]
 HAND = [sys.executable, str(Path(__file__).with_name("hand_written.py"))]
+FLOOR = [sys.executable, str(Path(__file__).with_name("prefect_floor.py"))]
 STORY = REPO / "deployments" / "pipelines" / "story.yaml"
 BEGIN, END = "<!-- bench_overhead: begin -->", "<!-- bench_overhead: end -->"
 
@@ -110,6 +115,18 @@ def _server_cpu(home: str) -> float:
     except (OSError, ValueError, KeyError):
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _settled_server_cpu(home: str, timeout: float = 30.0) -> float:
+    """The server's CPU seconds once it is idle again: it records task runs after a flow has ended."""
+    last, deadline = _server_cpu(home), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _server_cpu(home)
+        if now - last < 0.05:
+            return now
+        last = now
+    return last
 
 
 def _submits(env: dict[str, str]) -> int:
@@ -171,14 +188,15 @@ class Bench:
             for pair in range(self.pairs):
                 prompts = [f"shot {i} of {name} pair {pair} ({self.tag})" for i in range(n)]
                 out = self.work / f"{name}-{pair}"
+                _settled_server_cpu(self.client["KLINGFLOW_HOME"])  # neither side starts on a busy server
                 wall, cpu = _timed([*HAND, str(cap), str(out / "hand"), *prompts], env, self.work)
                 hand.append(wall), cpu_h.append(cpu)
                 pipeline = _fan_out(self.work / f"{name}{pair}.yaml", prompts)
                 run = [*KLINGFLOW, "run", str(pipeline), "--concurrency", str(cap), "--out", str(out / "kf")]
-                server = _server_cpu(self.client["KLINGFLOW_HOME"])
+                server = _settled_server_cpu(self.client["KLINGFLOW_HOME"])
                 wall, cpu = _timed(run, kenv, self.work)
                 kf.append(wall), cpu_k.append(cpu)
-                cpu_s.append(_server_cpu(self.client["KLINGFLOW_HOME"]) - server)
+                cpu_s.append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - server)
                 print(
                     f"{name} pair {pair}: hand-written {hand[-1]:.2f} s, klingflow {kf[-1]:.2f} s", flush=True
                 )
@@ -233,6 +251,32 @@ class Bench:
         shown = ", ".join(f"{label} {wall:.1f} s" for label, wall in results.items())
         self.rows.append(f"| first: story preset, new home, 0 s latency | | {shown} | | | |")
 
+    def floor(self) -> None:
+        """Prefect alone, whole process, against klingflow's local server: 0 and 200 no-op task runs."""
+        status = subprocess.run(
+            [*KLINGFLOW, "server", "status"], env={**self.base, **self.client}, capture_output=True, text=True
+        ).stdout
+        found = re.search(r"https?://\S+/api", status)
+        if found is None:
+            raise SystemExit(f"no local server to measure against:\n{status}")
+        env = {**self.base, **self.client, "PREFECT_API_URL": found.group(0)}
+        _timed([*FLOOR, "0"], env, self.work)  # warm-up: the server registers the flow once
+        walls: dict[int, list[float]] = {0: [], 200: []}
+        server: dict[int, list[float]] = {0: [], 200: []}
+        for _ in range(max(self.pairs, 3)):
+            for n in walls:
+                before = _settled_server_cpu(self.client["KLINGFLOW_HOME"])
+                walls[n].append(_timed([*FLOOR, str(n)], env, self.work)[0])
+                server[n].append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - before)
+                print(f"prefect floor, {n} task runs: {walls[n][-1]:.2f} s", flush=True)
+        per_task = [1000 * (b - a) / 200 for a, b in zip(walls[0], walls[200], strict=True)]
+        self.rows.append(
+            f"| floor: Prefect alone, empty flow / 200 no-op task runs, cap 8 | | "
+            f"{_spread(walls[0], 's', 2)} / {_spread(walls[200], 's', 2)} | | "
+            f"server {statistics.median(server[0]):.1f} / {statistics.median(server[200]):.1f} s | "
+            f"per task run {_spread(per_task, 'ms', 0)} |"
+        )
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -240,8 +284,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["n8", "n200", "zero", "cached", "first"],
-        default=["n8", "n200", "zero", "cached", "first"],
+        choices=["n8", "n200", "zero", "cached", "first", "floor"],
+        default=["n8", "n200", "zero", "cached", "first", "floor"],
     )
     parser.add_argument("--write", action="store_true", help="Replace the results in docs/benchmarks.md.")
     options = parser.parse_args()
@@ -262,6 +306,8 @@ def main() -> None:
                 bench.race("zero", 200, 0.0, 8)
             elif name == "cached":
                 bench.cached()
+            elif name == "floor":
+                bench.floor()
             else:
                 bench.first()
     finally:
