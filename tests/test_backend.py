@@ -13,6 +13,7 @@ from klingflow.backends import resolve_backend
 from klingflow.backends.fal import FalBackend, QueueEvent
 from klingflow.cache import Store
 from klingflow.errors import (
+    ConfigError,
     ConnectionLost,
     InvalidInput,
     RateLimited,
@@ -34,6 +35,19 @@ def backend(emulator, tmp_path: Path) -> FalBackend:
     return FalBackend(
         resolve_backend("fal", key=emulator.key), Store(tmp_path / "store"), poll_interval=(0.05, 0.05)
     )
+
+
+def test_an_emulator_host_without_its_tunnel_is_refused_before_anything_is_sent(
+    emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fal_client's upload and platform hosts are fixed: without HTTPS_PROXY they would be the real fal."""
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError) as caught:
+        resolve_backend("fal", key=emulator.key)
+    assert "HTTPS_PROXY is not set" in caught.value.message and "rest.fal.ai" in caught.value.message
+    assert "klingflow emulator env" in caught.value.hint
+    assert emulator.key not in str(caught.value)
 
 
 def test_backend_points_at_the_emulator_without_leaking_the_key(backend: FalBackend, emulator) -> None:

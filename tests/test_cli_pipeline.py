@@ -22,6 +22,7 @@ import pytest
 from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
 from klingflow.emulator.faults import FaultPlan
 from klingflow.media import probe
+from moneyhelpers import leftover_processes, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -111,7 +112,27 @@ def test_budget_refusal_submits_nothing(served, tmp_path: Path) -> None:
     assert emulator_stats(served)["total_submits"] == before
 
 
+@contextlib.contextmanager
+def _reaped(home: Path) -> Iterator[None]:
+    """Stop, at the end, every process left with ``home`` in its environment.
+
+    These runs use Prefect's ephemeral server (the suite's default, for speed): its server is a
+    child of the run, and a ``kill -9`` of the run leaves it orphaned. That is why ``klingflow
+    run`` uses its local server by default (tests/test_crash_safety.py checks nothing else is
+    left); here the test stops what its runs started.
+    """
+    try:
+        yield
+    finally:
+        stop_processes(list(leftover_processes(str(home))))
+
+
 def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> None:
+    with _reaped(tmp_path / "client-home"):
+        _kill_9_then_rerun(served, tmp_path)
+
+
+def _kill_9_then_rerun(served: dict[str, str], tmp_path: Path) -> None:
     pipeline = fan_out(tmp_path, "crashy", 3)
     env = {**served, "KLINGFLOW_HOME": str(tmp_path / "client-home")}
     before = emulator_stats(served)["submits"].get(T2V, 0)
@@ -153,6 +174,11 @@ def _submitted(journal: Path) -> int:
 
 def test_kill_9_then_recover_collects_what_was_paid(served, tmp_path: Path) -> None:
     """`klingflow plan` shows the paid requests as recoverable, `klingflow recover` stores them."""
+    with _reaped(tmp_path / "home"):
+        _kill_9_then_recover(served, tmp_path)
+
+
+def _kill_9_then_recover(served: dict[str, str], tmp_path: Path) -> None:
     pipeline = fan_out(tmp_path, "recoverable", 2)
     env = {**served, "KLINGFLOW_HOME": str(tmp_path / "home")}
     before = emulator_stats(served)["submits"].get(T2V, 0)

@@ -16,6 +16,7 @@ from klingflow.media import (
     ffmpeg_executable,
     first_frame,
     last_frame,
+    preview,
     probe,
     run_ffmpeg,
     thumbnail,
@@ -96,6 +97,23 @@ def test_first_frame_and_thumbnail_pick_exact_frames(strobe: Path, tmp_path: Pat
     for at in (1.0, 1.01):
         assert np.array_equal(_png(thumbnail(strobe, tmp_path / f"t{at}.png", at=at)), _reference(strobe, 30))
     assert np.array_equal(_png(thumbnail(strobe, tmp_path / "end.png", at=3.0)), _reference(strobe, 89))
+
+
+def test_preview_is_the_middle_frame_scaled_to_fit(kling_clip: Path) -> None:
+    """The Prefect UI's thumbnails: the middle of the clip (give or take the reference frame before
+    it), 320 pixels on the long side, aspect kept."""
+    picture = preview(kling_clip, 320)
+    assert picture.size == (320, 180)
+    got = np.asarray(picture.convert("RGB")).astype(int)
+    scaled = {
+        index: np.asarray(
+            Image.fromarray(_reference(kling_clip, index)).resize((320, 180), Image.BOX)
+        ).astype(int)
+        for index in (0, 72, 73, 74, 75, 149)
+    }
+    closest = min(scaled, key=lambda index: np.abs(got - scaled[index]).mean())
+    assert closest in (72, 73, 74, 75), f"frame {closest} is not the middle of the clip"
+    assert np.abs(got - scaled[closest]).mean() < 4
 
 
 def test_thumbnail_outside_the_video_is_refused(strobe: Path, tmp_path: Path) -> None:

@@ -10,7 +10,11 @@ Resolution order, first match wins:
 3. nothing configured: the embedded emulator, so a first run costs nothing.
 
 ``backend="fal"`` with no key is an error, never a silent fallback: a user who asked for real
-generations must not get emulator renders by accident.
+generations must not get emulator renders by accident. So is a queue host on this machine (an
+emulator) without ``HTTPS_PROXY``: fal_client's uploads (``rest.fal.ai``) and fal's platform API
+(``api.fal.ai``, which reconciles a lost submit) have fixed hosts that reach the emulator only
+through its tunnel; without it they would go to the real fal, and a lost submit could not be
+looked up.
 
 The backend *identity* goes into cache keys (an emulator render must never be served as a real
 fal output); it never contains the key.
@@ -30,6 +34,9 @@ from klingflow.errors import ConfigError
 from klingflow.settings import settings
 
 __all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend", "use_hosts"]
+
+
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 
 
 def _identity(default: str) -> str:
@@ -94,6 +101,14 @@ def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | N
             )
         return _emulator()
     queue_host, run_host = _fal_hosts()
+    if is_loopback(queue_host) and not any(os.environ.get(name) for name in _PROXY_VARIABLES):
+        raise ConfigError(
+            f"fal_client points at an emulator ({queue_host}) but HTTPS_PROXY is not set, so uploads "
+            "(rest.fal.ai) and fal's request history (api.fal.ai) would go to the real fal",
+            context="FAL_QUEUE_RUN_HOST",
+            hint="set every line `klingflow emulator env` prints (HTTPS_PROXY names the emulator's "
+            "tunnel), or unset FAL_QUEUE_RUN_HOST / FAL_RUN_HOST to use the real fal",
+        )
     cert_file = os.environ.get("SSL_CERT_FILE")
     return BackendConfig(
         kind="fal",

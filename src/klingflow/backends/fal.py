@@ -223,6 +223,10 @@ def _raise_if_failed(status: Any, handle: RequestHandle) -> None:
         )
 
 
+LOGS_EVERY = 1.0
+"""Seconds between status polls that ask fal for the request's log lines (see :meth:`FalBackend.wait`)."""
+
+
 class FalBackend:
     """Calls Kling endpoints through fal_client with one resolved :class:`BackendConfig`."""
 
@@ -352,9 +356,17 @@ class FalBackend:
         started = time.monotonic()
         began_running: float | None = None
         seen_logs = 0
+        logs_at = -LOGS_EVERY  # the first poll asks for logs
         while True:
+            # fal answers a status with logs with every line so far: asked for once a second (and
+            # at the end), the polls in between stay small, as fal_client's own handle.get() polls.
+            with_logs = time.monotonic() - logs_at >= LOGS_EVERY
             with _translated(handle.endpoint, handle.request_id, "status"):
-                status = await fal_handle.status(with_logs=True)
+                status = await fal_handle.status(with_logs=with_logs)
+                if isinstance(status, fal_client.Completed) and not with_logs:
+                    status, with_logs = await fal_handle.status(with_logs=True), True
+            if with_logs:
+                logs_at = time.monotonic()
             logs = list(getattr(status, "logs", None) or [])
             if isinstance(status, fal_client.Queued):
                 event = QueueEvent(

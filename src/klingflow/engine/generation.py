@@ -343,7 +343,8 @@ class _Generation:
         record.billable_units = fetched.billable_units
         duration = getattr(done.output, "duration", None)
         for name, stored in done.files.items():
-            describe_output(record, stored, self.kinds[name], duration=duration)
+            # probing opens the file (milliseconds): off the event loop, where other steps poll
+            await asyncio.to_thread(describe_output, record, stored, self.kinds[name], duration=duration)
             record.output_url = getattr(done.output, name).url
         ctx.journal.record_done(
             self.key,

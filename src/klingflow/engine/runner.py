@@ -7,6 +7,13 @@ steps it refers to, resolves its arguments, and runs (a generation through
 as skipped; independent branches finish and are cached. A foreach step runs its items side by
 side and exposes its outputs as lists.
 
+Step executions whose references are ready start at most ``2 x concurrency`` at a time (the
+``starts`` gate): a 200-item foreach would otherwise start 200 step executions (200 Prefect task
+runs, each a few milliseconds of event-loop work and server events) before its first request
+could go out, and the UI would show all 200 Running while 192 wait for a request slot. Twice the
+cap keeps the next steps ready while the cap's worth are in flight. A step takes the gate only
+after its references are done, so waiting for one can never hold it.
+
 The Prefect layer's :class:`~klingflow.engine.hooks.RunHooks` run each step inside a Prefect task
 named after it; a plain Python call uses the default hooks and gets exactly the same caching,
 resume and retries.
@@ -111,6 +118,7 @@ class _Run:
         self.failures: dict[str, str] = {}
         self.done: dict[str, asyncio.Event] = {step: asyncio.Event() for step in pipeline.order}
         self.steps = {step.id: step for step in pipeline.spec.steps}
+        self.starts = asyncio.Semaphore(2 * max(1, ctx.concurrency))
 
     def _record(self, record: StepRecord) -> None:
         self.records.append(record)
@@ -162,9 +170,10 @@ class _Run:
             )
 
         label = step_id if item_index is None else f"{step_id}[{item_index}]"
-        self.hooks.on_start(label)
         info = StepInfo(label=label, step_id=step_id, uses=step.uses, arguments=plain(arguments))
-        return await self.hooks.run_step(info, call, self.hooks.log)
+        async with self.starts:
+            self.hooks.on_start(label)
+            return await self.hooks.run_step(info, call, self.hooks.log)
 
     async def _step(self, step_id: str) -> None:
         step = self.steps[step_id]

@@ -34,7 +34,7 @@ import contextlib
 import io
 import logging
 import re
-import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -51,7 +51,7 @@ from prefect.artifacts import (
 )
 
 from klingflow.ledger import RunManifest, Status, StepRecord, redact, step_label, to_records
-from klingflow.media import probe, thumbnail
+from klingflow.media import preview
 from klingflow.report import media_kind
 
 __all__ = [
@@ -170,13 +170,12 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
 
 def picture_data_uri(path: Path, max_side: int) -> str:
     """A ``data:`` URI of a small JPEG of ``path``: an image, or a video's middle frame."""
-    with tempfile.TemporaryDirectory(prefix="klingflow-thumb-") as folder:
-        if media_kind(path) == "video":
-            middle = (probe(path).duration or 0.0) / 2
-            path = thumbnail(path, Path(folder) / "frame.png", at=middle, context=f"thumbnail of {path}")
+    if media_kind(path) == "video":
+        picture = preview(path, max_side, context=f"thumbnail of {path}").convert("RGB")
+    else:
         with Image.open(path) as opened:
             picture = opened.convert("RGB")
-    picture.thumbnail((max_side, max_side))
+        picture.thumbnail((max_side, max_side))
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=80, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -191,39 +190,45 @@ async def _picture(path: Path, max_side: int) -> str | None:
 
 
 async def _publish_media(manifest: RunManifest) -> tuple[dict[str, UUID], dict[str, UUID]]:
-    """The contact sheet and thumbnails as image artifacts; report and final outputs as links."""
-    images: dict[str, UUID] = {}
-    links: dict[str, UUID] = {}
+    """The contact sheet and thumbnails as image artifacts; report and final outputs as links.
+
+    Pictures are made in threads and every artifact is sent at once (a 200-step run's end was
+    3.3 s of these one after the other, while the server was still recording the steps).
+    """
     run = f"run {manifest.run_id} ({manifest.status})"
+
+    async def image(key: str, path: Path, side: int, description: str) -> tuple[str, UUID] | None:
+        uri = await _picture(path, side)
+        if uri is None:
+            return None
+        return key, await acreate_image_artifact(image_url=uri, key=key, description=description)
+
+    async def link(key: str, path: Path, text: str, description: str) -> tuple[str, UUID]:
+        uri = path.resolve().as_uri()
+        return key, await acreate_link_artifact(link=uri, link_text=text, key=key, description=description)
+
+    images: list[Awaitable[tuple[str, UUID] | None]] = []
+    links: list[Awaitable[tuple[str, UUID]]] = []
     sheet = Path(manifest.contact_sheet) if manifest.contact_sheet else None
-    if sheet is not None and sheet.is_file() and (uri := await _picture(sheet, SHEET_SIDE)):
+    if sheet is not None and sheet.is_file():
         key = artifact_key(manifest.pipeline, "contact-sheet")
-        images[key] = await acreate_image_artifact(
-            image_url=uri, key=key, description=f"Contact sheet of {run}: `{sheet.resolve().as_uri()}`"
-        )
+        images.append(image(key, sheet, SHEET_SIDE, f"Contact sheet of {run}: `{sheet.resolve().as_uri()}`"))
     outputs = [(name, Path(path)) for name, path in manifest.final.items()][:MAX_PICTURES]
     for name, path in outputs:
         if not path.is_file():
             continue
-        if media_kind(path) in ("video", "image") and (uri := await _picture(path, THUMBNAIL_SIDE)):
+        if media_kind(path) in ("video", "image"):
             key = artifact_key(manifest.pipeline, f"thumbnail-{name}")
-            images[key] = await acreate_image_artifact(
-                image_url=uri, key=key, description=f"{name} of {run}: `{path.resolve().as_uri()}`"
-            )
+            images.append(image(key, path, THUMBNAIL_SIDE, f"{name} of {run}: `{path.resolve().as_uri()}`"))
         key = artifact_key(manifest.pipeline, f"output-{name}")
-        links[key] = await acreate_link_artifact(
-            link=path.resolve().as_uri(), link_text=path.name, key=key, description=f"{name} of {run}"
-        )
+        links.append(link(key, path, path.name, f"{name} of {run}"))
     report = Path(manifest.report) if manifest.report else None
     if report is not None and report.is_file():
         key = artifact_key(manifest.pipeline, "report")
-        links[key] = await acreate_link_artifact(
-            link=report.resolve().as_uri(),
-            link_text="report.html",
-            key=key,
-            description=f"Report of {run} (regenerate: `klingflow report {manifest.run_id}`)",
-        )
-    return images, links
+        description = f"Report of {run} (regenerate: `klingflow report {manifest.run_id}`)"
+        links.append(link(key, report, "report.html", description))
+    made_images, made_links = await asyncio.gather(asyncio.gather(*images), asyncio.gather(*links))
+    return dict(item for item in made_images if item is not None), dict(made_links)
 
 
 async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> ArtifactIds:
@@ -232,17 +237,19 @@ async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> Artif
     ``manifest`` and ``frame`` are what the run returned (its manifest and ledger rows). Call it
     inside a flow run, so the artifacts attach to it.
     """
-    table = await acreate_table_artifact(
-        table=table_rows(frame),
-        key=artifact_key(manifest.pipeline, "ledger"),
-        description=f"Ledger rows of run {manifest.run_id} ({manifest.status})",
+    table, markdown, (images, links) = await asyncio.gather(
+        acreate_table_artifact(
+            table=table_rows(frame),
+            key=artifact_key(manifest.pipeline, "ledger"),
+            description=f"Ledger rows of run {manifest.run_id} ({manifest.status})",
+        ),
+        acreate_markdown_artifact(
+            markdown=summary_markdown(manifest, frame),
+            key=artifact_key(manifest.pipeline, "summary"),
+            description=f"Summary of run {manifest.run_id} ({manifest.status})",
+        ),
+        _publish_media(manifest),
     )
-    markdown = await acreate_markdown_artifact(
-        markdown=summary_markdown(manifest, frame),
-        key=artifact_key(manifest.pipeline, "summary"),
-        description=f"Summary of run {manifest.run_id} ({manifest.status})",
-    )
-    images, links = await _publish_media(manifest)
     return ArtifactIds(table=table, markdown=markdown, images=images, links=links)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from klingflow.media._concat import concat
 from klingflow.media._concat_plan import ConcatResult, ConcatTarget, Transition
-from klingflow.media._frames import first_frame, last_frame, thumbnail
+from klingflow.media._frames import first_frame, last_frame, preview, thumbnail
 from klingflow.media._mux import mux_audio
 from klingflow.media._probe import MediaInfo, probe
 from klingflow.media._run import ffmpeg_executable, run_ffmpeg
@@ -44,6 +44,7 @@ __all__ = [
     "first_frame",
     "last_frame",
     "mux_audio",
+    "preview",
     "probe",
     "run_ffmpeg",
     "thumbnail",

@@ -168,3 +168,17 @@ def thumbnail(video: Path, out: Path, *, at: float = 0.0, context: str = "") -> 
             hint="choose a time between 0 and the video's duration",
         )
     return save_png(frame_at(video, at, context=context), out)
+
+
+def preview(video: Path, max_side: int, *, context: str = "") -> Image.Image:
+    """A small picture of the video's middle frame, at most ``max_side`` pixels on its longer side.
+
+    Decoded scaled and without the non-reference frames (:func:`frames_at`), straight to a
+    picture: about a third of the time of writing the full frame as PNG and shrinking that.
+    """
+    length = video_seconds(video, context=context)
+    with _video(video, context) as (_container, stream):
+        width, height = stream.codec_context.width, stream.codec_context.height
+    ratio = min(1.0, max_side / max(width, height, 1))
+    size = (max(2, round(width * ratio)), max(2, round(height * ratio)))
+    return frames_at(video, [length / 2], context=context, size=size, exact=False)[0]
