@@ -52,6 +52,59 @@ os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_K
 REPO = Path(__file__).resolve().parents[1]
 
 
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def prefect_server(root: Path) -> Iterator[dict[str, str]]:
+    """A real ``prefect server start`` (SQLite under ``root``), stopped with its process group at the end.
+
+    Yields the ``PREFECT_*`` variables a client needs (API and UI addresses, home, analytics off).
+    """
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    variables = {
+        "PREFECT_HOME": str(root),
+        "PREFECT_API_URL": url,
+        "PREFECT_UI_API_URL": url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | variables
+    server = subprocess.Popen(
+        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
+            time.sleep(0.3)
+        yield variables
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait()
+
+
 class EmulatorAdmin:
     """The session emulator plus its admin routes (counters, faults)."""
 

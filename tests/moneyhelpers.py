@@ -1,8 +1,6 @@
 """Helpers shared by the money tests (test_money_faults.py, test_crash_safety.py).
 
 * :class:`EngineProcess`: one long-lived engine process (``moneyrun.py``) behind the fault proxy;
-* :func:`prefect_server`: a ``prefect server start`` of the test's own, so each ``klingflow run``
-  costs about a second of Prefect instead of an ephemeral server's several;
 * :func:`klingflow_run` / :func:`start_klingflow_run`: the CLI as a user runs it;
 * :func:`ledger_rows` and :func:`lost_outputs`: what the ledger and the store say after a run;
 * :func:`leftover_processes` / :func:`stop_processes`: processes a killed run left behind, found by
@@ -16,23 +14,18 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from faultproxy import FaultProxy
 
 TESTS = Path(__file__).resolve().parent
 KLINGFLOW = [sys.executable, "-m", "klingflow.cli"]
-PREFECT = [sys.executable, "-m", "prefect"]
 QUIET_PREFECT = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_LOGGING_LEVEL": "WARNING",
@@ -133,54 +126,12 @@ class EngineProcess:
 # ---- Prefect and the CLI ------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def prefect_server(root: Path) -> Iterator[dict[str, str]]:
-    """A ``prefect server start`` (SQLite under ``root``); yields the PREFECT_* variables for clients."""
-    port = _free_port()
-    variables = {
-        "PREFECT_HOME": str(root),
-        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-        **QUIET_PREFECT,
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | variables
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.3)
-        yield variables
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
-
-
 def run_env(
     proxy: FaultProxy, home: Path, prefect: dict[str, str] | None, prefect_home: Path
 ) -> dict[str, str]:
     """The environment of a ``klingflow run`` through ``proxy`` with its own klingflow home.
 
-    ``prefect`` (from :func:`prefect_server`) points it at a running server; None runs Prefect in
+    ``prefect`` (from ``conftest.prefect_server``) points it at a running server; None runs Prefect in
     ephemeral mode (a temporary server per process, as a user without a server gets it)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env = proxy.environment(base)

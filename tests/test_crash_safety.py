@@ -47,13 +47,12 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-from conftest import serve_emulator
+from conftest import prefect_server, serve_emulator
 from faultproxy import Fault, FaultProxy
 from moneyhelpers import (
     accepted_by_endpoint,
     exchange_log,
     klingflow_run,
-    prefect_server,
     run_env,
     start_klingflow_run,
     stop_processes,

@@ -18,15 +18,12 @@ import asyncio
 import base64
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -34,21 +31,14 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
+from conftest import KLINGFLOW, PREFECT, REPO, emulator_stats, prefect_server, serve_emulator
 from klingflow import ledger
 from klingflow.media import probe
 from test_report import chromium_page, evaluate
 
 pytestmark = pytest.mark.slow
 
-PREFECT = [sys.executable, "-m", "prefect"]
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _stop(process: subprocess.Popen[Any]) -> None:
@@ -66,31 +56,8 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 def team(tmp_path_factory) -> Iterator[dict[str, str]]:
     """A Prefect server + an emulator + a shared klingflow home: the environment every worker gets."""
     root = tmp_path_factory.mktemp("team")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(root / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-    )
-    server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.5)
+    with prefect_server(root / "prefect") as variables:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | variables
         with serve_emulator(root / "emulator-home", "--latency", "1.5", "--workers", "8") as fal_env:
             fal = {
                 k: fal_env[k]
@@ -105,8 +72,6 @@ def team(tmp_path_factory) -> Iterator[dict[str, str]]:
             }
             env.update(fal, KLINGFLOW_HOME=str(root / "shared-home"), KLINGFLOW_PROJECT_DIR=str(REPO))
             yield env
-    finally:
-        _stop(server)
 
 
 def _api(env: dict[str, str]):  # type: ignore[no-untyped-def]
@@ -246,7 +211,11 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
     team = deployed
     workers = [_worker(team, f"w{i}", log=tmp_path / f"worker{i}.log") for i in (1, 2)]
     before = emulator_stats(team)["submits"].get(T2V, 0)
-    parameters = {"inputs": {"subject": "two workers", "beats": ["one", "two", "three"]}, "concurrency": 1}
+    # Five beats at concurrency 1 (about 9 s of generation for one worker alone): long enough that
+    # the second worker, whose flow-run process starts a few seconds after the first's, finds keys
+    # nobody has claimed yet.
+    beats = ["one", "two", "three", "four", "five"]
+    parameters = {"inputs": {"subject": "two workers", "beats": beats}, "concurrency": 1}
     try:
         with _api(team):
             runs = [
@@ -259,13 +228,15 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
         pids = {s.infrastructure_pid for s in states}
         assert len(pids) == 2, "each run ran in its own worker process"
         submitted = emulator_stats(team)["submits"].get(T2V, 0) - before
-        assert submitted == 4, "opening + 3 beats, each generated once across both workers"
+        assert submitted == 1 + len(beats), "opening + the beats, each generated once across both workers"
         home = Path(team["KLINGFLOW_HOME"]) / "ledger"
+        frames = [ledger.load(run=str(r.id), root=home) for r in runs]
         generated = [
             set(rows.loc[(rows["status"] == "completed") & (rows["kind"] == "endpoint"), "step_id"])
-            for rows in (ledger.load(run=str(r.id), root=home) for r in runs)
+            for rows in frames
         ]
-        assert all(generated), f"both workers generated part of the fan-out: {generated}"
+        rows = [f[["step_id", "item_index", "status", "started_at"]].to_dict("records") for f in frames]
+        assert all(generated), f"both workers generated part of the fan-out: {generated}; rows: {rows}"
     finally:
         for worker in workers:
             _stop(worker)

@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import EmulatorAdmin, serve_emulator
+from conftest import EmulatorAdmin, prefect_server, serve_emulator
 from faultproxy import Fault, FaultProxy
 from moneyhelpers import (
     EngineProcess,
@@ -47,7 +47,6 @@ from moneyhelpers import (
     klingflow_run,
     ledger_rows,
     lost_outputs,
-    prefect_server,
     run_env,
 )
 

@@ -17,16 +17,11 @@ import asyncio
 import base64
 import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from PIL import Image
 from prefect import flow
@@ -38,7 +33,7 @@ from prefect.logging.handlers import APILogWorker
 from prefect.runtime import flow_run
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import REPO, EmulatorAdmin
+from conftest import REPO, EmulatorAdmin, prefect_server
 from klingflow import RunOptions, run_pipeline
 from klingflow.cache import Journal, Store
 from klingflow.engine import RetryPolicy, RunHooks, RunResult
@@ -54,54 +49,16 @@ INPUTS = {"subject": "a fox in the snow", "beats": ["it sniffs the air", "it lea
 LABELS = ["opening", "beats[0]", "beats[1]", "keyframe", "flourish", "final_cut"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server start` with its own PREFECT_HOME; stopped (its process group) at the end."""
-    root = tmp_path_factory.mktemp("prefect-ui")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(root / "prefect"),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_API_URL=f"http://127.0.0.1:{port}/api",
-    )
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, "prefect server did not start"
-            time.sleep(0.3)
-        url = f"http://127.0.0.1:{port}/api"
+    with prefect_server(tmp_path_factory.mktemp("prefect-ui") / "prefect") as variables:
+        url = variables["PREFECT_API_URL"]
         with temporary_settings(updates={PREFECT_API_URL: url}):  # this process's client, for the module
             yield url
             # Send the logs and events still queued while the server is up, not at interpreter exit.
             APILogWorker.drain_all(timeout=10)
             EventsWorker.drain_all(timeout=10)
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
 
 
 @pytest.fixture(scope="module")
