@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -19,10 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
+from conftest import KLINGFLOW, REPO, emulator_stats, prefect_server, serve_emulator
 from klingflow.emulator.faults import FaultPlan
 from klingflow.media import probe
-from moneyhelpers import leftover_processes, stop_processes
 
 pytestmark = pytest.mark.slow
 
@@ -31,11 +29,19 @@ T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> Iterator[dict[str, str]]:
+def prefect(tmp_path_factory) -> Iterator[dict[str, str]]:
+    """A Prefect server the module's runs report to (as a user's ``PREFECT_API_URL``): each run
+    then costs about a second of Prefect, not the ephemeral server's 8 to 28."""
+    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as variables:
+        yield variables
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, prefect: dict[str, str]) -> Iterator[dict[str, str]]:
     """An emulator slow enough (1.5 s per request, 2 workers) to be killed mid-flight."""
     home = tmp_path_factory.mktemp("cli-home")
     with serve_emulator(home, "--latency", "1.5", "--workers", "2") as env:
-        env["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect-home"))
+        env.update(prefect)
         yield env
 
 
@@ -112,27 +118,7 @@ def test_budget_refusal_submits_nothing(served, tmp_path: Path) -> None:
     assert emulator_stats(served)["total_submits"] == before
 
 
-@contextlib.contextmanager
-def _reaped(home: Path) -> Iterator[None]:
-    """Stop, at the end, every process left with ``home`` in its environment.
-
-    These runs use Prefect's ephemeral server (the suite's default, for speed): its server is a
-    child of the run, and a ``kill -9`` of the run leaves it orphaned. That is why ``klingflow
-    run`` uses its local server by default (tests/test_crash_safety.py checks nothing else is
-    left); here the test stops what its runs started.
-    """
-    try:
-        yield
-    finally:
-        stop_processes(list(leftover_processes(str(home))))
-
-
 def test_kill_9_then_rerun_submits_each_step_once(served, tmp_path: Path) -> None:
-    with _reaped(tmp_path / "client-home"):
-        _kill_9_then_rerun(served, tmp_path)
-
-
-def _kill_9_then_rerun(served: dict[str, str], tmp_path: Path) -> None:
     pipeline = fan_out(tmp_path, "crashy", 3)
     env = {**served, "KLINGFLOW_HOME": str(tmp_path / "client-home")}
     before = emulator_stats(served)["submits"].get(T2V, 0)
@@ -174,11 +160,6 @@ def _submitted(journal: Path) -> int:
 
 def test_kill_9_then_recover_collects_what_was_paid(served, tmp_path: Path) -> None:
     """`klingflow plan` shows the paid requests as recoverable, `klingflow recover` stores them."""
-    with _reaped(tmp_path / "home"):
-        _kill_9_then_recover(served, tmp_path)
-
-
-def _kill_9_then_recover(served: dict[str, str], tmp_path: Path) -> None:
     pipeline = fan_out(tmp_path, "recoverable", 2)
     env = {**served, "KLINGFLOW_HOME": str(tmp_path / "home")}
     before = emulator_stats(served)["submits"].get(T2V, 0)
@@ -203,18 +184,6 @@ def _kill_9_then_recover(served: dict[str, str], tmp_path: Path) -> None:
     again = klingflow(env, "run", str(pipeline), cwd=tmp_path)
     assert again.returncode == 0 and "2 cached" in again.stdout, again.stdout + again.stderr
     assert emulator_stats(served)["submits"][T2V] - before == 2, "paid once, collected by recover"
-
-
-@contextlib.contextmanager
-def _local_server(env: dict[str, str]) -> Iterator[None]:
-    """Runs with ``env`` use klingflow's local Prefect server of their home, stopped afterwards."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        env.update(KLINGFLOW_PREFECT="local", KLINGFLOW_SERVER_PORT=str(sock.getsockname()[1]))
-    try:
-        yield
-    finally:
-        subprocess.run([*KLINGFLOW, "server", "stop"], env=env, capture_output=True, timeout=60)
 
 
 def _script_faults(env: dict[str, str], *script: str) -> None:
@@ -254,15 +223,17 @@ def test_a_failing_step_prints_one_clear_summary_and_no_traceback(served, tmp_pa
     assert (tmp_path / "out" / "fine.mp3").is_file(), "the independent step finished and was exported"
 
 
-def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(tmp_path: Path) -> None:
+def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(
+    tmp_path: Path, prefect: dict[str, str]
+) -> None:
     """Two terminals, one home, one emulator: the second run joins the first one's requests.
 
-    They share klingflow's local Prefect server (two ephemeral servers migrating one fresh
-    PREFECT_HOME database at once can collide), stopped at the end.
+    Both report to one Prefect server (two ephemeral servers migrating one fresh PREFECT_HOME
+    database at once can collide; the local server's own race is tests/test_local_server.py's).
     """
     home = tmp_path / "home"
-    with serve_emulator(home, "--latency", "8", "--workers", "4") as env, _local_server(env):
-        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    with serve_emulator(home, "--latency", "8", "--workers", "4") as env:
+        env.update(prefect)
         pipeline = fan_out(tmp_path, "together", 2)
         runs = []
         for name in ("first", "second"):
