@@ -105,6 +105,15 @@ def prefect_server(root: Path) -> Iterator[dict[str, str]]:
                 server.wait()
 
 
+@pytest.fixture(scope="session")
+def session_prefect(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One real Prefect server for the session's ``klingflow run`` subprocesses, given to them as a
+    user's ``PREFECT_API_URL``: a run then costs about a second of Prefect instead of the
+    ephemeral server's 8 s (28 s in a new PREFECT_HOME, whose database it first migrates)."""
+    with prefect_server(tmp_path_factory.mktemp("session-prefect")) as variables:
+        yield variables
+
+
 class EmulatorAdmin:
     """The session emulator plus its admin routes (counters, faults)."""
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import KLINGFLOW, REPO, emulator_stats, prefect_server, serve_emulator
+from conftest import KLINGFLOW, REPO, emulator_stats, serve_emulator
 from klingflow.emulator.faults import FaultPlan
 from klingflow.media import probe
 
@@ -29,19 +29,12 @@ T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 
 
 @pytest.fixture(scope="module")
-def prefect(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """A Prefect server the module's runs report to (as a user's ``PREFECT_API_URL``): each run
-    then costs about a second of Prefect, not the ephemeral server's 8 to 28."""
-    with prefect_server(tmp_path_factory.mktemp("prefect-home")) as variables:
-        yield variables
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, prefect: dict[str, str]) -> Iterator[dict[str, str]]:
-    """An emulator slow enough (1.5 s per request, 2 workers) to be killed mid-flight."""
+def served(tmp_path_factory, session_prefect: dict[str, str]) -> Iterator[dict[str, str]]:
+    """An emulator slow enough (1.5 s per request, 2 workers) to be killed mid-flight; runs report
+    to the session's Prefect server."""
     home = tmp_path_factory.mktemp("cli-home")
     with serve_emulator(home, "--latency", "1.5", "--workers", "2") as env:
-        env.update(prefect)
+        env.update(session_prefect)
         yield env
 
 
@@ -224,7 +217,7 @@ def test_a_failing_step_prints_one_clear_summary_and_no_traceback(served, tmp_pa
 
 
 def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(
-    tmp_path: Path, prefect: dict[str, str]
+    tmp_path: Path, session_prefect: dict[str, str]
 ) -> None:
     """Two terminals, one home, one emulator: the second run joins the first one's requests.
 
@@ -233,7 +226,7 @@ def test_two_runs_of_one_pipeline_at_once_pay_once_and_both_finish(
     """
     home = tmp_path / "home"
     with serve_emulator(home, "--latency", "8", "--workers", "4") as env:
-        env.update(prefect)
+        env.update(session_prefect)
         pipeline = fan_out(tmp_path, "together", 2)
         runs = []
         for name in ("first", "second"):

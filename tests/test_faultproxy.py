@@ -344,14 +344,14 @@ def test_close_frees_every_port_and_thread(emulator: EmulatorAdmin) -> None:
 
 
 def test_a_klingflow_run_subprocess_goes_through_the_proxy(
-    fault_proxy: FaultProxy, emulator: EmulatorAdmin, tmp_path: Path
+    fault_proxy: FaultProxy, emulator: EmulatorAdmin, tmp_path: Path, session_prefect: dict[str, str]
 ) -> None:
     pipeline = tmp_path / "one.yaml"
     pipeline.write_text(
         "name: one\nsteps:\n  - id: clip\n    uses: text-to-video\n    with:\n      prompt: a fox\n"
     )
     env = fault_proxy.environment()
-    env.update(KLINGFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"))
+    env.update(session_prefect, KLINGFLOW_HOME=str(tmp_path / "home"))
 
     done = subprocess.run(
         [*KLINGFLOW, "run", str(pipeline)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300

@@ -110,7 +110,9 @@ async def test_a_local_image_goes_up_through_fal_client_storage(
     )
 
 
-def test_a_422_on_the_result_fails_at_once_flagged_possibly_billed(tmp_path: Path) -> None:
+def test_a_422_on_the_result_fails_at_once_flagged_possibly_billed(
+    tmp_path: Path, session_prefect: dict[str, str]
+) -> None:
     """A value klingflow was told to allow but fal's model refuses: COMPLETED, then 422 on the result."""
     home = tmp_path / "home"
     with serve_emulator(home, "--latency", "0.2") as env:
@@ -120,7 +122,7 @@ def test_a_422_on_the_result_fails_at_once_flagged_possibly_billed(tmp_path: Pat
             "    with: {effect_scene: brand_new_scene}\n"
         )
         client = {**env, "KLINGFLOW_EXTRA_ENUM_VALUES": "effect_scene=brand_new_scene"}
-        client["PREFECT_HOME"] = str(tmp_path / "prefect")
+        client.update(session_prefect)
         done = subprocess.run(
             [*KLINGFLOW, "run", str(pipeline), "--backend", "fal"],
             env=client,
