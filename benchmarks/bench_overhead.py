@@ -84,7 +84,8 @@ def _timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, floa
 @contextlib.contextmanager
 def emulator(work: Path, base: dict[str, str], latency: float, workers: int) -> Iterator[dict[str, str]]:
     """`klingflow emulator serve` in benchmark render mode; yields the client environment for it."""
-    home = work / f"emulator-{latency:g}s-{workers}w"
+    # a new home per emulator: a stopped one's server.json would be taken for the new one's
+    home = Path(tempfile.mkdtemp(prefix=f"emulator-{latency:g}s-{workers}w-", dir=work))
     env = {**base, "KLINGFLOW_HOME": str(home)}
     server = subprocess.Popen(
         [*KLINGFLOW, "emulator", "serve", "--port", "0", "--offline", "--render-mode", "prerendered",
@@ -177,6 +178,11 @@ class Bench:
         }
         self.rows: list[str] = []
 
+    def row(self, text: str) -> None:
+        """Keep a result row, and print it now (a later scenario's failure must not lose it)."""
+        self.rows.append(text)
+        print(text, flush=True)
+
     def klingflow_env(self, emulator_env: dict[str, str]) -> dict[str, str]:
         return {**emulator_env, **self.client}
 
@@ -203,7 +209,7 @@ class Bench:
         ratios = [k / h for h, k in zip(hand, kf, strict=True)]
         per_step = [1000 * (k - h) / n for h, k in zip(hand, kf, strict=True)]
         extra = f"per step {_spread(per_step, 'ms', 0)}" if latency == 0 else ""
-        self.rows.append(
+        self.row(
             f"| {name}: N={n}, {latency:g} s latency, cap {cap} | {_spread(hand)} | {_spread(kf)} | "
             f"{_spread(ratios, '', 2)} | {statistics.median(cpu_h):.1f} / "
             f"{statistics.median(cpu_k):.1f} + {statistics.median(cpu_s):.1f} s | {extra} |"
@@ -222,7 +228,7 @@ class Bench:
                 walls.append(_timed(run, kenv, self.work)[0])
                 print(f"cached story re-run: {walls[-1]:.2f} s", flush=True)
             submits = _submits(env) - before
-        self.rows.append(
+        self.row(
             f"| cached: story preset, fully cached re-run | | {_spread(walls, 's', 2)} | | | "
             f"{submits} submits |"
         )
@@ -249,7 +255,7 @@ class Bench:
         finally:
             subprocess.run([*KLINGFLOW, "server", "stop"], env={**self.base, **fresh}, capture_output=True)
         shown = ", ".join(f"{label} {wall:.1f} s" for label, wall in results.items())
-        self.rows.append(f"| first: story preset, new home, 0 s latency | | {shown} | | | |")
+        self.row(f"| first: story preset, new home, 0 s latency | | {shown} | | | |")
 
     def floor(self) -> None:
         """Prefect alone, whole process, against klingflow's local server: 0 and 200 no-op task runs."""
@@ -270,7 +276,7 @@ class Bench:
                 server[n].append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - before)
                 print(f"prefect floor, {n} task runs: {walls[n][-1]:.2f} s", flush=True)
         per_task = [1000 * (b - a) / 200 for a, b in zip(walls[0], walls[200], strict=True)]
-        self.rows.append(
+        self.row(
             f"| floor: Prefect alone, empty flow / 200 no-op task runs, cap 8 | | "
             f"{_spread(walls[0], 's', 2)} / {_spread(walls[200], 's', 2)} | | "
             f"server {statistics.median(server[0]):.1f} / {statistics.median(server[200]):.1f} s | "

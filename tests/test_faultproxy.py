@@ -361,3 +361,11 @@ def test_a_klingflow_run_subprocess_goes_through_the_proxy(
     assert len(fault_proxy.accepted_submits) == 1 == emulator.stats()["total_submits"]
     counts = fault_proxy.counts
     assert counts["result"]["seen"] == counts["download"]["forwarded"] == 1
+    # Status polls: fal answers a poll with logs with every line so far, so klingflow asks for them
+    # on its first poll, then about once a second, and on the poll that sees the request done; the
+    # polls in between (every 0.1 s at first) are small, as fal_client's own handle.get() sends.
+    polls = [exchange.path for exchange in fault_proxy.exchanges if exchange.phase == "status"]
+    asked = [index for index, path in enumerate(polls) if "logs=true" in path]
+    assert asked[0] == 0 and asked[-1] == len(polls) - 1, polls
+    assert all("logs=false" in path for index, path in enumerate(polls) if index not in asked), polls
+    assert len(asked) <= 2 + len(polls) // 3, f"logs asked on {len(asked)} of {len(polls)} polls"
