@@ -96,13 +96,18 @@ def prefect_server(root: Path) -> Iterator[dict[str, str]]:
             time.sleep(0.3)
         yield variables
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
-                server.wait()
+        stop_group(server)
+
+
+def stop_group(process: subprocess.Popen[Any]) -> None:
+    """Stop a process started with ``start_new_session=True``, and the processes it started (its group)."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,7 @@ from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import KLINGFLOW, PREFECT, REPO, emulator_stats, prefect_server, serve_emulator
+from conftest import KLINGFLOW, PREFECT, REPO, emulator_stats, prefect_server, serve_emulator, stop_group
 from klingflow import ledger
 from klingflow.media import probe
 from test_report import chromium_page, evaluate
@@ -39,17 +39,6 @@ from test_report import chromium_page, evaluate
 pytestmark = pytest.mark.slow
 
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    """Stop a process we started, and the processes it started (its group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +124,7 @@ def test_serve_then_run_story_nightly_with_parameters(team: dict[str, str], tmp_
         assert {"klingflow-story-ledger", "klingflow-story-summary"} <= keys
         _check_ui(team, str(run.id))
     finally:
-        _stop(served)
+        stop_group(served)
 
 
 async def _artifact_keys(flow_run_id: str) -> set[str]:
@@ -239,7 +228,7 @@ def test_two_workers_share_the_work_and_pay_once(deployed: dict[str, str], tmp_p
         assert all(generated), f"both workers generated part of the fan-out: {generated}; rows: {rows}"
     finally:
         for worker in workers:
-            _stop(worker)
+            stop_group(worker)
 
 
 def _journal_requests(home: Path) -> int:
@@ -274,5 +263,5 @@ def test_a_killed_worker_is_taken_over_without_a_second_submit(
             log = (tmp_path / "survivor.log").read_text()
             assert "resuming request" in log or "joining request" in log
         finally:
-            _stop(survivor)
+            stop_group(survivor)
     assert emulator_stats(team)["submits"].get(T2V, 0) - before == 3, "no step was submitted twice"
