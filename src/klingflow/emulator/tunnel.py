@@ -73,6 +73,18 @@ class ConnectTunnel:
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection; ends quietly when the emulator stops with the connection open.
+
+        A keep-alive connection (fal_client's, a download client's) is still open when the process
+        exits and the embedded emulator's loop stops. Python 3.11's ``start_server`` then logs the
+        handler's cancellation as an ERROR (3.12 no longer does), which is why it is not re-raised.
+        """
+        try:
+            await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
