@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -27,10 +28,14 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import KLINGFLOW, REPO, EmulatorAdmin, server_processes
+from klingflow import ledger
 from klingflow import prefect_server as ps
 from klingflow.cli import app
+from klingflow.engine import FLOW_RUN_PARAMETERS
 from klingflow.errors import ConfigError
+from klingflow.ledger import load_manifest
 from klingflow.prefect_server import _manager, _supervisor
+from moneyhelpers import leftover_processes
 
 pytestmark = [
     pytest.mark.slow,
@@ -483,3 +488,91 @@ def test_a_configured_prefect_api_wins_and_ephemeral_starts_nothing(
         _kill_all(ps.server_paths(own_home).root)
     root = ps.server_paths(home).root
     assert not (root / "server.json").exists() and server_processes(root) == ([], [])
+
+
+def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
+    home: Path, emulator: EmulatorAdmin, tmp_path: Path
+) -> None:
+    env = _run_env(emulator)
+    pipeline = _pipeline(tmp_path, "twice")
+    _finish(_start_run(env, pipeline))  # the ordinary run: pays once, starts the server
+    server = ps.server_status(home).server
+    assert server is not None
+    paid = emulator.stats()["total_submits"]
+
+    again = subprocess.run(  # -X importtime: every module the re-run imports, on stderr
+        [sys.executable, "-X", "importtime", "-m", "klingflow.cli", "run", str(pipeline), "--backend", "fal",
+         "--out", str(tmp_path / "again")],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stdout + again.stderr[-3000:]
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in again.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "klingflow.engine" in imported and not {m for m in imported if m.split(".")[0] == "prefect"}
+    assert "cached clip" in " ".join(again.stdout.split()) and emulator.stats()["total_submits"] == paid
+    assert _ui_line(again.stdout).startswith(f"{server.url}/runs ")
+    run_id = re.search(r"\(run (\w+)\)", again.stdout)[1]  # type: ignore[index]
+
+    # the detached recorder makes it a flow run of the same flow, its step a Cached task run, and exits
+    pending = ledger.run_dir(run_id) / FLOW_RUN_PARAMETERS
+    _wait_for(lambda: not pending.exists(), 60, "the run to be recorded in Prefect")
+    _wait_for(lambda: not leftover_processes(f"klingflow.flows.record {run_id}"), 30, "the recorder to exit")
+    assert "recorded as flow run" in (ledger.run_dir(run_id) / "prefect-record.log").read_text()
+    flow_run_id = str(load_manifest(run_id).flow_run_id)
+    (task_run,) = _wait_task_runs(server.api_url, flow_run_id, 1)
+    rows = ledger.load(run=run_id)
+    assert task_run["name"] == "clip" and task_run["state"]["name"] == "Cached"
+    assert task_run["state"]["state_details"]["cache_key"] == rows["cache_key"].iloc[0]
+    flow_run = httpx.get(f"{server.api_url}/flow_runs/{flow_run_id}", timeout=10).json()
+    assert flow_run["parameters"]["pipeline"] == str(pipeline) and flow_run["name"] == "twice"
+    assert list(rows["flow_run_id"]) == [flow_run_id]
+    assert flow_run_id in (tmp_path / "again" / "report.html").read_text()
+    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
+    artifacts = httpx.post(f"{server.api_url}/artifacts/filter", json=body, timeout=10).json()
+    assert {"klingflow-twice-ledger", "klingflow-twice-progress"} <= {a["key"] for a in artifacts}
+
+
+def test_whether_prefect_settings_may_name_an_api_errs_on_the_safe_side(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in (*_ENV_TO_CLEAR, "PREFECT_PROFILE", "PREFECT_PROFILES_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    here = tmp_path / "project"
+    here.mkdir()
+    may = ps.prefect_api_may_be_configured
+    assert may(here) is False
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert may(here) is True  # the user's
+    monkeypatch.setenv("KLINGFLOW_LOCAL_PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    assert may(here) is False  # klingflow's own, set by an earlier call
+    monkeypatch.delenv("PREFECT_API_URL")
+
+    (here / ".env").write_text("FAL_KEY=x\n")
+    assert may(here) is False
+    (here / ".env").write_text("PREFECT_API_URL=http://prefect.example/api\n")
+    assert may(here) is True
+    (here / ".env").unlink()
+    (here / "pyproject.toml").write_text("[tool.prefect.api]\nurl = 'http://prefect.example/api'\n")
+    assert may(here) is True
+    (here / "pyproject.toml").unlink()
+    (here / "prefect.toml").write_text("")
+    assert may(here) is True
+    (here / "prefect.toml").unlink()
+
+    profiles = tmp_path / "prefect-home" / "profiles.toml"
+    profiles.parent.mkdir()
+    profiles.write_text(  # what `prefect profile use` / `prefect cloud login` leave
+        'active = "ephemeral"\n[profiles.ephemeral]\nPREFECT_SERVER_ALLOW_EPHEMERAL_MODE = "true"\n'
+        '[profiles.cloud]\nPREFECT_API_URL = "https://api.prefect.cloud/api/accounts/a/workspaces/w"\n'
+    )
+    assert may(here) is False
+    monkeypatch.setenv("PREFECT_PROFILE", "cloud")
+    assert may(here) is True
+    monkeypatch.delenv("PREFECT_PROFILE")
+    profiles.write_text("active = [broken")
+    assert may(here) is True  # unreadable: Prefect decides

@@ -14,13 +14,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
 from pydantic import BaseModel
 
 from klingflow._files import file_sha256
 from klingflow.errors import TRANSIENT, ConnectionLost, ResultLost, StoreError, error_for_status
 from klingflow.settings import klingflow_home
+
+if TYPE_CHECKING:
+    import httpx  # imported by download(): a fully cached run never downloads, nor pays httpx's 0.15 s
 
 __all__ = ["Store", "StoredFile"]
 
@@ -98,6 +101,8 @@ class Store:
         :class:`~klingflow.errors.ResultLost` for any other 4xx (the file is gone), or
         :class:`~klingflow.errors.StoreError` for a hash mismatch.
         """
+        import httpx
+
         fd, name = tempfile.mkstemp(dir=self.tmp)
         tmp = Path(name)
         digest, received = hashlib.sha256(), 0

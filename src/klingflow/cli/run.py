@@ -7,9 +7,15 @@ prints a line per finished step (:class:`Progress`), then the final outputs' pat
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -19,9 +25,11 @@ from rich.table import Table
 from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks, stderr
 from klingflow.errors import ConfigError
 from klingflow.ledger import Status, StepRecord
+from klingflow.settings import settings
 
 if TYPE_CHECKING:
-    from klingflow.engine import Plan, RunResult
+    from klingflow.engine import Plan, RunHooks, RunOptions, RunResult
+    from klingflow.spec import PipelineSpec
 
 __all__ = ["Progress", "add_run_commands", "plan_table"]
 
@@ -167,6 +175,8 @@ def run(
 
     Without a configured Prefect API the run reports to klingflow's local Prefect server (started
     on first use, shared by later runs; ``klingflow server status``), and ends with its UI address.
+    A fully cached re-run there is done without Prefect's start-up, and recorded as a flow run
+    right after, by a detached process.
     """
     from klingflow.spec import check, load_pipeline
 
@@ -178,40 +188,111 @@ def run(
 
     from klingflow.engine import RunHooks, RunOptions
     from klingflow.errors import PipelineFailed
+
+    echo = lambda line: stderr().print(line, markup=False, highlight=False)  # noqa: E731
+    console = out()
+    progress = Progress(console)
+    options = RunOptions(
+        backend=backend,
+        concurrency=concurrency,
+        refresh=refresh or None,
+        max_cost_usd=max_cost,
+        out_dir=out_dir,
+        on_ambiguous_submit=on_ambiguous_submit,
+    )
+    fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
+    hooks = RunHooks(on_start=progress.start, on_finish=progress.finish)
+    if not (credentials or defaults):  # blocks are Prefect's: a run naming one needs Prefect
+        cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks, echo)
+        if cached is not None:
+            result, ui = cached
+            _print_final(console, result, ui)
+            if result.failures:
+                raise PipelineFailed(result)
+            return
+
     from klingflow.flows.pipeline import run_pipeline
     from klingflow.flows.server import use_local_server
 
-    use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
-    console = out()
-    progress = Progress(console)
+    use_local_server(echo=echo)
     try:
         result = run_pipeline(
             spec,
             inputs,
-            options=RunOptions(
-                backend=backend,
-                concurrency=concurrency,
-                refresh=refresh or None,
-                max_cost_usd=max_cost,
-                out_dir=out_dir,
-                on_ambiguous_submit=on_ambiguous_submit,
-            ),
+            options=options,
             credentials=credentials,
             defaults=defaults,
-            hooks=RunHooks(
-                on_run_start=(lambda: None) if debug else quiet_prefect_tracebacks,
-                on_start=progress.start,
-                on_finish=progress.finish,
-            ),
-            fallback=RunOptions(out_dir=Path("klingflow-out") / spec.name),
+            hooks=replace(hooks, on_run_start=(lambda: None) if debug else quiet_prefect_tracebacks),
+            fallback=fallback,
         )
     except PipelineFailed as exc:
-        _print_final(console, exc.result)
+        _print_final(console, exc.result, _flow_run_page(exc.result.flow_run_id))
         raise
-    _print_final(console, result)
+    _print_final(console, result, _flow_run_page(result.flow_run_id))
 
 
-def _print_final(console: Console, result: RunResult) -> None:
+def _run_cached_without_prefect(
+    spec: PipelineSpec,
+    inputs: dict[str, str],
+    options: RunOptions,
+    fallback: RunOptions,
+    hooks: RunHooks,
+    echo: Callable[[str], None],
+) -> tuple[RunResult, str] | None:
+    """A fully cached run in the engine alone, then recorded in Prefect by a detached process.
+
+    Returns None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
+    klingflow's local server and every step reuses verified outputs: then Prefect's import and a
+    flow run's start-up would cost more than the run itself. The result comes with the address
+    where the Prefect UI will show the run once :mod:`klingflow.flows.record` has recorded it.
+    """
+    from klingflow.engine import arun, make_plan, prepare
+    from klingflow.prefect_server import prefect_api_may_be_configured, use_local_server
+
+    if settings().prefect == "ephemeral" or prefect_api_may_be_configured():
+        return None
+    validated, ctx, _resolved = prepare(spec, inputs, options, fallback=fallback)
+    if not make_plan(validated, ctx).fully_cached:
+        return None
+    server = use_local_server(None, echo=echo)
+    if server is None:
+        return None  # no local server: the ordinary run falls back to Prefect's ephemeral mode
+    result = asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks))
+    parameters = {
+        "pipeline": str(spec.source or spec.name),
+        "inputs": inputs,
+        "backend": options.backend,
+        "concurrency": options.concurrency,
+        "refresh": False,
+        "max_cost_usd": options.max_cost_usd,
+        "out_dir": str(options.out_dir) if options.out_dir else None,
+    }
+    _record_in_prefect_later(result.run_id, parameters)
+    return result, f"{server.url}/runs (this run appears there within seconds)"
+
+
+def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> None:
+    """Leave the flow run's parameters in the run's folder and start its recorder, detached."""
+    from klingflow._files import atomic_write
+    from klingflow.engine import FLOW_RUN_PARAMETERS
+    from klingflow.ledger import run_dir
+
+    folder = run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
+    environment = {k: v for k, v in os.environ.items() if k != "FAL_KEY"}  # replaying pays nothing
+    with open(folder / "prefect-record.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "klingflow.flows.record", run_id],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            start_new_session=True,  # not in the terminal's process group: Ctrl-C of a next command
+        )
+
+
+def _print_final(console: Console, result: RunResult, ui: str | None) -> None:
     spent = sum(r.estimated_cost_usd for r in result.records)
     console.print(
         f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend ${spent:.3f} "
@@ -219,7 +300,6 @@ def _print_final(console: Console, result: RunResult) -> None:
     )
     for step_id, path in result.final.items():
         console.print(f"  {step_id}: {path.resolve()}", highlight=False, markup=False)
-    ui = _flow_run_page(result.flow_run_id)
     if ui:
         console.print(f"  Prefect UI: {ui}", highlight=False, markup=False)
 

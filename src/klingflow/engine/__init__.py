@@ -7,7 +7,8 @@
 * :mod:`~klingflow.engine.operation`: one local media operation, cached the same way;
 * :mod:`~klingflow.engine.runner`: the DAG scheduler;
 * :mod:`~klingflow.engine.plan`: the plan as data, and the budget check;
-* :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run;
+* :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run
+  (and a recorded run read back, and linked to the flow run that shows it afterwards);
 * :mod:`~klingflow.engine.recover`: paid requests no cache entry holds, fetched while fal keeps them;
 * :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
 """
@@ -15,12 +16,14 @@
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, make_plan
+from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
 from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
 from klingflow.engine.runner import RunResult, execute
 
 __all__ = [
     "BUILT_IN",
+    "FLOW_RUN_PARAMETERS",
     "Logger",
     "Plan",
     "PlannedStep",
@@ -36,9 +39,11 @@ __all__ = [
     "context_for",
     "execute",
     "export_outputs",
+    "link_flow_run",
     "make_plan",
     "plan_pipeline",
     "prepare",
+    "recorded_run",
     "recover",
     "resolve_options",
 ]

@@ -66,6 +66,11 @@ class Plan(BaseModel):
         """How many local media operations the run has (always free)."""
         return sum(1 for s in self.steps if s.kind == "operation")
 
+    @property
+    def fully_cached(self) -> bool:
+        """Every generation and operation reuses verified outputs: the run submits and pays nothing."""
+        return all(s.status == "cached" for s in self.steps)
+
     def count(self, status: PlanStatus, kind: str = "endpoint") -> int:
         """How many planned generations (or operations) have this status."""
         return sum(1 for s in self.steps if s.status == status and s.kind == kind)

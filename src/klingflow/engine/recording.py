@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 from PIL import Image
@@ -30,12 +30,14 @@ from pydantic import SecretStr
 
 from klingflow import ledger
 from klingflow._files import atomic_path
+from klingflow.engine.runner import RunResult
 from klingflow.ledger import (
     CONTACT_SHEET_NAME,
     REPORT_NAME,
     RunManifest,
     Status,
     StepRecord,
+    load_manifest,
     redact,
     run_dir,
     runs_root,
@@ -46,13 +48,14 @@ from klingflow.media import contact_sheet, contact_sheet_row
 from klingflow.report import media_kind, write_report
 from klingflow.spec import ValidatedPipeline
 
-if TYPE_CHECKING:
-    from klingflow.engine.runner import RunResult
-
-__all__ = ["SHEET_ROWS", "SheetRows", "record_run"]
+__all__ = ["FLOW_RUN_PARAMETERS", "SHEET_ROWS", "SheetRows", "link_flow_run", "record_run", "recorded_run"]
 
 logger = logging.getLogger(__name__)
 
+
+FLOW_RUN_PARAMETERS = "flow-run-parameters.json"
+"""In a run's folder while the run, made without Prefect, waits to be recorded as a flow run:
+that flow run's parameters (see :func:`link_flow_run`)."""
 
 SHEET_ROWS = 20
 """A run's contact sheet shows its first clips; the report shows every one."""
@@ -223,3 +226,45 @@ def record_run(
         logger.warning("could not write the report for run %s at %s", result.run_id, target, exc_info=True)
     save_manifest(manifest)
     return manifest, frame
+
+
+def recorded_run(run_id: str) -> RunResult:
+    """A recorded run read back from the home: its manifest, and its ledger rows as step records."""
+    manifest = load_manifest(run_id)
+    frame = ledger.load(run=manifest.run_id)
+    frame = frame[frame["run_id"] == manifest.run_id].reset_index(drop=True)
+    result = RunResult(
+        run_id=manifest.run_id,
+        pipeline=manifest.pipeline,
+        status=Status(manifest.status),
+        outputs={},
+        records=[StepRecord(**row) for row in ledger.to_records(frame)],
+        failures=dict(manifest.failures),
+        final={name: Path(path) for name, path in manifest.final.items()},
+        flow_run_id=manifest.flow_run_id,
+    )
+    result.recorded(manifest, frame)
+    return result
+
+
+def link_flow_run(result: RunResult, flow_run_id: str) -> None:
+    """Name the flow run that shows a run recorded without one, in its ledger rows, manifest and report.
+
+    A fully cached ``klingflow run`` runs without Prefect and is recorded as a flow run afterwards
+    (:mod:`klingflow.flows.record`); its rows are then rewritten whole with the flow run's id
+    (:func:`klingflow.ledger.append` replaces a run's file), like any run's rows.
+    """
+    if result.manifest is None:
+        raise ValueError(f"run {result.run_id} has no manifest: it was not recorded")
+    manifest = result.manifest.model_copy(update={"flow_run_id": flow_run_id})
+    frame = result.ledger.assign(flow_run_id=flow_run_id)
+    ledger.append(frame)
+    if manifest.report:
+        try:
+            write_report(manifest, frame, Path(manifest.report))
+        except Exception:  # cosmetic, as in record_run
+            logger.warning("could not redraw the report of run %s", result.run_id, exc_info=True)
+    save_manifest(manifest)
+    result.flow_run_id = flow_run_id
+    result.records = [r.model_copy(update={"flow_run_id": flow_run_id}) for r in result.records]
+    result.recorded(manifest, frame)

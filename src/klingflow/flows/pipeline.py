@@ -14,6 +14,11 @@ A flow's parameters go through Prefect's API, so they must be JSON: a pipeline o
 key given in code or a progress callback cannot. A call from Python therefore hands those over
 in-process, as one :class:`InProcess` object in one ContextVar, read once by :func:`run_body`.
 
+A fully cached ``klingflow run`` does not start this flow: it runs in the engine alone (Prefect's
+import and a flow run's start-up would cost more than the whole run) and is recorded afterwards by
+:func:`arecord_run`, which starts ``pipeline_flow`` with an :class:`InProcess` holding the recorded
+run: the flow replays its ledger rows as task runs instead of running the engine.
+
 Where a run reports: a Prefect API the user configured always wins; else klingflow's local server
 (:func:`klingflow.flows.server.use_local_server`, called first thing by both entry points, before
 any Prefect settings context), started on first use and shared by later runs; else, with
@@ -27,7 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,15 +49,24 @@ from prefect.settings import (
 )
 
 from klingflow.blocks import FalCredentials, KlingDefaults
-from klingflow.engine import RunHooks, RunOptions, RunResult, arun
+from klingflow.engine import (
+    FLOW_RUN_PARAMETERS,
+    RunHooks,
+    RunOptions,
+    RunResult,
+    StepInfo,
+    arun,
+    link_flow_run,
+    recorded_run,
+)
 from klingflow.errors import ConfigError, PipelineFailed
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
-from klingflow.ledger import StepRecord
+from klingflow.ledger import StepRecord, run_dir
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
-__all__ = ["InProcess", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
+__all__ = ["InProcess", "arecord_run", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
 
 
 @dataclass
@@ -62,6 +77,8 @@ class InProcess:
     fallback: RunOptions | None = None
     hooks: RunHooks = field(default_factory=RunHooks)
     spec: PipelineSpec | None = None
+    recorded: RunResult | None = None
+    """A run already made without Prefect (a fully cached CLI run): the flow replays it instead."""
 
 
 _in_process: ContextVar[InProcess | None] = ContextVar("klingflow_in_process", default=None)
@@ -134,23 +151,12 @@ async def run_body(
         progress.finished(record)
 
     try:
-        result = await arun(
-            local.spec or pipeline,
-            inputs,
-            explicit,
-            block=await _block_layer(credentials, defaults),
-            fallback=local.fallback,
-            hooks=RunHooks(
-                on_run_start=local.hooks.on_run_start,
-                run_step=run_step_as_task,
-                on_steps=on_steps,
-                on_start=local.hooks.on_start,
-                on_finish=on_finish,
-                log=local.hooks.log,
-            ),
-            run_id=run_id,
-            flow_run_id=run_id,
-        )
+        if local.recorded is not None:
+            result = await _replay(local.recorded, run_id, on_steps, on_finish)
+        else:
+            result = await _run(
+                local, pipeline, inputs, explicit, credentials, defaults, run_id, on_steps, on_finish
+            )
     finally:
         await progress.close()
     if result.manifest is not None:
@@ -158,6 +164,74 @@ async def run_body(
     if result.failures:
         raise PipelineFailed(result)
     return result
+
+
+async def _run(
+    local: InProcess,
+    pipeline: str,
+    inputs: dict[str, Any] | None,
+    explicit: RunOptions,
+    credentials: str | None,
+    defaults: str | None,
+    run_id: str | None,
+    on_steps: Callable[[str, int], None],
+    on_finish: Callable[[StepRecord], None],
+) -> RunResult:
+    """The run itself: the engine, each step a task run (:func:`run_step_as_task`)."""
+    return await arun(
+        local.spec or pipeline,
+        inputs,
+        explicit,
+        block=await _block_layer(credentials, defaults),
+        fallback=local.fallback,
+        hooks=RunHooks(
+            on_run_start=local.hooks.on_run_start,
+            run_step=run_step_as_task,
+            on_steps=on_steps,
+            on_start=local.hooks.on_start,
+            on_finish=on_finish,
+            log=local.hooks.log,
+        ),
+        run_id=run_id,
+        flow_run_id=run_id,
+    )
+
+
+_REPLAYED_AT_ONCE = 8
+
+
+async def _replay(
+    result: RunResult,
+    flow_run_id: str | None,
+    on_steps: Callable[[str, int], None],
+    on_finish: Callable[[StepRecord], None],
+) -> RunResult:
+    """A run made without Prefect, shown as this flow run: each ledger row a task run in its state."""
+    uses = result.manifest.uses if result.manifest else {}
+    on_steps(result.pipeline, len(result.records))
+    limit = asyncio.Semaphore(_REPLAYED_AT_ONCE)
+
+    async def one(record: StepRecord) -> None:
+        async def recorded(_log: Callable[..., None]) -> StepRecord:
+            return record
+
+        step = StepInfo(
+            label=record.step_label,
+            step_id=record.step_id,
+            uses=uses.get(record.step_id, record.endpoint),
+            arguments=json.loads(record.arguments),
+        )
+        async with limit:
+            on_finish(await run_step_as_task(step, recorded, _ignore))
+
+    await asyncio.gather(*(one(record) for record in result.records))
+    if flow_run_id:
+        link_flow_run(result, flow_run_id)
+    return result
+
+
+def _ignore(*_: Any) -> None:
+    return None
 
 
 @flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)
@@ -232,6 +306,32 @@ async def arun_pipeline(
     if isinstance(value, BaseException):
         raise value
     return value
+
+
+async def arecord_run(run_id: str) -> RunResult:
+    """Record a run made without Prefect (a fully cached ``klingflow run``) as a flow run.
+
+    The flow run is one of :func:`pipeline_flow`, with the parameters the CLI left in the run's
+    folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`, removed once the flow run is recorded);
+    each step is a task run in the state its ledger row says (a cache hit: Cached, with its key),
+    the run's artifacts are published, and the flow run's id is written back into the run's
+    ledger rows, manifest and report. Reports to the local server (strict: never to a temporary
+    one that would vanish with this process) unless the user configured a Prefect API.
+    """
+    pending = run_dir(run_id) / FLOW_RUN_PARAMETERS
+    parameters = json.loads(pending.read_text(encoding="utf-8"))
+    result = recorded_run(run_id)
+    await asyncio.to_thread(use_local_server, strict=True)
+    token = _in_process.set(InProcess(recorded=result))
+    try:
+        state = await pipeline_flow(**parameters, return_state=True)
+    finally:
+        _in_process.reset(token)
+    value = await state.aresult(raise_on_failure=False)
+    if isinstance(value, BaseException) and not isinstance(value, PipelineFailed):
+        raise value  # a failed run's replay ends Failed, as the run did; anything else is an error
+    pending.unlink(missing_ok=True)
+    return result
 
 
 def run_pipeline(

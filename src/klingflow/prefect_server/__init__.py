@@ -11,12 +11,15 @@ The server is ``python -m prefect server start`` run by a stdlib-only supervisor
 (:mod:`._supervisor`), and everything else is files, signals and one HTTP health check
 (:mod:`._manager`, :mod:`._lease`), so ``klingflow server status`` answers at once. What only
 Prefect knows (the API URL a user configured in a profile; refreshing an imported Prefect's
-settings) is done by the Prefect layer, :mod:`klingflow.flows.server`.
+settings) is done by the Prefect layer, :mod:`klingflow.flows.server`; the CLI's fully cached
+run, which skips Prefect's import, only asks :func:`prefect_api_may_be_configured`, a safe
+over-estimate read from the same files.
 
 Settings (:mod:`klingflow.settings`): ``KLINGFLOW_PREFECT`` (``local`` | ``ephemeral``),
 ``KLINGFLOW_SERVER_PORT``, ``KLINGFLOW_SERVER_IDLE_MINUTES``, ``KLINGFLOW_SERVER_START_TIMEOUT``.
 """
 
+from klingflow.prefect_server._configured import prefect_api_may_be_configured
 from klingflow.prefect_server._lease import use_local_server
 from klingflow.prefect_server._manager import (
     LocalServer,
@@ -33,6 +36,7 @@ __all__ = [
     "ServerStatus",
     "ensure_server",
     "installed_prefect_version",
+    "prefect_api_may_be_configured",
     "server_paths",
     "server_status",
     "stop_server",
