@@ -520,7 +520,8 @@ def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
     pending = ledger.run_dir(run_id) / FLOW_RUN_PARAMETERS
     _wait_for(lambda: not pending.exists(), 60, "the run to be recorded in Prefect")
     _wait_for(lambda: not leftover_processes(f"klingflow.flows.record {run_id}"), 30, "the recorder to exit")
-    assert "recorded as flow run" in (ledger.run_dir(run_id) / "prefect-record.log").read_text()
+    log = (ledger.run_dir(run_id) / "prefect-record.log").read_text()
+    assert "recorded as flow run" in log and env["FAL_KEY"] not in log  # the recorder never has the key
     flow_run_id = str(load_manifest(run_id).flow_run_id)
     (task_run,) = _wait_task_runs(server.api_url, flow_run_id, 1)
     rows = ledger.load(run=run_id)
