@@ -531,6 +531,11 @@ def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
     assert flow_run["parameters"]["pipeline"] == str(pipeline) and flow_run["name"] == "twice"
     assert list(rows["flow_run_id"]) == [flow_run_id]
     assert flow_run_id in (tmp_path / "again" / "report.html").read_text()
+    twice = subprocess.run(
+        [sys.executable, "-m", "klingflow.flows.record", run_id], env=env, capture_output=True, text=True
+    )
+    assert twice.returncode == 1, twice.stdout + twice.stderr
+    assert f"is not waiting to be recorded in Prefect: it is flow run {flow_run_id}" in twice.stderr
     body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}
     artifacts = httpx.post(f"{server.api_url}/artifacts/filter", json=body, timeout=10).json()
     assert {"klingflow-twice-ledger", "klingflow-twice-progress"} <= {a["key"] for a in artifacts}

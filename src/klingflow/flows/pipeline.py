@@ -59,7 +59,7 @@ from klingflow.engine import (
     link_flow_run,
     recorded_run,
 )
-from klingflow.errors import ConfigError, PipelineFailed
+from klingflow.errors import ConfigError, LedgerError, PipelineFailed
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
 from klingflow.ledger import StepRecord, run_dir
@@ -318,9 +318,16 @@ async def arecord_run(run_id: str) -> RunResult:
     ledger rows, manifest and report. Reports to the local server (strict: never to a temporary
     one that would vanish with this process) unless the user configured a Prefect API.
     """
-    pending = run_dir(run_id) / FLOW_RUN_PARAMETERS
-    parameters = json.loads(pending.read_text(encoding="utf-8"))
     result = recorded_run(run_id)
+    pending = run_dir(result.run_id) / FLOW_RUN_PARAMETERS
+    if not pending.is_file():
+        shown = f": it is flow run {result.flow_run_id}" if result.flow_run_id else ""
+        raise LedgerError(
+            f"run {result.run_id} is not waiting to be recorded in Prefect{shown}",
+            context=str(pending),
+            hint="only a fully cached `klingflow run` is recorded after it ends",
+        )
+    parameters = json.loads(pending.read_text(encoding="utf-8"))
     await asyncio.to_thread(use_local_server, strict=True)
     token = _in_process.set(InProcess(recorded=result))
     try:
