@@ -3,6 +3,11 @@
 ``run`` checks the pipeline before Prefect starts, so a mistake is one message naming file, line,
 step and field, printed before anything else and before anything is paid. During the run it
 prints a line per finished step (:class:`Progress`), then the final outputs' paths.
+
+A fully cached run reporting to klingflow's local server never imports Prefect: importing it and
+starting a flow run (about 3 s on two cores) would cost more than the run, which submits nothing.
+The engine makes it alone and a detached :mod:`klingflow.flows.record` makes it a flow run
+afterwards (:func:`_run_cached_without_prefect`).
 """
 
 from __future__ import annotations
@@ -205,8 +210,9 @@ def run(
     if not (credentials or defaults):  # blocks are Prefect's: a run naming one needs Prefect
         cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks, echo)
         if cached is not None:
-            result, ui = cached
-            _print_final(console, result, ui)
+            result, server_url = cached
+            _print_final(console, result, f"{server_url}/runs (this run appears there within seconds)")
+            _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options))
             if result.failures:
                 raise PipelineFailed(result)
             return
@@ -239,56 +245,72 @@ def _run_cached_without_prefect(
     hooks: RunHooks,
     echo: Callable[[str], None],
 ) -> tuple[RunResult, str] | None:
-    """A fully cached run in the engine alone, then recorded in Prefect by a detached process.
+    """A fully cached run in the engine alone; returns its result and the local server's address.
 
     Returns None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
     klingflow's local server and every step reuses verified outputs: then Prefect's import and a
-    flow run's start-up would cost more than the run itself. The result comes with the address
-    where the Prefect UI will show the run once :mod:`klingflow.flows.record` has recorded it.
+    flow run's start-up would cost more than the run itself. Should a cache entry vanish in the
+    moment between the plan and the run, that step is generated as in any run (journaled,
+    claimed, never paid twice), only outside a flow run, and recorded with the others.
     """
-    from klingflow.engine import arun, make_plan, prepare
+    from klingflow.engine import arun, fully_cached, prepare
     from klingflow.prefect_server import prefect_api_may_be_configured, use_local_server
 
     if settings().prefect == "ephemeral" or prefect_api_may_be_configured():
         return None
     validated, ctx, _resolved = prepare(spec, inputs, options, fallback=fallback)
-    if not make_plan(validated, ctx).fully_cached:
+    if not fully_cached(validated, ctx):
         return None
     server = use_local_server(None, echo=echo)
-    if server is None:
-        return None  # no local server: the ordinary run falls back to Prefect's ephemeral mode
-    result = asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks))
-    parameters = {
+    if server is None:  # it cannot start (and said why): the ordinary run must not try again
+        os.environ["KLINGFLOW_PREFECT"] = "ephemeral"
+        return None
+    return asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks)), server.url
+
+
+def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOptions) -> dict[str, Any]:
+    """What ``run_pipeline`` would give ``pipeline_flow`` for this command (no block, by design)."""
+    return {
         "pipeline": str(spec.source or spec.name),
         "inputs": inputs,
         "backend": options.backend,
         "concurrency": options.concurrency,
-        "refresh": False,
+        "refresh": bool(options.refresh),
         "max_cost_usd": options.max_cost_usd,
         "out_dir": str(options.out_dir) if options.out_dir else None,
     }
-    _record_in_prefect_later(result.run_id, parameters)
-    return result, f"{server.url}/runs (this run appears there within seconds)"
 
 
 def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> None:
-    """Leave the flow run's parameters in the run's folder and start its recorder, detached."""
+    """Leave the flow run's parameters in the run's folder and start its recorder, detached.
+
+    The recorder gets no fal credential (replaying pays nothing) and, with ``-P``, no module from
+    the current folder. If it cannot be started, one line says how to record the run later.
+    """
     from klingflow._files import atomic_write
     from klingflow.engine import FLOW_RUN_PARAMETERS
     from klingflow.ledger import run_dir
 
     folder = run_dir(run_id)
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
-    environment = {k: v for k, v in os.environ.items() if k != "FAL_KEY"}  # replaying pays nothing
-    with open(folder / "prefect-record.log", "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", "klingflow.flows.record", run_id],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=environment,
-            start_new_session=True,  # not in the terminal's process group: Ctrl-C of a next command
+    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FAL_KEY")}
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
+        with open(folder / "prefect-record.log", "ab") as log:
+            subprocess.Popen(
+                [sys.executable, "-P", "-m", "klingflow.flows.record", run_id],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=environment,
+                start_new_session=True,  # not in the terminal's process group: Ctrl-C of a next command
+            )
+    except OSError as exc:
+        stderr().print(
+            f"klingflow: could not start recording run {run_id} in Prefect ({exc}); the run is complete, "
+            f"record it later with: {sys.executable} -m klingflow.flows.record {run_id}",
+            markup=False,
+            highlight=False,
         )
 
 

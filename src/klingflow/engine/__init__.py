@@ -15,7 +15,7 @@
 
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
-from klingflow.engine.plan import Plan, PlannedStep, check_budget, make_plan
+from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
 from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
@@ -39,6 +39,7 @@ __all__ = [
     "context_for",
     "execute",
     "export_outputs",
+    "fully_cached",
     "link_flow_run",
     "make_plan",
     "plan_pipeline",

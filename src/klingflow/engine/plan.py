@@ -16,6 +16,7 @@ A step downstream of one that will run cannot know its inputs yet, so it is plan
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +30,7 @@ from klingflow.errors import BudgetError
 from klingflow.media import probe
 from klingflow.spec import ValidatedPipeline, merged_arguments, resolve, step_endpoint
 
-__all__ = ["Plan", "PlanStatus", "PlannedStep", "check_budget", "make_plan"]
+__all__ = ["Plan", "PlanStatus", "PlannedStep", "check_budget", "fully_cached", "make_plan"]
 
 PlanStatus = Literal["cached", "recoverable", "run"]
 """What a run will do with a step: reuse it, collect a request already paid for, or pay for it."""
@@ -65,11 +66,6 @@ class Plan(BaseModel):
     def operations(self) -> int:
         """How many local media operations the run has (always free)."""
         return sum(1 for s in self.steps if s.kind == "operation")
-
-    @property
-    def fully_cached(self) -> bool:
-        """Every generation and operation reuses verified outputs: the run submits and pays nothing."""
-        return all(s.status == "cached" for s in self.steps)
 
     def count(self, status: PlanStatus, kind: str = "endpoint") -> int:
         """How many planned generations (or operations) have this status."""
@@ -136,24 +132,23 @@ def _plan_one(
     return planned, None
 
 
-def make_plan(pipeline: ValidatedPipeline, ctx: StepContext) -> Plan:
-    """Plan every step of a checked pipeline (no network, no submissions)."""
+def _walk(pipeline: ValidatedPipeline, ctx: StepContext) -> Iterator[PlannedStep]:
+    """Each step (and foreach item) planned in order, as soon as it is (no network, no submissions)."""
     outputs: dict[str, dict[str, Any]] = {}
     known: set[str] = set()
-    planned: list[PlannedStep] = []
     for step in (next(s for s in pipeline.spec.steps if s.id == sid) for sid in pipeline.order):
         ready = pipeline.dependencies[step.id] <= known
         raw = merged_arguments(pipeline.spec, step)
         context = {"inputs": pipeline.inputs, "outputs": outputs}
         items = [None] if step.foreach is None else list(resolve(step.foreach, **context))
-        results = []
+        found = []
         for index, item in enumerate(items):
             arguments = resolve(raw, **context, item=item) if step.foreach else resolve(raw, **context)
-            results.append(
-                _plan_one(pipeline, ctx, step.id, arguments, ready, None if step.foreach is None else index)
+            planned, output = _plan_one(
+                pipeline, ctx, step.id, arguments, ready, None if step.foreach is None else index
             )
-        planned.extend(p for p, _ in results)
-        found = [o for _, o in results]
+            yield planned
+            found.append(output)
         if all(o is not None for o in found):
             known.add(step.id)
         placeholder = _placeholder_outputs(step.uses)
@@ -163,7 +158,20 @@ def make_plan(pipeline: ValidatedPipeline, ctx: StepContext) -> Plan:
             if step.foreach is None
             else {name: [o.get(name) for o in chosen] for name in placeholder}
         )
-    return Plan(pipeline=pipeline.spec.name, steps=planned)
+
+
+def make_plan(pipeline: ValidatedPipeline, ctx: StepContext) -> Plan:
+    """Plan every step of a checked pipeline (no network, no submissions)."""
+    return Plan(pipeline=pipeline.spec.name, steps=list(_walk(pipeline, ctx)))
+
+
+def fully_cached(pipeline: ValidatedPipeline, ctx: StepContext) -> bool:
+    """Whether every step reuses verified outputs, so the run is planned to submit and pay nothing.
+
+    Stops at the first step that does not: verifying a cache hit re-hashes its file, and a run
+    that will generate anyway should not pay for hashing the rest twice.
+    """
+    return all(planned.status == "cached" for planned in _walk(pipeline, ctx))
 
 
 def check_budget(plan: Plan, max_cost_usd: float | None) -> None:

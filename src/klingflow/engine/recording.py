@@ -1,6 +1,9 @@
 """What a finished run leaves behind: ledger rows, a manifest, a contact sheet and an HTML report.
 
-:func:`record_run` is the one call at the end of every run. By then the money is spent, so only
+:func:`record_run` is the one call at the end of every run. A run made without Prefect (a fully
+cached CLI run, see :mod:`klingflow.flows.record`) is read back with :func:`recorded_run` and,
+once a flow run shows it, named there by :func:`link_flow_run`, so its ledger rows, manifest and
+report point at the flow run like any other run's. By then the money is spent, so only
 the ledger (the record of what was paid for) may fail loudly; the contact sheet and the report
 are cosmetic and only log a warning when they cannot be made. Media in the report point at the
 content-addressed store, which never changes, so an old run's report still shows its own clips
@@ -258,12 +261,15 @@ def link_flow_run(result: RunResult, flow_run_id: str) -> None:
         raise ValueError(f"run {result.run_id} has no manifest: it was not recorded")
     manifest = result.manifest.model_copy(update={"flow_run_id": flow_run_id})
     frame = result.ledger.assign(flow_run_id=flow_run_id)
-    ledger.append(frame)
-    if manifest.report:
-        try:
-            write_report(manifest, frame, Path(manifest.report))
-        except Exception:  # cosmetic, as in record_run
-            logger.warning("could not redraw the report of run %s", result.run_id, exc_info=True)
+    if not frame.empty:
+        ledger.append(frame)
+    report = Path(manifest.report) if manifest.report else None
+    try:
+        # an output folder's report.html is the latest run's: a later run may have replaced it
+        if report is not None and result.run_id in report.read_text(encoding="utf-8"):
+            write_report(manifest, frame, report)
+    except Exception:  # cosmetic, as in record_run
+        logger.warning("could not redraw the report of run %s", result.run_id, exc_info=True)
     save_manifest(manifest)
     result.flow_run_id = flow_run_id
     result.records = [r.model_copy(update={"flow_run_id": flow_run_id}) for r in result.records]

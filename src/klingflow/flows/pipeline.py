@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -59,10 +60,10 @@ from klingflow.engine import (
     link_flow_run,
     recorded_run,
 )
-from klingflow.errors import ConfigError, LedgerError, PipelineFailed
+from klingflow.errors import ConfigError, LedgerError, PipelineFailed, StepFailed
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
-from klingflow.ledger import StepRecord, run_dir
+from klingflow.ledger import Status, StepRecord, run_dir
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
@@ -206,15 +207,24 @@ async def _replay(
     on_steps: Callable[[str, int], None],
     on_finish: Callable[[StepRecord], None],
 ) -> RunResult:
-    """A run made without Prefect, shown as this flow run: each ledger row a task run in its state."""
+    """A run made without Prefect, shown as this flow run: each ledger row a task run in its state.
+
+    As in a run: a cache hit ends Cached, a failed step's task run fails with its error, and a
+    skipped step (its dependency failed) has no task run.
+    """
     uses = result.manifest.uses if result.manifest else {}
     on_steps(result.pipeline, len(result.records))
     limit = asyncio.Semaphore(_REPLAYED_AT_ONCE)
 
     async def one(record: StepRecord) -> None:
         async def recorded(_log: Callable[..., None]) -> StepRecord:
+            if record.status == Status.FAILED:
+                raise StepFailed(record)
             return record
 
+        if record.status == Status.SKIPPED:
+            on_finish(record)
+            return
         step = StepInfo(
             label=record.step_label,
             step_id=record.step_id,
@@ -222,7 +232,10 @@ async def _replay(
             arguments=json.loads(record.arguments),
         )
         async with limit:
-            on_finish(await run_step_as_task(step, recorded, _ignore))
+            try:
+                on_finish(await run_step_as_task(step, recorded, _ignore))
+            except StepFailed as failed:
+                on_finish(failed.record)
 
     await asyncio.gather(*(one(record) for record in result.records))
     if flow_run_id:
@@ -312,33 +325,74 @@ async def arecord_run(run_id: str) -> RunResult:
     """Record a run made without Prefect (a fully cached ``klingflow run``) as a flow run.
 
     The flow run is one of :func:`pipeline_flow`, with the parameters the CLI left in the run's
-    folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`, removed once the flow run is recorded);
-    each step is a task run in the state its ledger row says (a cache hit: Cached, with its key),
-    the run's artifacts are published, and the flow run's id is written back into the run's
-    ledger rows, manifest and report. Reports to the local server (strict: never to a temporary
-    one that would vanish with this process) unless the user configured a Prefect API.
+    folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`); each step is a task run in the state
+    its ledger row says (a cache hit: Cached, with its key), the run's artifacts are published,
+    and the flow run's id is written back into the run's ledger rows, manifest and report. Reports
+    to the local server (strict: never to a temporary one that would vanish with this process)
+    unless the user configured a Prefect API.
+
+    One recorder per run: it takes the parameters file by renaming it to its own (an atomic
+    rename has one winner); a run already recorded, or being recorded by a live process, is
+    refused with a :class:`~klingflow.errors.LedgerError` saying so.
     """
     result = recorded_run(run_id)
-    pending = run_dir(result.run_id) / FLOW_RUN_PARAMETERS
-    if not pending.is_file():
-        shown = f": it is flow run {result.flow_run_id}" if result.flow_run_id else ""
+    folder = run_dir(result.run_id)
+    if result.flow_run_id:
+        for leftover in folder.glob(f"{FLOW_RUN_PARAMETERS}*"):
+            leftover.unlink(missing_ok=True)  # a recorder that stopped after linking the run
         raise LedgerError(
-            f"run {result.run_id} is not waiting to be recorded in Prefect{shown}",
-            context=str(pending),
-            hint="only a fully cached `klingflow run` is recorded after it ends",
+            f"run {result.run_id} is already recorded in Prefect: it is flow run {result.flow_run_id}",
+            context=str(folder),
         )
-    parameters = json.loads(pending.read_text(encoding="utf-8"))
-    await asyncio.to_thread(use_local_server, strict=True)
-    token = _in_process.set(InProcess(recorded=result))
+    mine = _claim(folder)
+    parameters = json.loads(mine.read_text(encoding="utf-8"))
     try:
-        state = await pipeline_flow(**parameters, return_state=True)
-    finally:
-        _in_process.reset(token)
-    value = await state.aresult(raise_on_failure=False)
-    if isinstance(value, BaseException) and not isinstance(value, PipelineFailed):
-        raise value  # a failed run's replay ends Failed, as the run did; anything else is an error
-    pending.unlink(missing_ok=True)
+        await asyncio.to_thread(use_local_server, strict=True)
+        token = _in_process.set(InProcess(recorded=result))
+        try:
+            state = await pipeline_flow(**parameters, return_state=True)
+        finally:
+            _in_process.reset(token)
+        value = await state.aresult(raise_on_failure=False)
+        if isinstance(value, BaseException) and not isinstance(value, PipelineFailed):
+            raise value  # a failed run's replay ends Failed, as the run did; anything else is an error
+    except BaseException:
+        if not result.flow_run_id:  # not linked: leave the parameters for a later attempt
+            mine.rename(folder / FLOW_RUN_PARAMETERS)
+        raise
+    mine.unlink(missing_ok=True)
     return result
+
+
+def _claim(folder: Path) -> Path:
+    """Take the run's parameters file for this process (renamed ``<name>.<pid>``), or say who has it."""
+    mine = folder / f"{FLOW_RUN_PARAMETERS}.{os.getpid()}"
+    for candidate in sorted(folder.glob(f"{FLOW_RUN_PARAMETERS}*")):
+        owner = candidate.name.removeprefix(FLOW_RUN_PARAMETERS).lstrip(".")
+        if owner.isdigit() and _alive(int(owner)):
+            raise LedgerError(
+                f"run {folder.name} is being recorded in Prefect by process {owner}", context=str(folder)
+            )
+        try:
+            candidate.rename(mine)  # a stopped recorder's file (or the CLI's) is taken over
+        except FileNotFoundError:
+            continue  # another recorder took it first
+        return mine
+    raise LedgerError(
+        f"run {folder.name} is not waiting to be recorded in Prefect",
+        context=str(folder / FLOW_RUN_PARAMETERS),
+        hint="only a fully cached `klingflow run` is recorded after it ends",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_pipeline(

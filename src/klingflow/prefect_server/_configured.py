@@ -23,31 +23,40 @@ _API = "PREFECT_API_URL"
 
 
 def _profile_names_an_api(path: Path) -> bool:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-        return True  # unreadable: let Prefect decide
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
     active = os.environ.get("PREFECT_PROFILE") or data.get("active") or "ephemeral"
     profile = data.get("profiles", {}).get(active)
-    return not isinstance(profile, dict) or _API in profile
+    return not isinstance(profile, dict) or _API in {name.upper() for name in profile}
 
 
-def prefect_api_may_be_configured(cwd: Path | None = None) -> bool:
-    """True unless no Prefect setting the user made can name an API (``cwd``: where Prefect looks)."""
-    here = cwd or Path.cwd()
-    url = os.environ.get(_API)
+def _settings_name_an_api(here: Path) -> bool:
+    environment = {name.upper(): value for name, value in os.environ.items()}  # Prefect ignores case
+    url = environment.get(_API)
     if url and url != os.environ.get(OWN_URL):
         return True
-    if os.environ.get("PREFECT_PROFILES_PATH") or (here / "prefect.toml").exists():
+    if "PREFECT_PROFILES_PATH" in environment or (here / "prefect.toml").exists():
         return True
-    for name, marker in ((".env", "PREFECT_"), ("pyproject.toml", "tool.prefect")):
-        try:
-            if marker in (here / name).read_text(encoding="utf-8", errors="replace"):
-                return True
-        except OSError:
-            continue  # no such file
-    prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    dotenv = here / ".env"
+    if dotenv.is_file() and "PREFECT_" in dotenv.read_text(encoding="utf-8", errors="replace").upper():
+        return True
+    pyproject = here / "pyproject.toml"
+    if pyproject.is_file():
+        tables = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
+        if "prefect" in tables:
+            return True
+    prefect_home = Path(environment.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
     profiles = prefect_home / "profiles.toml"
     if profiles.exists():
         return _profile_names_an_api(profiles)
-    return bool(os.environ.get("PREFECT_PROFILE"))  # a profile chosen, with no file: Prefect's own
+    return "PREFECT_PROFILE" in environment  # a profile chosen, with no file: let Prefect say
+
+
+def prefect_api_may_be_configured(cwd: Path | None = None) -> bool:
+    """True unless no Prefect setting the user made can name an API (``cwd``: where Prefect looks).
+
+    Anything it cannot read (a broken TOML file, an unreadable folder) answers True.
+    """
+    try:
+        return _settings_name_an_api(cwd or Path.cwd())
+    except (OSError, RuntimeError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
+        return True
