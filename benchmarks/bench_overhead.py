@@ -94,7 +94,8 @@ def _recorded_after(home: str, started: float, timeout: float = 60.0) -> float:
     manifest, pending = Path(home) / "runs" / f"{run_id}.json", Path(home) / "runs" / run_id
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if json.loads(manifest.read_text()).get("flow_run_id") and not any(pending.glob("flow-run-*.json")):
+        linked = json.loads(manifest.read_text()).get("flow_run_id")
+        if linked and not any(pending.glob("flow-run-parameters.json*")):  # the recorder has ended
             return time.perf_counter() - started
         time.sleep(0.05)
     raise SystemExit(f"run {run_id} was not recorded in Prefect within {timeout:g} s")
