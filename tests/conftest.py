@@ -52,6 +52,17 @@ os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_K
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, each module's tests together and in their own order.
+
+    ``scripts/test`` runs two pytest-xdist workers that take whole modules in collection order:
+    the long end-to-end modules then start at once and the quick ones fill in after them, instead
+    of the longest module starting last on one worker while the other waits idle.
+    """
+    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
+    items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow)  # stable
+
+
 PREFECT = [sys.executable, "-m", "prefect"]
 
 
