@@ -553,3 +553,15 @@ def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
     assert page.startswith(f"{server.url}/runs/flow-run/") and "cached clip" in " ".join(stdout.split())
     (task_run,) = _wait_task_runs(server.api_url, page.rsplit("/", 1)[1], 1)
     assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid
+
+    # after the server's idle shutdown the re-run does not wait for a new one: its recorder starts it
+    assert ps.stop_server(home) is not None
+    stdout, stderr = _finish(_start_run(env, pipeline))
+    assert "the local Prefect server is starting in the background" in _ui_line(stdout)
+    assert "started a local Prefect server" not in stderr and "cached clip" in " ".join(stdout.split())
+    run_id = re.search(r"\(run (\w+)\)", stdout)[1]  # type: ignore[index]
+    _wait_for(lambda: not leftover_processes(f"klingflow.flows.record {run_id}"), 120, "the recorder to exit")
+    restarted = ps.server_status(home).server
+    assert restarted is not None and restarted.pid != server.pid, "the recorder started a new server"
+    (task_run,) = _wait_task_runs(restarted.api_url, str(load_manifest(run_id).flow_run_id), 1)
+    assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid

@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -194,7 +193,6 @@ def run(
     from klingflow.engine import RunHooks, RunOptions
     from klingflow.errors import PipelineFailed
 
-    echo = lambda line: stderr().print(line, markup=False, highlight=False)  # noqa: E731
     console = out()
     progress = Progress(console)
     options = RunOptions(
@@ -208,10 +206,17 @@ def run(
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
     hooks = RunHooks(on_start=progress.start, on_finish=progress.finish)
     if not (credentials or defaults):  # blocks are Prefect's: a run naming one needs Prefect
-        cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks, echo)
+        cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks)
         if cached is not None:
             result, server_url = cached
-            _print_final(console, result, f"{server_url}/runs (this run appears there within seconds)")
+            _print_final(
+                console,
+                result,
+                f"{server_url}/runs (this run appears there within seconds)"
+                if server_url
+                else "the local Prefect server is starting in the background, and this run appears "
+                "there within a minute (`klingflow server status` shows its address)",
+            )
             _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options))
             if result.failures:
                 raise PipelineFailed(result)
@@ -220,7 +225,7 @@ def run(
     from klingflow.flows.pipeline import run_pipeline
     from klingflow.flows.server import use_local_server
 
-    use_local_server(echo=echo)
+    use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
     try:
         result = run_pipeline(
             spec,
@@ -243,29 +248,28 @@ def _run_cached_without_prefect(
     options: RunOptions,
     fallback: RunOptions,
     hooks: RunHooks,
-    echo: Callable[[str], None],
-) -> tuple[RunResult, str] | None:
+) -> tuple[RunResult, str | None] | None:
     """A fully cached run in the engine alone; returns its result and the local server's address.
 
     Returns None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
     klingflow's local server and every step reuses verified outputs: then Prefect's import and a
-    flow run's start-up would cost more than the run itself. Should a cache entry vanish in the
-    moment between the plan and the run, that step is generated as in any run (journaled,
-    claimed, never paid twice), only outside a flow run, and recorded with the others.
+    flow run's start-up would cost more than the run itself. The server is not waited for: the
+    address is None when it is not running (after its idle shutdown), and the recorder starts
+    it. Should a cache entry vanish in the moment between the plan and the run, that step is
+    generated as in any run (journaled, claimed, never paid twice), only outside a flow run, and
+    recorded with the others.
     """
     from klingflow.engine import arun, fully_cached, prepare
-    from klingflow.prefect_server import prefect_api_may_be_configured, use_local_server
+    from klingflow.prefect_server import prefect_api_may_be_configured, server_status
 
     if settings().prefect == "ephemeral" or prefect_api_may_be_configured():
         return None
     validated, ctx, _resolved = prepare(spec, inputs, options, fallback=fallback)
     if not fully_cached(validated, ctx):
         return None
-    server = use_local_server(None, echo=echo)
-    if server is None:  # it cannot start (and said why): the ordinary run must not try again
-        os.environ["KLINGFLOW_PREFECT"] = "ephemeral"
-        return None
-    return asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks)), server.url
+    status = server_status()
+    result = asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks))
+    return result, status.server.url if status.running and status.server else None
 
 
 def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOptions) -> dict[str, Any]:
