@@ -59,8 +59,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     the long end-to-end modules then start at once and the quick ones fill in after them, instead
     of the longest module starting last on one worker while the other waits idle.
     """
-    slow = {item.module.__name__ for item in items if item.get_closest_marker("slow") and item.module}
-    items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow)  # stable
+
+    def module(item: pytest.Item) -> str:
+        return str(getattr(getattr(item, "module", None), "__name__", ""))
+
+    slow = {module(item) for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: module(item) not in slow)  # stable: each module's order is kept
 
 
 PREFECT = [sys.executable, "-m", "prefect"]

@@ -561,7 +561,10 @@ def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
     assert "started a local Prefect server" not in stderr and "cached clip" in " ".join(stdout.split())
     run_id = re.search(r"\(run (\w+)\)", stdout)[1]  # type: ignore[index]
     _wait_for(lambda: not leftover_processes(f"klingflow.flows.record {run_id}"), 120, "the recorder to exit")
+    log = (ledger.run_dir(run_id) / "prefect-record.log").read_text()
+    recorded = load_manifest(run_id).flow_run_id
+    assert recorded and "started a local Prefect server" in log, log
     restarted = ps.server_status(home).server
     assert restarted is not None and restarted.pid != server.pid, "the recorder started a new server"
-    (task_run,) = _wait_task_runs(restarted.api_url, str(load_manifest(run_id).flow_run_id), 1)
+    (task_run,) = _wait_task_runs(restarted.api_url, recorded, 1)
     assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid

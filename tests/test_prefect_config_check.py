@@ -82,5 +82,10 @@ def test_the_active_profile(here: Path, monkeypatch: pytest.MonkeyPatch, tmp_pat
     assert may(here) is True
     profiles.write_text("active = [broken")
     assert may(here) is True
+    profiles.write_text('active = "ephemeral"\n[profiles.ephemeral]\n')
+    assert may(here) is False
     monkeypatch.setenv("PREFECT_PROFILES_PATH", str(profiles))
+    assert may(here) is True  # a profiles file of the user's choosing: Prefect decides
+    monkeypatch.delenv("PREFECT_PROFILES_PATH")
+    profiles.write_text('active = "ephemeral"\nprofiles = "not a table"\n')
     assert may(here) is True

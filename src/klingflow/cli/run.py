@@ -209,15 +209,16 @@ def run(
         cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks)
         if cached is not None:
             result, server_url = cached
-            _print_final(
-                console,
-                result,
-                f"{server_url}/runs (this run appears there within seconds)"
+            log = _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options))
+            ui = (
+                None
+                if log is None
+                else f"{server_url}/runs (this run appears there within seconds)"
                 if server_url
-                else "the local Prefect server is starting in the background, and this run appears "
-                "there within a minute (`klingflow server status` shows its address)",
+                else "the local Prefect server is starting in the background and this run appears "
+                f"there within a minute (`klingflow server status` shows its address; log: {log})"
             )
-            _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options))
+            _print_final(console, result, ui)
             if result.failures:
                 raise PipelineFailed(result)
             return
@@ -285,22 +286,24 @@ def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOpt
     }
 
 
-def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> None:
+def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> Path | None:
     """Leave the flow run's parameters in the run's folder and start its recorder, detached.
 
     The recorder gets no fal credential (replaying pays nothing) and, with ``-P``, no module from
-    the current folder. If it cannot be started, one line says how to record the run later.
+    the current folder. Returns its log file, or None when it could not be started: then one line
+    says how to record the run later.
     """
     from klingflow._files import atomic_write
     from klingflow.engine import FLOW_RUN_PARAMETERS
     from klingflow.ledger import run_dir
 
     folder = run_dir(run_id)
+    log_path = folder / "prefect-record.log"
     environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FAL_KEY")}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
-        with open(folder / "prefect-record.log", "ab") as log:
+        with open(log_path, "ab") as log:
             subprocess.Popen(
                 [sys.executable, "-P", "-m", "klingflow.flows.record", run_id],
                 stdin=subprocess.DEVNULL,
@@ -316,6 +319,8 @@ def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> None:
             markup=False,
             highlight=False,
         )
+        return None
+    return log_path
 
 
 def _print_final(console: Console, result: RunResult, ui: str | None) -> None:

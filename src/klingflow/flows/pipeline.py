@@ -357,8 +357,11 @@ async def arecord_run(run_id: str) -> RunResult:
         if isinstance(value, BaseException) and not isinstance(value, PipelineFailed):
             raise value  # a failed run's replay ends Failed, as the run did; anything else is an error
     except BaseException:
-        if not result.flow_run_id:  # not linked: leave the parameters for a later attempt
-            mine.rename(folder / FLOW_RUN_PARAMETERS)
+        if result.flow_run_id:  # linked, so recorded: only something after it (artifacts) failed
+            mine.unlink(missing_ok=True)
+        else:  # not recorded: leave the parameters for a later attempt
+            with contextlib.suppress(OSError):
+                mine.rename(folder / FLOW_RUN_PARAMETERS)
         raise
     mine.unlink(missing_ok=True)
     return result
@@ -369,7 +372,7 @@ def _claim(folder: Path) -> Path:
     mine = folder / f"{FLOW_RUN_PARAMETERS}.{os.getpid()}"
     for candidate in sorted(folder.glob(f"{FLOW_RUN_PARAMETERS}*")):
         owner = candidate.name.removeprefix(FLOW_RUN_PARAMETERS).lstrip(".")
-        if owner.isdigit() and _alive(int(owner)):
+        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
             raise LedgerError(
                 f"run {folder.name} is being recorded in Prefect by process {owner}", context=str(folder)
             )
@@ -378,6 +381,10 @@ def _claim(folder: Path) -> Path:
         except FileNotFoundError:
             continue  # another recorder took it first
         return mine
+    if any(folder.glob(f"{FLOW_RUN_PARAMETERS}.*")):
+        raise LedgerError(
+            f"run {folder.name} is being recorded in Prefect by another process", context=str(folder)
+        )
     raise LedgerError(
         f"run {folder.name} is not waiting to be recorded in Prefect",
         context=str(folder / FLOW_RUN_PARAMETERS),

@@ -44,7 +44,7 @@ def _settings_name_an_api(here: Path) -> bool:
         tables = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {})
         if "prefect" in tables:
             return True
-    prefect_home = Path(environment.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    prefect_home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()  # as Prefect
     profiles = prefect_home / "profiles.toml"
     if profiles.exists():
         return _profile_names_an_api(profiles)
@@ -54,9 +54,9 @@ def _settings_name_an_api(here: Path) -> bool:
 def prefect_api_may_be_configured(cwd: Path | None = None) -> bool:
     """True unless no Prefect setting the user made can name an API (``cwd``: where Prefect looks).
 
-    Anything it cannot read (a broken TOML file, an unreadable folder) answers True.
+    Anything it cannot read or make sense of (a broken TOML file, an unreadable folder) answers True.
     """
     try:
         return _settings_name_an_api(cwd or Path.cwd())
-    except (OSError, RuntimeError, ValueError):  # tomllib.TOMLDecodeError is a ValueError
+    except Exception:  # unreadable or odd (a TOML error, `tool = 1`, no home folder): Prefect decides
         return True
