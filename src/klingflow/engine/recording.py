@@ -1,13 +1,15 @@
 """What a finished run leaves behind: ledger rows, a manifest, a contact sheet and an HTML report.
 
-:func:`record_run` is the one call at the end of every run. A run made without Prefect (a fully
-cached CLI run, see :mod:`klingflow.flows.record`) is read back with :func:`recorded_run` and,
-once a flow run shows it, named there by :func:`link_flow_run`, so its ledger rows, manifest and
-report point at the flow run like any other run's. By then the money is spent, so only
+:func:`record_run` is the one call at the end of every run. By then the money is spent, so only
 the ledger (the record of what was paid for) may fail loudly; the contact sheet and the report
 are cosmetic and only log a warning when they cannot be made. Media in the report point at the
 content-addressed store, which never changes, so an old run's report still shows its own clips
 after a later run overwrote the exported copies in the same output folder.
+
+A run made without Prefect (a fully cached CLI run, see :mod:`klingflow.flows.record`) is read
+back with :func:`recorded_run` and, once a flow run shows it, named there by
+:func:`link_flow_run`, so its ledger rows, manifest and report point at the flow run like any
+other run's.
 
 Example::
 

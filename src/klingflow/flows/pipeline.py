@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -50,6 +49,7 @@ from prefect.settings import (
 )
 
 from klingflow.blocks import FalCredentials, KlingDefaults
+from klingflow.cache import claims_from_env, new_owner
 from klingflow.engine import (
     FLOW_RUN_PARAMETERS,
     RunHooks,
@@ -321,32 +321,46 @@ async def arun_pipeline(
     return value
 
 
+_RECORDING_TTL = 900.0
+"""Seconds a recorder's claim lasts: starting a server and replaying a run take well under it (a
+recorder that died on this machine frees its claim at once)."""
+
+
 async def arecord_run(run_id: str) -> RunResult:
     """Record a run made without Prefect (a fully cached ``klingflow run``) as a flow run.
 
     The flow run is one of :func:`pipeline_flow`, with the parameters the CLI left in the run's
-    folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`); each step is a task run in the state
-    its ledger row says (a cache hit: Cached, with its key), the run's artifacts are published,
-    and the flow run's id is written back into the run's ledger rows, manifest and report. Reports
-    to the local server (strict: never to a temporary one that would vanish with this process)
-    unless the user configured a Prefect API.
+    folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`, removed once it is recorded); each
+    step is a task run in the state its ledger row says (a cache hit: Cached, with its key), the
+    run's artifacts are published, and the flow run's id is written back into the run's ledger
+    rows, manifest and report. Reports to the local server (strict: never to a temporary one that
+    would vanish with this process) unless the user configured a Prefect API.
 
-    One recorder per run: it takes the parameters file by renaming it to its own (an atomic
-    rename has one winner); a run already recorded, or being recorded by a live process, is
+    One recorder per run: it holds the run's claim (:mod:`klingflow.cache.claims`, the same leases
+    steps take) while it records; a run already recorded, being recorded, or not waiting to be is
     refused with a :class:`~klingflow.errors.LedgerError` saying so.
     """
     result = recorded_run(run_id)
-    folder = run_dir(result.run_id)
+    pending = run_dir(result.run_id) / FLOW_RUN_PARAMETERS
     if result.flow_run_id:
-        for leftover in folder.glob(f"{FLOW_RUN_PARAMETERS}*"):
-            leftover.unlink(missing_ok=True)  # a recorder that stopped after linking the run
+        pending.unlink(missing_ok=True)  # a recorder that stopped after linking the run
         raise LedgerError(
             f"run {result.run_id} is already recorded in Prefect: it is flow run {result.flow_run_id}",
-            context=str(folder),
+            context=str(pending.parent),
         )
-    mine = _claim(folder)
-    parameters = json.loads(mine.read_text(encoding="utf-8"))
+    claims, owner, key = claims_from_env(), new_owner(), f"prefect-record-{result.run_id}"
+    if not claims.acquire(key, owner, ttl=_RECORDING_TTL):
+        raise LedgerError(
+            f"run {result.run_id} is being recorded in Prefect by {claims.holder(key)}", context=str(pending)
+        )
     try:
+        if not pending.is_file():
+            raise LedgerError(
+                f"run {result.run_id} is not waiting to be recorded in Prefect",
+                context=str(pending),
+                hint="only a fully cached `klingflow run` is recorded after it ends",
+            )
+        parameters = json.loads(pending.read_text(encoding="utf-8"))
         await asyncio.to_thread(use_local_server, strict=True)
         token = _in_process.set(InProcess(recorded=result))
         try:
@@ -356,50 +370,11 @@ async def arecord_run(run_id: str) -> RunResult:
         value = await state.aresult(raise_on_failure=False)
         if isinstance(value, BaseException) and not isinstance(value, PipelineFailed):
             raise value  # a failed run's replay ends Failed, as the run did; anything else is an error
-    except BaseException:
-        if result.flow_run_id:  # linked, so recorded: only something after it (artifacts) failed
-            mine.unlink(missing_ok=True)
-        else:  # not recorded: leave the parameters for a later attempt
-            with contextlib.suppress(OSError):
-                mine.rename(folder / FLOW_RUN_PARAMETERS)
-        raise
-    mine.unlink(missing_ok=True)
+    finally:
+        if result.flow_run_id:  # linked, so recorded (even if something after it, artifacts, failed)
+            pending.unlink(missing_ok=True)
+        claims.release(key, owner)
     return result
-
-
-def _claim(folder: Path) -> Path:
-    """Take the run's parameters file for this process (renamed ``<name>.<pid>``), or say who has it."""
-    mine = folder / f"{FLOW_RUN_PARAMETERS}.{os.getpid()}"
-    for candidate in sorted(folder.glob(f"{FLOW_RUN_PARAMETERS}*")):
-        owner = candidate.name.removeprefix(FLOW_RUN_PARAMETERS).lstrip(".")
-        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
-            raise LedgerError(
-                f"run {folder.name} is being recorded in Prefect by process {owner}", context=str(folder)
-            )
-        try:
-            candidate.rename(mine)  # a stopped recorder's file (or the CLI's) is taken over
-        except FileNotFoundError:
-            continue  # another recorder took it first
-        return mine
-    if any(folder.glob(f"{FLOW_RUN_PARAMETERS}.*")):
-        raise LedgerError(
-            f"run {folder.name} is being recorded in Prefect by another process", context=str(folder)
-        )
-    raise LedgerError(
-        f"run {folder.name} is not waiting to be recorded in Prefect",
-        context=str(folder / FLOW_RUN_PARAMETERS),
-        hint="only a fully cached `klingflow run` is recorded after it ends",
-    )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_pipeline(
