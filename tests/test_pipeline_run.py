@@ -85,7 +85,7 @@ async def test_edit_reruns_only_the_changed_step_and_its_dependants(options: Run
     assert emulator.stats()["submits"] == {TTS: 1, "fal-ai/kling-video/v1/standard/ai-avatar": 1}
 
 
-async def test_corrupt_or_missing_cache_file_is_regenerated(options: RunOptions, emulator) -> None:
+async def test_corrupt_or_missing_cache_file_is_fetched_again_not_paid(options: RunOptions, emulator) -> None:
     spec = parse_pipeline(fan_out(["corrupt me", "delete me"], tts=False))
     first = await arun(spec, None, options)
     corrupt, missing = first.outputs["shots"]["video"]
@@ -93,8 +93,10 @@ async def test_corrupt_or_missing_cache_file_is_regenerated(options: RunOptions,
     missing.unlink()
     emulator.reset()
     second = await arun(spec, None, options)
-    assert [r.status for r in second.records] == ["completed", "completed"]
-    assert emulator.stats()["submits"] == {T2V: 2}
+    assert [r.status for r in second.records] == ["cached", "cached"]
+    assert all((r.billing_note or "").startswith("refetched") for r in second.records)
+    assert [r.request_id for r in second.records] == [r.request_id for r in first.records]
+    assert emulator.stats()["submits"] == {}, "fetched again from the paid requests, not submitted"
     assert all(options.store.verify(s) for s in [options.store.find(r.sha256) for r in second.records])
 
 

@@ -4,7 +4,8 @@
 * :mod:`~klingflow.cli.ledger`: ``ledger``, ``ledger summary``, ``report``;
 * :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
 * :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``;
-* :mod:`~klingflow.cli.server`: ``server start | status | stop`` (the local Prefect server).
+* :mod:`~klingflow.cli.server`: ``server start | status | stop`` (the local Prefect server);
+* :mod:`~klingflow.cli.verify`: ``verify [--repair]`` (the stored outputs, hashed; mended from fal).
 
 Errors klingflow raises on purpose are printed as what / where / hint with exit code 1 by
 :func:`~klingflow.cli._errors.friendly_errors`; anything else keeps its traceback. Heavy modules
@@ -21,6 +22,7 @@ from klingflow.cli.ledger import add_ledger_commands
 from klingflow.cli.prefect import add_prefect_commands
 from klingflow.cli.run import add_run_commands
 from klingflow.cli.server import server_app
+from klingflow.cli.verify import add_verify_commands
 
 __all__ = ["app", "main"]
 
@@ -34,6 +36,7 @@ add_ledger_commands(app, friendly_errors)
 app.add_typer(emulator_app, name="emulator")
 add_prefect_commands(app)
 app.add_typer(server_app, name="server")
+add_verify_commands(app)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@
 * :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run
   (and a recorded run read back, and linked to the flow run that shows it afterwards);
 * :mod:`~klingflow.engine.recover`: paid requests no cache entry holds, fetched while fal keeps them;
+* :mod:`~klingflow.engine.verify`: every stored output hashed; bad ones fetched again from fal;
 * :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
 """
 
@@ -20,6 +21,7 @@ from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recor
 from klingflow.engine.recover import Recovered, recover
 from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
 from klingflow.engine.runner import RunResult, execute
+from klingflow.engine.verify import Verified, verify_store
 
 __all__ = [
     "BUILT_IN",
@@ -47,4 +49,6 @@ __all__ = [
     "recorded_run",
     "recover",
     "resolve_options",
+    "Verified",
+    "verify_store",
 ]

@@ -1,9 +1,10 @@
 """What every step of one run shares, and the helpers generations and operations both use.
 
 :class:`StepContext` holds the cache (store, journal, claims), the backend (made on first use,
-so a fully cached run never starts one) and the concurrency cap. Reusing a cache entry
-(:meth:`StepContext.reuse`) and describing a stored output on a ledger row
-(:func:`describe_output`) are the same for a generation and a media operation, so they live here.
+so a fully cached run never starts one) and the concurrency cap. The cache decision
+(:meth:`StepContext.look_up`: cached, refetch, recoverable or run) is the same for a generation,
+a media operation and the plan, and so is describing a stored output on a ledger row
+(:func:`describe_output`), so they live here, once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import SecretStr
 
@@ -29,7 +30,6 @@ from klingflow.cache import (
     new_owner,
 )
 from klingflow.endpoints import unit_price
-from klingflow.engine.hooks import Logger
 from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
 from klingflow.errors import BackendError
 from klingflow.ledger import Status, StepRecord
@@ -38,7 +38,15 @@ from klingflow.media import probe
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
 
-__all__ = ["StepContext", "describe_output", "plain", "prompt_of", "shown_arguments"]
+__all__ = [
+    "CacheLookup",
+    "CacheState",
+    "StepContext",
+    "describe_output",
+    "plain",
+    "prompt_of",
+    "shown_arguments",
+]
 
 
 @dataclass
@@ -61,6 +69,7 @@ class StepContext:
     _backend: FalBackend | None = None
     _limiter: asyncio.Semaphore | None = None
     _fal_prices: dict[str, float] = field(default_factory=dict)
+    _verified: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def backend(self) -> FalBackend:
@@ -97,30 +106,70 @@ class StepContext:
         """The key of the backend this run used, if it made one (for redacting what is recorded)."""
         return [self._backend.config.key] if self._backend is not None else []
 
-    def cached_files(self, entry: JournalEntry | None) -> dict[str, StoredFile] | None:
-        """The verified stored outputs of a ``done`` journal entry, or None if any is missing or corrupt."""
-        if entry is None or entry.status != "done" or not entry.outputs:
-            return None
+    def look_up(self, key: str, *, regenerate: bool = False) -> CacheLookup:
+        """The one cache decision, for a generation, a media operation and the plan alike.
+
+        * ``cached``: a ``done`` entry whose every stored file re-hashes to its record;
+        * ``refetch``: a ``done`` generation whose stored files are missing, cut or altered: its
+          request id is known, so its result is fetched from fal again (free while fal keeps it,
+          1 hour after it completed) before anything is paid again;
+        * ``recoverable``: a request that was submitted (paid) but never stored: resumed, never
+          forgotten, whatever ``regenerate`` says;
+        * ``run``: nothing usable (no entry, ``regenerate`` asked for a new result, or a local
+          operation's lost output): the caller forgets ``entry``, if any, and generates.
+
+        Hashes the stored files (at most once per file and run): call :meth:`alook_up` from
+        the event loop.
+        """
+        entry = self.journal.get(key)
+        if entry is None:
+            return CacheLookup("run")
+        if entry.status != "done":
+            return CacheLookup("recoverable", entry)
+        if regenerate:
+            return CacheLookup("run", entry)
         files = {name: self._stored(out) for name, out in entry.outputs.items()}
-        return None if any(f is None for f in files.values()) else files  # type: ignore[return-value]
+        if entry.outputs and all(f is not None for f in files.values()):
+            return CacheLookup("cached", entry, {n: f for n, f in files.items() if f is not None})
+        return CacheLookup("refetch" if entry.request_id else "run", entry)
+
+    async def alook_up(self, key: str, *, regenerate: bool = False) -> CacheLookup:
+        """:meth:`look_up` off the event loop (hashing a stored clip takes milliseconds per MB)."""
+        return await asyncio.to_thread(self.look_up, key, regenerate=regenerate)
 
     def _stored(self, output: OutputRecord) -> StoredFile | None:
         candidate = StoredFile(
             sha256=output.sha256, path=self.store.path_for(output.sha256, output.suffix), bytes=output.bytes
         )
-        return candidate if self.store.verify(candidate) else None
+        seen = (candidate.sha256, str(candidate.path))
+        if seen in self._verified:
+            return candidate
+        if not self.store.verify(candidate):
+            return None
+        self._verified.add(seen)  # hashed once per run: the plan's check serves the step's too
+        return candidate
 
-    def reuse(self, entry: JournalEntry, record: StepRecord, kinds: dict[str, str], log: Logger) -> bool:
-        """Fill ``record`` from a ``done`` entry whose files verify (a cache hit); False if they don't."""
-        files = self.cached_files(entry)
-        if files is None:
-            log(f"{record.step_id}: cached output is missing or corrupt; regenerating")
-            return False
-        for name, stored in files.items():
+    def fill_cached(self, lookup: CacheLookup, record: StepRecord, kinds: dict[str, str]) -> None:
+        """Fill ``record`` from a ``cached`` lookup: its files, media columns and request id."""
+        assert lookup.entry is not None and lookup.files is not None
+        entry = lookup.entry
+        for name, stored in lookup.files.items():
             describe_output(record, stored, kinds[name], duration=entry.values.get("duration"))
             record.output_url = entry.outputs[name].url
         record.status, record.request_id = Status.CACHED, entry.request_id
-        return True
+
+
+CacheState = Literal["cached", "refetch", "recoverable", "run"]
+"""What a step does with its cache key (see :meth:`StepContext.look_up`)."""
+
+
+@dataclass(frozen=True)
+class CacheLookup:
+    """The cache decision for one key: what to do, the journal entry, and the verified files."""
+
+    state: CacheState
+    entry: JournalEntry | None = None
+    files: dict[str, StoredFile] | None = None
 
 
 def describe_output(

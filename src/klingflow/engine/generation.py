@@ -6,7 +6,9 @@ here (store + journal) and the Prefect task only calls it. For a generation:
 
 1. key = endpoint + canonical arguments (media replaced by content sha256) + backend identity;
 2. journal says ``done`` and every stored file re-hashes correctly -> cached, nothing submitted;
-   a missing or corrupt file -> forget and regenerate;
+   a missing, cut or altered file -> its request's result is fetched from fal again (free while
+   fal keeps it); only when fal no longer has it is a new request paid for, and the ledger's
+   ``billing_note`` says why (the decision: :meth:`StepContext.look_up`);
 3. claim the key (one worker generates it; another one *joins* the request in flight);
 4. journal says ``submitted`` -> poll that request id (resume after a crash or retry);
 5. otherwise submit, write the request id to the journal *before* polling, wait, download.
@@ -27,7 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -43,7 +45,14 @@ from klingflow.endpoints import (
     set_media_input,
     validate_input,
 )
-from klingflow.engine.context import StepContext, describe_output, plain, prompt_of, shown_arguments
+from klingflow.engine.context import (
+    CacheLookup,
+    StepContext,
+    describe_output,
+    plain,
+    prompt_of,
+    shown_arguments,
+)
 from klingflow.engine.hooks import Logger
 from klingflow.engine.options import AmbiguousSubmitPolicy
 from klingflow.errors import (
@@ -58,9 +67,6 @@ from klingflow.errors import (
     is_transient,
 )
 from klingflow.ledger import Status, StepRecord
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = ["generation_key_for", "run_generation"]
 
@@ -117,16 +123,13 @@ async def run_generation(
         raise StepFailed(record) from exc
     record.cache_key = key
     kinds = dict(info.produces)
-    entry = ctx.journal.get(key)
-    if entry is not None and entry.status == "done" and (refresh or ctx.refresh or not use_cache):
+    lookup = await ctx.alook_up(key, regenerate=refresh or ctx.refresh or not use_cache)
+    if lookup.state == "cached":
+        await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
+        record.finished_at = datetime.now(UTC)
+        return record
+    if lookup.state == "run" and lookup.entry is not None:
         ctx.journal.forget(key)
-        entry = None
-    if entry is not None and entry.status == "done":
-        if ctx.reuse(entry, record, kinds, log):
-            record.finished_at = datetime.now(UTC)
-            return record
-        ctx.journal.forget(key)
-        entry = None
     generation = _Generation(
         ctx,
         record,
@@ -146,26 +149,28 @@ async def run_generation(
             held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
             if held:
                 try:
-                    entry = ctx.journal.get(key)  # a dead holder may have left a request id: resume it
-                    if not (
-                        entry is not None and entry.status == "done" and ctx.reuse(entry, record, kinds, log)
-                    ):
+                    # a dead holder may have left a request id (resume it), or stored the outputs
+                    lookup = await ctx.alook_up(key)
+                    if lookup.state == "cached":
+                        await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
+                    else:
+                        entry = generation.refetching(lookup)
                         async with _renewing(ctx, key, log):
                             await generation.run(entry, may_submit=True)
-                        record.estimated_cost_usd = estimate_cost(
-                            info.id, model, output_seconds=record.duration_s, prices=ctx.prices
-                        )
-                        if record.billable_units is not None:
+                        generation.price(model)
+                        if record.billable_units is not None and generation.healed is None:
                             price = await ctx.unit_price(info.id)
                             record.cost_usd = round(record.billable_units * price, 6)
                 finally:
                     ctx.claims.release(key, ctx.owner)
         if held:
             break
-        entry = ctx.journal.get(key)
-        if entry is not None and entry.status == "done" and ctx.reuse(entry, record, kinds, log):
+        lookup = await ctx.alook_up(key)
+        if lookup.state == "cached":
+            await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
             break
-        if entry is not None and entry.status == "submitted" and entry.request_id:
+        entry = lookup.entry
+        if lookup.state == "recoverable" and entry is not None and entry.request_id:
             log(f"{step_id}: joining request {entry.request_id}, in flight for {ctx.claims.holder(key)}")
             try:
                 await generation.run(entry, may_submit=False)
@@ -213,10 +218,54 @@ class _Generation:
     on_event: Callable[[QueueEvent], None] | None
     policy: AmbiguousSubmitPolicy
     log: Logger
+    healed: str | None = None
+    """The request id whose result is fetched again because the stored copy failed verification."""
 
     @property
     def key(self) -> str:
         return self.record.cache_key or ""
+
+    def refetching(self, lookup: CacheLookup) -> JournalEntry | None:
+        """The journal entry to resume; a stored result that rotted is turned into its request.
+
+        The request was paid and fal keeps its result for an hour after it completed, so the
+        outputs are fetched again from it instead of paying for a new generation; only when fal
+        no longer has it does :meth:`run` submit anew (under the step's policy, noted in the
+        ledger's ``billing_note``).
+        """
+        entry = lookup.entry
+        if lookup.state == "run":
+            return None
+        if lookup.state != "refetch" or entry is None or not entry.request_id:
+            return entry
+        self.healed = entry.request_id
+        self.log(
+            f"{self.record.step_id}: the stored output failed verification (missing, cut or altered); "
+            f"fetching it again from request {entry.request_id} (free while fal keeps its result)"
+        )
+        return self.ctx.journal.record_submitted(
+            self.key,
+            endpoint=entry.endpoint,
+            backend=entry.backend,
+            request_id=entry.request_id,
+            payload_digest=entry.payload_digest,
+            submitted_at=entry.submitted_at,
+        )
+
+    def price(self, model: BaseModel) -> None:
+        """The row's estimated cost: nothing for a result fetched again, else the endpoint's price."""
+        record = self.record
+        if self.healed is not None and record.request_id == self.healed:
+            record.status, record.estimated_cost_usd, record.cost_usd = Status.CACHED, 0.0, 0.0
+            record.billing_note = _note(
+                "refetched",
+                f"the stored output failed verification; fetched again from request {self.healed}, "
+                "paid by an earlier run, at no new cost",
+            )
+            return
+        record.estimated_cost_usd = estimate_cost(
+            self.endpoint, model, output_seconds=record.duration_s, prices=self.ctx.prices
+        )
 
     def fail(self, error: str, cause: BaseException | None = None) -> StepFailed:
         """The step's failure, with its row filled in."""
@@ -312,7 +361,13 @@ class _Generation:
                     f"{record.step_id}: fal no longer knows request {handle.request_id}; submitting anew"
                 )
                 record.billing_note = _note(
-                    "result_gone", f"request {handle.request_id} was paid but fal no longer keeps its result"
+                    "result_gone",
+                    f"request {handle.request_id} was paid but fal no longer keeps its result"
+                    + (
+                        " (the stored copy failed verification); generated again"
+                        if self.healed == handle.request_id
+                        else ""
+                    ),
                 )
                 handle, resumed = None, False
             except InvalidInput as exc:

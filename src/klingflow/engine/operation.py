@@ -111,13 +111,16 @@ async def run_operation(
     except OSError as exc:
         record.status, record.error = Status.FAILED, f"cannot read an input of {context}: {exc}"
         raise StepFailed(record) from exc
-    entry = ctx.journal.get(key)
-    if entry is not None and (refresh or ctx.refresh or not use_cache):
-        ctx.journal.forget(key)
-        entry = None
-    if entry is not None and entry.status == "done" and ctx.reuse(entry, record, {kind: kind}, log):
+    regenerate = refresh or ctx.refresh or not use_cache
+    lookup = await ctx.alook_up(key, regenerate=regenerate)
+    if lookup.state == "cached":
+        await asyncio.to_thread(ctx.fill_cached, lookup, record, {kind: kind})
         record.finished_at = datetime.now(UTC)
         return record
+    if lookup.entry is not None:
+        if not regenerate:
+            log(f"{step_id}: stored output is missing or corrupt; making it again (local, free)")
+        ctx.journal.forget(key)
     with tempfile.TemporaryDirectory(dir=ctx.store.tmp) as scratch:
         out = Path(scratch) / f"{step_id}{suffix}"
         try:

@@ -5,8 +5,9 @@ Walking the steps in order, each one is classified without submitting anything:
 * ``cached``: its cache key is known (every input is a literal or a cached upstream output) and
   the journal holds verified outputs for it: it costs nothing;
 * ``recoverable``: a request for this key was already submitted (and paid for) by an earlier run
-  that did not finish, or a submit's answer was lost: the run will poll it (or find it in fal's
-  request history), at no new cost while fal keeps its result (``klingflow recover`` fetches it now);
+  that did not finish, a submit's answer was lost, or the stored copy of its result rotted (cut,
+  altered or deleted): the run will poll it, find it in fal's request history or fetch its
+  result again, at no new cost while fal keeps that result (``klingflow recover`` fetches it now);
 * ``run``: it will be generated and costs its endpoint's price.
 
 A step downstream of one that will run cannot know its inputs yet, so it is planned as ``run``
@@ -119,15 +120,16 @@ def _plan_one(
         )
         kind = next(iter(endpoint.produces.values()))
     planned.cache_key = key
-    entry = ctx.journal.get(key) if key else None
-    regenerate = not step.cache or step.refresh or ctx.refresh  # a stored result is redone, a paid one never
-    files = None if regenerate else ctx.cached_files(entry)
-    if files is not None and entry is not None:
+    if key is None:
+        return planned, None
+    # a stored result is redone on refresh, a paid one never
+    lookup = ctx.look_up(key, regenerate=not step.cache or step.refresh or ctx.refresh)
+    if lookup.state == "cached" and lookup.files and lookup.entry:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
-        outputs: dict[str, Any] = {kind: next(iter(files.values())).path}
-        outputs["duration"] = entry.values.get("duration")
+        outputs: dict[str, Any] = {kind: next(iter(lookup.files.values())).path}
+        outputs["duration"] = lookup.entry.values.get("duration")
         return planned, outputs
-    if entry is not None and entry.status in ("submitted", "interrupted"):
+    if lookup.state in ("recoverable", "refetch"):
         planned.status, planned.estimated_cost_usd = "recoverable", 0.0
     return planned, None
 

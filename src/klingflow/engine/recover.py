@@ -26,7 +26,7 @@ from klingflow.cache import JournalEntry
 from klingflow.engine.context import StepContext
 from klingflow.errors import BackendError, RequestFailed, RequestGone
 
-__all__ = ["Recovered", "open_entries", "recover"]
+__all__ = ["Recovered", "open_entries", "recover", "recover_entry"]
 
 Outcome = Literal["recovered", "lost", "pending", "not accepted", "unreachable"]
 
@@ -63,7 +63,8 @@ async def _locate(ctx: StepContext, entry: JournalEntry) -> str | None:
     return found.request_id if found else None
 
 
-async def _recover_one(ctx: StepContext, entry: JournalEntry) -> Recovered:
+async def recover_entry(ctx: StepContext, entry: JournalEntry) -> Recovered:
+    """Collect one open entry's request: fetched into the store and journaled ``done`` if fal keeps it."""
     result = Recovered(key=entry.key, endpoint=entry.endpoint, request_id=entry.request_id, outcome="pending")
     try:
         request_id = await _locate(ctx, entry)
@@ -119,6 +120,6 @@ async def _recover_one(ctx: StepContext, entry: JournalEntry) -> Recovered:
 async def recover(ctx: StepContext) -> list[Recovered]:
     """Look at every open journal entry of this backend; fetch what fal still keeps into the cache."""
     try:
-        return [await _recover_one(ctx, entry) for entry in open_entries(ctx)]
+        return [await recover_entry(ctx, entry) for entry in open_entries(ctx)]
     finally:
         await ctx.aclose()
