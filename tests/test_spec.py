@@ -66,7 +66,7 @@ def test_story_loads_checks_and_orders_its_steps() -> None:
 
     assert spec.name == "story" and spec.max_cost_usd == 3.0
     assert spec.source == (VALID / "story.yaml").absolute()
-    assert spec.location(("steps", 1, "foreach")) == f"{VALID / 'story.yaml'}:16"
+    assert spec.line(("steps", 1, "foreach")) == 16 and spec.line(("steps", 1, "with", "nothing")) == 17
     assert validated.order == ["opening", "shots", "still", "sparkle", "final_cut"]
     assert validated.dependencies == {
         "opening": set(),
@@ -75,11 +75,7 @@ def test_story_loads_checks_and_orders_its_steps() -> None:
         "sparkle": {"still"},
         "final_cut": {"opening", "shots", "sparkle"},
     }
-    assert validated.dependants("opening") == {"still", "sparkle", "final_cut"}
-    assert validated.dependants("final_cut") == set()
     assert validated.kind("opening") == "endpoint" and validated.kind("still") == "operation"
-    assert validated.output_kinds("opening") == {"video": "video", "duration": "number"}
-    assert validated.output_kinds("still") == {"image": "image"}
     assert validated.inputs["shots"] == ["dawn over the sea", "a storm rolls in"]
 
 
@@ -122,7 +118,6 @@ def test_avatar_chains_tts_audio_into_a_local_image() -> None:
     validated = check(spec)
     assert validated.order == ["voice", "talk"]
     assert validated.dependencies["talk"] == {"voice"}
-    assert validated.output_kinds("voice") == {"audio": "audio", "duration": "number"}
     arguments = merged_arguments(spec, "talk")
     assert local_path(spec, arguments["image_url"]) == (VALID / "face.png").absolute()
     assert local_path(spec, "https://example.com/face.png") is None
@@ -133,7 +128,6 @@ def test_continue_chains_last_frame_into_image_to_video() -> None:
     assert validated.order == ["first", "still", "onward", "joined"]
     assert validated.dependencies["onward"] == {"still"}
     assert validated.dependencies["joined"] == {"first", "onward"}
-    assert validated.dependants("still") == {"onward", "joined"}
 
 
 def test_defaults_merge_under_with_and_the_step_wins() -> None:
@@ -218,7 +212,7 @@ def test_pipelines_can_be_built_with_python_models() -> None:
         ],
     )
     assert spec.inputs["subject"].required is False and InputSpec(type="list").required is True
-    assert spec.source is None and spec.location(("steps", 0)) == ""
+    assert spec.source is None and spec.line(("steps", 0)) is None
     assert spec.steps[1].model_dump(by_alias=True)["with"] == {"video": "${steps.shot.video}"}
     validated = check(spec)
     assert validated.order == ["shot", "still"] and validated.dependencies["still"] == {"shot"}
@@ -338,9 +332,7 @@ def test_foreach_items_are_validated_one_by_one() -> None:
 def test_operations_describe_their_fields() -> None:
     assert set(OPERATIONS) == {"concat", "last_frame", "mux_audio", "contact_sheet"}
     concat, mux = OPERATIONS["concat"], OPERATIONS["mux_audio"]
-    assert concat.consumes == {"inputs": "video"} and concat.many == {"inputs"}
-    assert concat.required == {"inputs"} and concat.plain_fields == {"target", "transition"}
-    assert mux.consumes == {"video": "video", "audio": "audio"} and mux.many == frozenset()
+    assert concat.consumes == {"inputs": "video"} and mux.consumes == {"video": "video", "audio": "audio"}
     assert mux.produces == {"video": "video"} and OPERATIONS["last_frame"].produces == {"image": "image"}
 
 
@@ -393,6 +385,32 @@ def test_reference_to_a_missing_output() -> None:
     problem = only(problems("missing_output"))
     assert problem.startswith(at("missing_output", 9, "cut", "inputs[0]"))
     assert "step 'tts1' (tts) has no output 'video'" in problem and "it has: audio, duration" in problem
+
+
+@pytest.mark.parametrize(
+    ("uses", "with_", "outputs"),
+    [
+        ("text-to-video", {"prompt": "p"}, "video, duration"),
+        ("tts", {"text": "t"}, "audio, duration"),
+        ("last_frame", {"video": "${steps.shot.video}"}, "image"),
+        ("concat", {"inputs": ["${steps.shot.video}"]}, "video, duration"),
+        ("contact_sheet", {"inputs": ["${steps.shot.video}"]}, "image"),
+    ],
+)
+def test_each_step_kind_has_the_outputs_a_reference_may_name(uses: str, with_: dict, outputs: str) -> None:
+    """A video or audio output also gives its duration; an image does not."""
+    steps = [
+        {"id": "shot", "uses": "text-to-video", "with": {"prompt": "p"}},
+        {"id": "probed", "uses": uses, "with": with_},
+        {"id": "after", "uses": "text-to-video", "with": {"prompt": "${steps.probed.nothing}"}},
+    ]
+    with pytest.raises(SpecError) as caught:
+        check(parse_pipeline({"name": "outputs", "steps": steps}))
+    assert f"step 'probed' ({uses}) has no output 'nothing'" in only(caught.value.problems)
+    assert f"it has: {outputs}" in caught.value.problems[0]
+    if "duration" in outputs:  # a number, so it may be interpolated into a prompt
+        steps[2]["with"] = {"prompt": "${steps.probed.duration} seconds later"}
+        assert check(parse_pipeline({"name": "outputs", "steps": steps})).dependencies["after"] == {"probed"}
 
 
 def test_media_kind_mismatches() -> None:

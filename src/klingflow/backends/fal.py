@@ -100,9 +100,6 @@ class EndpointResult(BaseModel):
     raw: dict[str, Any]
     output: BaseModel
     files: dict[str, StoredFile]
-    queue_seconds: float | None = None
-    run_seconds: float | None = None
-    billable_units: float | None = None
 
     def output_records(self) -> dict[str, OutputRecord]:
         """What the journal keeps of each stored output: enough to find and verify it later."""
@@ -480,28 +477,3 @@ class FalBackend:
                 exc.endpoint, exc.request_id = info.id, handle.request_id
                 raise
         return EndpointResult(handle=handle, raw=result, output=output, files=files)
-
-    async def run(
-        self,
-        endpoint: str,
-        arguments: dict[str, Any],
-        *,
-        on_event: EventCallback | None = None,
-        timeout: float | None = None,
-        base_dir: Path | None = None,
-    ) -> EndpointResult:
-        """Validate, upload, submit, wait and download: one generation, start to finish.
-
-        On timeout the request is cancelled (nobody will use it) and ResultTimeout is raised.
-        """
-        body = await self.prepare(endpoint, arguments, base_dir=base_dir)
-        handle = await self.submit(endpoint, body)
-        try:
-            queue_s, run_s = await self.wait(handle, on_event=on_event, timeout=timeout)
-        except ResultTimeout:
-            await self.cancel(handle)
-            raise
-        fetched = await self.fetch_result(handle)
-        done = await self.download(handle, fetched.raw)
-        done.queue_seconds, done.run_seconds, done.billable_units = queue_s, run_s, fetched.billable_units
-        return done

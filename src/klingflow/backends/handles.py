@@ -45,11 +45,6 @@ class BackendConfig(BaseModel):
     identity: str
     ca_bundle: Path | None = None
 
-    @property
-    def is_emulator(self) -> bool:
-        """True when the queue host is an emulator on loopback (uploads go to its own route)."""
-        return self.kind == "emulator" or is_loopback(self.queue_host)
-
 
 class RequestHandle(BaseModel):
     """A submitted request: enough to poll, fetch or cancel it later, from any process."""

@@ -1,4 +1,4 @@
-"""The checked pipeline as a DAG: order, dependencies, dependants, and two graph searches.
+"""The checked pipeline as a DAG: order, dependencies, and two graph searches.
 
 The edges come only from references (``${steps.ID.OUTPUT}``); there is no separate list of edges that
 could disagree with them.
@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from klingflow.endpoints import EndpointInfo
 from klingflow.errors import SpecError
-from klingflow.spec._arguments import Target, ValueKind, output_kinds, target_of
+from klingflow.spec._arguments import Target, target_of
 from klingflow.spec._models import PipelineSpec, StepSpec
 
 __all__ = ["ValidatedPipeline", "find_cycle", "topological_order"]
@@ -37,18 +37,6 @@ class ValidatedPipeline:
         """The step with this id."""
         return self.spec.step(step_id)
 
-    def dependants(self, step_id: str) -> set[str]:
-        """Every step that needs ``step_id``, directly or through others (what a failure stops)."""
-        found: set[str] = set()
-        pending = [step_id]
-        while pending:
-            current = pending.pop()
-            for other, needs in self.dependencies.items():
-                if current in needs and other not in found:
-                    found.add(other)
-                    pending.append(other)
-        return found
-
     def _target(self, step_id: str) -> Target:
         uses = self.step(step_id).uses
         target = target_of(uses)
@@ -59,10 +47,6 @@ class ValidatedPipeline:
     def kind(self, step_id: str) -> Literal["endpoint", "operation"]:
         """Whether the step calls a Kling endpoint (costs money) or runs a local media operation."""
         return "endpoint" if isinstance(self._target(step_id), EndpointInfo) else "operation"
-
-    def output_kinds(self, step_id: str) -> dict[str, ValueKind]:
-        """The step's outputs and their kinds; a foreach step gives a list of each."""
-        return output_kinds(self._target(step_id))
 
 
 def find_cycle(start: str, needs: Mapping[str, list[str]]) -> list[str] | None:

@@ -223,11 +223,6 @@ class PipelineSpec(BaseModel):
             path = path[:-1]
         return None
 
-    def location(self, path: Sequence[str | int]) -> str:
-        """``story.yaml:14`` for ``path``, for messages about a step that fails at run time."""
-        line = self.line(path)
-        return f"{self._shown}:{line}" if self._shown and line else self._shown
-
     def step(self, step_id: str) -> StepSpec:
         """The step with id ``step_id``; ``KeyError`` if there is none."""
         for step in self.steps:

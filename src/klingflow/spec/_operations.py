@@ -103,9 +103,9 @@ def takes_list(model: type[BaseModel], dotted: str) -> bool:
 class OperationInfo:
     """What klingflow knows about one media operation.
 
-    ``consumes`` maps ``with`` fields to the media kind they take (see :attr:`many` for which take a
-    list); ``produces`` maps outputs to their kind. Required and plain (non-media) fields come from
-    ``with_model`` so they cannot disagree with it.
+    ``consumes`` maps ``with`` fields to the media kind they take; ``produces`` maps outputs to their
+    kind. Which fields are required and which take a list (:func:`takes_list`) come from
+    ``with_model``, so they cannot disagree with it.
     """
 
     name: str
@@ -113,21 +113,6 @@ class OperationInfo:
     with_model: type[BaseModel]
     consumes: dict[str, MediaKind] = field(hash=False)
     produces: dict[str, MediaKind] = field(hash=False)
-
-    @property
-    def many(self) -> frozenset[str]:
-        """Media fields that take a list (a foreach step's list output is spliced into them)."""
-        return frozenset(name for name in self.consumes if takes_list(self.with_model, name))
-
-    @property
-    def required(self) -> frozenset[str]:
-        """Fields ``with`` must give."""
-        return frozenset(name for name, info in self.with_model.model_fields.items() if info.is_required())
-
-    @property
-    def plain_fields(self) -> frozenset[str]:
-        """Fields that take settings rather than media."""
-        return frozenset(self.with_model.model_fields) - set(self.consumes)
 
 
 OPERATIONS: dict[str, OperationInfo] = {
