@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from faultproxy import Fault, FaultProxy
+from klingflow.cache import Journal, JournalEntry
 from klingflow.engine import RetryPolicy, RunOptions, arun, plan_pipeline
 from klingflow.errors import BudgetError
 from klingflow.spec import parse_pipeline
+from moneyhelpers import EngineProcess, exchange_log
 
 REPO = Path(__file__).resolve().parents[1]
 T2V = "fal-ai/kling-video/v1/standard/text-to-video"
@@ -183,18 +191,69 @@ async def test_plan_shows_cached_steps_after_a_run(options: RunOptions) -> None:
     assert plan.total_cost_usd == 0
 
 
-async def test_resume_polls_the_journaled_request(options: RunOptions, emulator) -> None:
-    """A run that dies after submitting leaves the request id in the journal; the next run polls it."""
-    spec = parse_pipeline(fan_out(["resume me"], tts=False))
-    run = asyncio.create_task(arun(spec, None, options))
-    while not list(options.journal.root.rglob("*.json")):
-        await asyncio.sleep(0.02)
-    run.cancel()  # the process "dies" with the request in flight
-    with pytest.raises(asyncio.CancelledError):
-        await run
-    resumed = await arun(spec, None, options)
-    assert resumed.records[0].status == "completed"
-    assert emulator.stats()["submits"] == {T2V: 1}, "resumed, not submitted again"
+def _submitted(journal: Journal) -> JournalEntry | None:
+    return next((e for e in journal.entries() if e.status == "submitted"), None)
+
+
+@pytest.mark.slow
+def test_resume_polls_the_journaled_request(fault_proxy: FaultProxy, emulator, tmp_path: Path) -> None:
+    """A run killed after fal accepted its submit leaves the request id in the journal; the next run
+    polls that request: the tests' own proxy sees no submit at all on the re-run.
+
+    The engine runs in a process behind the proxy (fal_client's hosts are fixed when it is imported):
+    ``moneyrun.py``, the engine ``klingflow run`` drives. Its first status poll is held back, so the
+    kill lands with the request in flight, after the journal says ``submitted``."""
+    pipeline = tmp_path / "resume.yaml"
+    pipeline.write_text(
+        "name: resume\nsteps:\n  - id: shot\n    uses: text-to-video\n    with: {prompt: resume me}\n"
+    )
+    home, env = tmp_path / "home", fault_proxy.environment()
+    journal = Journal(home / "journal")
+    fault_proxy.inject("status", Fault.SLOW, delay=30)
+    with (tmp_path / "killed.log").open("w") as log:
+        killed = subprocess.Popen(
+            [sys.executable, str(Path(__file__).parent / "moneyrun.py")],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+            start_new_session=True,
+        )
+    try:
+        assert killed.stdin is not None
+        killed.stdin.write(json.dumps({"pipeline": str(pipeline), "home": str(home)}) + "\n")
+        killed.stdin.flush()
+        deadline = time.monotonic() + 60
+        while (entry := _submitted(journal)) is None and killed.poll() is None:
+            assert time.monotonic() < deadline, "no submitted request in the journal within 60 s"
+            time.sleep(0.02)
+        os.killpg(killed.pid, signal.SIGKILL)  # the process dies with the request in flight
+        killed.wait()
+    finally:
+        if killed.poll() is None:
+            os.killpg(killed.pid, signal.SIGKILL)
+            killed.wait()
+    assert entry is not None and entry.request_id, (tmp_path / "killed.log").read_text()
+    assert fault_proxy.accepted_submits == [entry.request_id], exchange_log(fault_proxy)
+    assert not any(e.phase == "result" for e in fault_proxy.exchanges), "killed before its result"
+
+    fault_proxy.reset()
+    engine = EngineProcess(env, tmp_path / "rerun.log")
+    try:
+        rerun = engine.run(pipeline, home)
+    finally:
+        engine.close()
+    assert rerun["status"] == "completed", rerun
+    seen = exchange_log(fault_proxy)
+    assert fault_proxy.counts["submit"]["seen"] == 0 and fault_proxy.accepted_submits == [], seen
+    [row] = rerun["records"]
+    assert (row["status"], row["request_id"]) == ("completed", entry.request_id)
+    assert f"resuming request {entry.request_id}" in "\n".join(rerun["log"]), rerun["log"]
+    polled = {
+        e.path.split("/requests/")[1].split("/")[0] for e in fault_proxy.exchanges if e.phase == "status"
+    }
+    assert polled == {entry.request_id}, seen
 
 
 async def test_continue_preset_cuts_a_continuous_scene(options: RunOptions, emulator) -> None:
