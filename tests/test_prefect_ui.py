@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageStat
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -232,12 +233,44 @@ _SCROLL_TABS_TO_230PX = """(() => {
 in a 900 px high window, under the end of the run graph."""
 
 
-def _screenshot(call: Any) -> bytes:
-    return base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+def _screenshot(call: Any) -> Image.Image:
+    """The page as Chromium paints it (a PNG), decoded."""
+    shot = Image.open(io.BytesIO(base64.b64decode(call("Page.captureScreenshot", format="png")["data"])))
+    assert shot.format == "PNG"
+    return shot.convert("RGB")
+
+
+_VISIBLE_TEXT = """((texts) => {
+  const found = Object.fromEntries(texts.map(text => [text, []]));
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const text = walker.currentNode.textContent.trim();
+    if (!(text in found)) continue;
+    const range = document.createRange();
+    range.selectNodeContents(walker.currentNode);
+    const r = range.getBoundingClientRect();
+    const inside = r.left >= 0 && r.top >= 0 && r.right <= innerWidth && r.bottom <= innerHeight;
+    if (r.width > 0 && r.height > 0 && inside)
+      found[text].push([r.left, r.top, r.right, r.bottom].map(Math.round));
+  }
+  return found;
+})(%s)"""
+"""Where in the window (CSS pixels, the screenshot's at scale 1) each text node equal to one of
+``texts`` is drawn; only nodes wholly inside the window count."""
+
+
+def _flow_run_names(flow_run_id: str) -> tuple[str, str]:
+    async def read() -> tuple[str, str]:
+        async with get_client() as client:
+            run = await client.read_flow_run(flow_run_id)
+            return (await client.read_flow(run.flow_id)).name, run.name
+
+    return asyncio.run(read())
 
 
 def test_the_flow_run_page_shows_cached_task_runs(prefect_api: str, runs: Any, tmp_path: Path) -> None:
     _, second, _ = runs
+    flow_name, run_name = _flow_run_names(str(second.flow_run_id))
     ui = prefect_api.removesuffix("/api")
     with chromium_page(f"{ui}/runs/flow-run/{second.flow_run_id}") as call:
         call("Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False)
@@ -246,13 +279,32 @@ def test_the_flow_run_page_shows_cached_task_runs(prefect_api: str, runs: Any, t
         # Each task run's card: its name (the step label), then its state badge.
         every = " && ".join(f"document.body.innerText.includes('{label}\\nCached')" for label in LABELS)
         _wait_for(call, every, "six Cached task runs")
+        # The run's header: its name and final state, its flow, the count of its task runs.
+        header = [f"Runs\n{run_name}\nCompleted\n", f"{len(LABELS)} Task runs\nFlow\n{flow_name}\n"]
+        shown = " && ".join(f"document.body.innerText.includes({json.dumps(text)})" for text in header)
+        _wait_for(call, shown, f"the header of flow run {run_name!r} of flow {flow_name!r}")
         time.sleep(1.5)  # the run graph animates its zoom once its data is in
         evaluate(call, _SCROLL_TABS_TO_230PX)
         time.sleep(0.3)
         shot = _screenshot(call)
-    (tmp_path / "prefect-ui-cached.png").write_bytes(shot)
+        drawn = evaluate(call, _VISIBLE_TEXT % json.dumps([*LABELS, "Cached"]))
+    shot.save(tmp_path / "prefect-ui-cached.png")
     if os.environ.get("KLINGFLOW_UPDATE_DOCS"):
-        (REPO / "docs" / "prefect-ui-cached.png").write_bytes(shot)
+        shot.save(REPO / "docs" / "prefect-ui-cached.png")
+    # The picture is the window, painted: not one colour, and what the DOM says it shows is in it.
+    assert shot.size == (1400, 900)
+    assert len(shot.getcolors(1400 * 900) or []) > 200 and max(ImageStat.Stat(shot).stddev) > 10
+    for label in LABELS:
+        assert drawn[label], f"{label} is not in the window: {drawn}"
+        box = shot.crop(drawn[label][-1]).convert("L")  # the task run card's (the graph's are a canvas)
+        low, high = box.getextrema()
+        assert high - low > 80, f"{label}'s name is not painted where the page says (contrast {high - low})"
+    assert len(drawn["Cached"]) >= len(LABELS), drawn["Cached"]
+    for left, top, right, bottom in drawn["Cached"]:
+        red, green, blue = ImageStat.Stat(shot.crop((left - 20, top - 2, right + 4, bottom + 2))).mean
+        assert green > red + 30 and green > blue + 30, (
+            f"no green Cached badge at {(left, top)}: {(red, green, blue)}"
+        )
 
 
 def test_the_image_artifacts_render_in_the_ui(prefect_api: str, runs: Any) -> None:
