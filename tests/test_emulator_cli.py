@@ -144,7 +144,14 @@ if sys.argv[1] == "fal-first":
 from klingflow.backends import connect
 
 backend = connect()
-result = asyncio.run(backend.run("text-to-video", {"prompt": "embedded default"}))
+
+async def generate():  # the backend's calls in the engine's order
+    body = await backend.prepare("text-to-video", {"prompt": "embedded default"})
+    handle = await backend.submit("text-to-video", body)
+    await backend.wait(handle)
+    return await backend.download(handle, (await backend.fetch_result(handle)).raw)
+
+result = asyncio.run(generate())
 import fal_client, httpx  # fal_client's own upload reaches the emulator through its tunnel
 client = fal_client.SyncClient(key=backend.config.key.get_secret_value())
 url = client.upload(b"embedded upload", "text/plain")
