@@ -27,11 +27,13 @@ def connect(
 
     Example::
 
-        import asyncio
         from klingflow.backends import connect
 
-        result = asyncio.run(connect().run("text-to-video", {"prompt": "a red fox in snow"}))
-        print(result.files["video"].path)
+        backend = connect()
+        print(backend.identity)  # "emulator", or "fal:queue.fal.run": what cache keys record
+
+    A generation goes through the engine (:func:`klingflow.run_pipeline`, a one-step pipeline will
+    do), which journals the request id and claims the key, so that nothing is paid for twice.
     """
     config = resolve_backend(backend, key)
     from klingflow.backends.fal import FalBackend
