@@ -13,9 +13,11 @@ Backends:
 
 * :class:`FileClaims` (default, one machine): a ``.claim`` file created with ``O_CREAT|O_EXCL``;
   takeover of an expired claim (or one whose process on this machine is gone) happens under an
-  ``fcntl`` lock.
+  ``fcntl`` lock (a ``.lock`` file per key). Files no live claim needs are left behind until
+  ``klingflow gc`` removes them (:meth:`FileClaims.stale`, :meth:`FileClaims.discard`).
 * :class:`RedisClaims` (several machines): ``SET key owner NX PX ttl``; renewal and release are
-  Lua scripts that act only if the caller still owns the key.
+  Lua scripts that act only if the caller still owns the key. A key expires by itself, so
+  nothing is left to clean.
 
 Why not Prefect's lock managers (``SERIALIZABLE`` isolation with ``RedisLockManager``)? Their two
 known bugs are closed: PrefectHQ/prefect#17676 (a lock lost on task retry, "No lock held by") was
@@ -65,6 +67,14 @@ def _dead_here(owner: str) -> bool:
     return False
 
 
+def _still_at(fd: int, path: Path) -> bool:
+    """True when the open file ``fd`` is still the file at ``path`` (not removed or replaced since)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def new_owner() -> str:
     """A claim owner id that says where it runs: host, process, and a random part."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -102,12 +112,18 @@ class FileClaims:
 
     @contextlib.contextmanager
     def _locked(self, key: str):  # type: ignore[no-untyped-def]
-        with open(self.root / f"{key}.lock", "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        # The lock file may be removed (by :meth:`discard`, holding the lock) while we wait for it:
+        # a lock taken on a file no longer at its path guards nothing, so open the path again.
+        path = self.root / f"{key}.lock"
+        while True:
+            with open(path, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    if _still_at(handle.fileno(), path):
+                        yield
+                        return
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _read(self, key: str) -> dict[str, object] | None:
         try:
@@ -158,6 +174,37 @@ class FileClaims:
         if current is None or float(current["expires_at"]) < time.time() or _dead_here(str(current["owner"])):
             return None
         return str(current["owner"])
+
+    def _in_use(self, key: str) -> bool:
+        """A live claim on ``key``, or a claim file too young to be judged (``acquire`` is writing it)."""
+        if self.holder(key) is not None:
+            return True
+        try:
+            age = time.time() - self._path(key).stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return self._read(key) is None and age < DEFAULT_TTL
+
+    def stale(self) -> dict[str, list[Path]]:
+        """Per key no live claim holds (expired, its holder dead, or released), its claim and lock files."""
+        files: dict[str, list[Path]] = {}
+        for path in sorted([*self.root.glob("*.claim"), *self.root.glob("*.lock")]):
+            files.setdefault(path.stem, []).append(path)
+        return {key: paths for key, paths in files.items() if not self._in_use(key)}
+
+    def discard(self, key: str) -> bool:
+        """Remove ``key``'s claim and lock files unless a live claim holds it; True when removed.
+
+        Holding the lock while removing is what makes it safe: a process waiting for that lock
+        finds its file gone and opens the path again (see ``_locked``), and no claim is removed
+        that :meth:`acquire` would not take over anyway.
+        """
+        with self._locked(key):
+            if self._in_use(key):
+                return False
+            self._path(key).unlink(missing_ok=True)
+            (self.root / f"{key}.lock").unlink(missing_ok=True)
+        return True
 
 
 _RENEW = """

@@ -5,7 +5,8 @@
 * :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
 * :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``;
 * :mod:`~klingflow.cli.server`: ``server start | status | stop`` (the local Prefect server);
-* :mod:`~klingflow.cli.verify`: ``verify [--repair]`` (the stored outputs, hashed; mended from fal).
+* :mod:`~klingflow.cli.verify`: ``verify [--repair]`` (the stored outputs, hashed; mended from fal);
+* :mod:`~klingflow.cli.housekeeping`: ``gc [--older-than 30d] [--dry-run]`` (what nothing kept needs).
 
 Errors klingflow raises on purpose are printed as what / where / hint with exit code 1 by
 :func:`~klingflow.cli._errors.friendly_errors`; anything else keeps its traceback. Heavy modules
@@ -18,6 +19,7 @@ import typer
 
 from klingflow.cli._errors import friendly_errors
 from klingflow.cli.emulator import emulator_app
+from klingflow.cli.housekeeping import add_housekeeping_commands
 from klingflow.cli.ledger import add_ledger_commands
 from klingflow.cli.prefect import add_prefect_commands
 from klingflow.cli.run import add_run_commands
@@ -37,6 +39,7 @@ app.add_typer(emulator_app, name="emulator")
 add_prefect_commands(app)
 app.add_typer(server_app, name="server")
 add_verify_commands(app)
+add_housekeeping_commands(app)
 
 
 def main() -> None:

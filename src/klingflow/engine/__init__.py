@@ -11,10 +11,12 @@
   (and a recorded run read back, and linked to the flow run that shows it afterwards);
 * :mod:`~klingflow.engine.recover`: paid requests no cache entry holds, fetched while fal keeps them;
 * :mod:`~klingflow.engine.verify`: every stored output hashed; bad ones fetched again from fal;
+* :mod:`~klingflow.engine.housekeeping`: ``klingflow gc``, what no kept run and no open request needs;
 * :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
 """
 
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
+from klingflow.engine.housekeeping import Collected, collect_garbage
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
@@ -25,6 +27,7 @@ from klingflow.engine.verify import Verified, verify_store
 
 __all__ = [
     "BUILT_IN",
+    "Collected",
     "FLOW_RUN_PARAMETERS",
     "Logger",
     "Plan",
@@ -38,6 +41,7 @@ __all__ = [
     "StepInfo",
     "arun",
     "check_budget",
+    "collect_garbage",
     "context_for",
     "execute",
     "export_outputs",
