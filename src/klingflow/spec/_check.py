@@ -5,7 +5,8 @@ every problem is collected before one ``SpecError`` is raised: inputs (given, ty
 ids, ``uses``, references (inputs, steps, outputs, ``${item}``), media kinds per field, local files
 (they exist, their content is the media the field takes, images meet Kling's limits), foreach lists
 (a list, not empty), cycles, and each step's arguments against its endpoint's or operation's pydantic
-model.
+model. Input values over a limit of :mod:`klingflow.spec._limits` (a ``--set`` or flow parameter too
+large, a list input longer than a foreach may run) are refused first, alone.
 
 Arguments are validated with *placeholders*: a reference to a step's image becomes
 ``https://klingflow.invalid/ref.png``, an input reference its resolved value, a ``duration`` a number.
@@ -37,6 +38,7 @@ from klingflow.spec._arguments import (
     target_of,
 )
 from klingflow.spec._graph import ValidatedPipeline, find_cycle, topological_order
+from klingflow.spec._limits import given_value_problem, list_problem
 from klingflow.spec._media import Content, sniff
 from klingflow.spec._models import PipelineSpec, StepSpec, resolve_inputs
 from klingflow.spec._operations import OPERATIONS, takes_list
@@ -107,8 +109,28 @@ class _Checker:
         # (step index, field) already reported: validating placeholders there would only repeat it.
         self.flagged: set[tuple[int, str | None]] = set()
         self._contents: dict[Path, Content] = {}
+        # Limits first, and alone: every later check would be as large as a value over one.
+        self._refuse(given, {name: given_value_problem(value) for name, value in given.items()})
         self.inputs, problems = resolve_inputs(spec, given)
+        self._refuse(given, {name: list_problem(value) for name, value in self.inputs.items()})
         self.problems.extend(problems)
+
+    def _refuse(self, given: Mapping[str, Any], over: Mapping[str, tuple[str, str] | None]) -> None:
+        """Raise one ``SpecError`` for the inputs over a limit (``over``: name -> (message, hint))."""
+        problems = []
+        for name, found in over.items():
+            if found is not None:
+                origin, path = (
+                    ("given value", ("inputs", name))
+                    if name in given
+                    else ("default", ("inputs", name, "default"))
+                )
+                problems.append(
+                    Problem(
+                        f"{origin}: {found[0]}", self.spec.line(path), field=f"inputs.{name}", hint=found[1]
+                    )
+                )
+        raise_problems(problems, self.spec.shown)
 
     def add(self, message: str, path: DocPath, step: int | None = None, hint: str = "") -> None:
         """Record a problem at document ``path``; for a step, the field is the part after ``with``."""

@@ -32,7 +32,7 @@ from klingflow.spec._problems import (
     spec_error,
     validation_problems,
 )
-from klingflow.spec._yaml import read_yaml
+from klingflow.spec._yaml import LimitExceeded, read_value, read_yaml
 
 __all__ = [
     "InputSpec",
@@ -69,7 +69,7 @@ def typed_input(kind: InputType, value: Any, enum: Sequence[Any] | None = None) 
     """
     if kind != "string" and isinstance(value, str):
         try:
-            value = yaml.safe_load(value)
+            value = read_value(value)  # yaml.safe_load within the limits (LimitExceeded is a ValueError)
         except yaml.YAMLError as exc:
             raise ValueError(f"cannot read {value!r} as {kind}") from exc
         if kind == "number" and isinstance(value, str):
@@ -255,7 +255,8 @@ def resolve_inputs(spec: PipelineSpec, given: Mapping[str, Any]) -> tuple[dict[s
             try:
                 resolved[name] = typed_input(declared.type, given[name], declared.enum)
             except ValueError as exc:
-                problems.append(Problem(f"given value: {exc}", line, field=field))
+                hint = exc.hint if isinstance(exc, LimitExceeded) else ""
+                problems.append(Problem(f"given value: {exc}", line, field=field, hint=hint))
         elif declared.default is None:
             problems.append(
                 Problem(

@@ -5,22 +5,97 @@ pyyaml's plain ``safe_load`` throws positions away. Here the document is compose
 is walked once to map every document path (``("steps", 2, "with", "prompt")``) to its 1-based line.
 Duplicate keys, which pyyaml silently resolves by keeping the last one, are reported instead: two
 ``prompt:`` keys in one step are a mistake, never an intent.
+
+The file is read within the limits of :mod:`klingflow.spec._limits`: at most ``MAX_FILE_BYTES`` are
+read, and :class:`_BoundedLoader` counts values and depth as pyyaml composes them, an alias counting
+as everything its anchor holds. pyyaml has no such limits, and composing is where they can still be
+cheap: an alias is one node there, while building, the line map and every later check walk it in
+full (a "billion laughs" file of 20 lines stands for 9^9 values), and composing recurses once per
+level of nesting. So a hostile file is refused after at most ``MAX_NODES`` values, before anything
+is expanded. :func:`read_value` reads a ``--set`` value the same way.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.error import Mark
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from klingflow.errors import SpecError
+from klingflow.spec._limits import DEPTH_HINT, MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, NODES_HINT, size
 from klingflow.spec._problems import DocPath, Problem, format_path, raise_problems
 
-__all__ = ["read_yaml"]
+__all__ = ["LimitExceeded", "read_value", "read_yaml"]
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class LimitExceeded(ValueError):
+    """A document over a limit of :mod:`klingflow.spec._limits`; ``mark`` is where it went over.
+
+    A ``ValueError``, so that a ``--set`` value over a limit is reported as any unreadable value is.
+    """
+
+    def __init__(self, message: str, hint: str, mark: Mark) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.mark = mark
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """pyyaml's safe loader, refusing a document over ``MAX_NODES`` values or ``MAX_DEPTH`` levels.
+
+    Both are counted with every alias expanded: each composed node remembers how many values and
+    levels it holds, and an alias adds those of its anchor, so the count is exact without walking
+    anything twice.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._values = 0
+        self._depth = 0
+        self._deepest = 0
+        self._extent: dict[Node, tuple[int, int]] = {}
+
+    def _grow(self, values: int, reach: int, mark: Mark, alias: str | None) -> None:
+        self._values += values
+        self._deepest = max(self._deepest, reach)
+        if self._values > MAX_NODES:
+            message = (
+                f"the alias *{alias} takes this YAML past {MAX_NODES:,} values (an alias repeats"
+                " everything its anchor holds)"
+                if alias is not None
+                else f"this YAML passes {MAX_NODES:,} values here"
+            )
+            raise LimitExceeded(f"{message}; a pipeline has a few hundred", NODES_HINT, mark)
+        if reach > MAX_DEPTH:
+            message = (
+                f"the alias *{alias} nests this YAML" if alias is not None else "this YAML is nested"
+            ) + f" more than {MAX_DEPTH} levels deep; a pipeline nests about 8"
+            raise LimitExceeded(message, DEPTH_HINT, mark)
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        event = self.peek_event()
+        if isinstance(event, AliasEvent):
+            node = super().compose_node(parent, index)
+            # An alias of an anchor still being composed (a value inside itself) counts once.
+            values, levels = self._extent.get(node, (1, 1))
+            self._grow(values, self._depth + levels, event.start_mark, event.anchor)
+            return node
+        start, outer = self._values, self._deepest
+        self._depth += 1
+        self._deepest = self._depth  # from here on, how deep this node's own values go
+        self._grow(1, self._depth, event.start_mark, None)
+        node = super().compose_node(parent, index)
+        self._extent[node] = (self._values - start, self._deepest - self._depth + 1)
+        self._depth -= 1
+        self._deepest = max(outer, self._deepest)
+        return node
 
 
 def _record(
@@ -107,19 +182,47 @@ def _syntax_error(exc: yaml.YAMLError, text: str, shown: str) -> SpecError:
     return SpecError("invalid pipeline", problems=[Problem(message, line=line, hint=hint).text(shown)])
 
 
-def read_yaml(path: Path, shown: str) -> tuple[Any, dict[DocPath, int]]:
-    """Parse ``path`` and return its data and the line of every key and list item in it.
-
-    ``shown`` is how the file is named in errors. A missing file, bad YAML or a duplicate key raises
-    ``SpecError``; the structure is not checked here.
-    """
+def _read_text(path: Path, shown: str) -> str:
+    """The file's text, read only up to ``MAX_FILE_BYTES`` (a FIFO or /dev/zero has no size to ask)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+            if len(raw) > MAX_FILE_BYTES:
+                total = os.fstat(file.fileno()).st_size
+                line = raw.count(b"\n", 0, MAX_FILE_BYTES) + 1
+                whole = f" (it is {size(total)})" if total > MAX_FILE_BYTES else ""
+                message = (
+                    f"the file is longer than a pipeline file may be, {size(MAX_FILE_BYTES)}{whole};"
+                    " it passes that size on this line"
+                )
+                hint = "a pipeline is a few KB of steps; is this the right file?"
+                raise SpecError("invalid pipeline", problems=[Problem(message, line, hint=hint).text(shown)])
+        return raw.decode("utf-8")
     except FileNotFoundError as exc:
         raise SpecError(f"{shown}: pipeline file not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{shown}: cannot read the pipeline file: {exc}") from exc
-    loader = yaml.SafeLoader(text)
+
+
+def read_value(text: str) -> Any:
+    """``yaml.safe_load(text)`` within the limits; over one raises :class:`LimitExceeded`."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        return None if node is None else loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path, shown: str) -> tuple[Any, dict[DocPath, int]]:
+    """Parse ``path`` and return its data and the line of every key and list item in it.
+
+    ``shown`` is how the file is named in errors. A missing file, bad YAML, a duplicate key or a file
+    over a limit of :mod:`klingflow.spec._limits` raises ``SpecError``; the structure is not checked
+    here.
+    """
+    text = _read_text(path, shown)
+    loader = _BoundedLoader(text)
     lines: dict[DocPath, int] = {}
     duplicates: list[tuple[DocPath, int]] = []
     try:
@@ -134,6 +237,9 @@ def read_yaml(path: Path, shown: str) -> tuple[Any, dict[DocPath, int]]:
         data = loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text, shown) from exc
+    except LimitExceeded as exc:
+        problem = Problem(str(exc), line=exc.mark.line + 1, hint=exc.hint)
+        raise SpecError("invalid pipeline", problems=[problem.text(shown)]) from exc
     finally:
         loader.dispose()
     return data, lines
