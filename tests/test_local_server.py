@@ -554,17 +554,118 @@ def test_a_fully_cached_rerun_runs_without_prefect_and_is_recorded_right_after(
     (task_run,) = _wait_task_runs(server.api_url, page.rsplit("/", 1)[1], 1)
     assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid
 
-    # after the server's idle shutdown the re-run does not wait for a new one: its recorder starts it
+    # with the server down (stopped, or after its idle shutdown) the re-run starts neither a server
+    # nor a recorder: the run waits, and the next ordinary run, which starts the server, records it
     assert ps.stop_server(home) is not None
     stdout, stderr = _finish(_start_run(env, pipeline))
-    assert "the local Prefect server is starting in the background" in _ui_line(stdout)
+    assert _ui_line(stdout) == (
+        "the local Prefect server is not running; this run is recorded there by the next run that "
+        "starts it, or by `klingflow server start`"
+    )
     assert "started a local Prefect server" not in stderr and "cached clip" in " ".join(stdout.split())
     run_id = re.search(r"\(run (\w+)\)", stdout)[1]  # type: ignore[index]
+    assert not leftover_processes(f"klingflow.flows.record {run_id}"), "a recorder was started"
+    root = ps.server_paths(home).root
+    assert server_processes(root) == ([], []) and load_manifest(run_id).flow_run_id is None
+    assert (ledger.run_dir(run_id) / FLOW_RUN_PARAMETERS).is_file()
+    stdout, stderr = _finish(_start_run(env, _pipeline(tmp_path, "next")))  # generates: an ordinary run
+    assert "started a local Prefect server" in stderr, stderr
+    assert "recording 1 run(s) made while the local server was down" in stderr, stderr
     _wait_for(lambda: not leftover_processes(f"klingflow.flows.record {run_id}"), 120, "the recorder to exit")
-    log = (ledger.run_dir(run_id) / "prefect-record.log").read_text()
+    log = (ledger.runs_root() / "prefect-record.log").read_text()
     recorded = load_manifest(run_id).flow_run_id
-    assert recorded and "started a local Prefect server" in log, log
+    assert recorded and f"run {run_id} recorded as flow run {recorded}" in log, log
     restarted = ps.server_status(home).server
-    assert restarted is not None and restarted.pid != server.pid, "the recorder started a new server"
+    assert restarted is not None and restarted.pid != server.pid
     (task_run,) = _wait_task_runs(restarted.api_url, recorded, 1)
-    assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid
+    assert task_run["state"]["name"] == "Cached" and emulator.stats()["total_submits"] == paid + 1
+    assert not (ledger.run_dir(run_id) / FLOW_RUN_PARAMETERS).exists()
+
+
+def test_server_stop_right_after_a_cached_rerun_stays_stopped_and_server_start_records_it(
+    home: Path, emulator: EmulatorAdmin, tmp_path: Path
+) -> None:
+    env = _run_env(emulator)
+    pipeline = _pipeline(tmp_path, "stopped")
+    _finish(_start_run(env, pipeline))  # the ordinary run: pays once, starts the server
+    stdout, _err = _finish(_start_run(env, pipeline))  # fully cached, the server up: a recorder starts
+    assert _ui_line(stdout).endswith("/runs (this run appears there within seconds)")
+    run_id = re.search(r"\(run (\w+)\)", stdout)[1]  # type: ignore[index]
+    assert leftover_processes(f"klingflow.flows.record {run_id}"), "the recorder was started"
+
+    # `klingflow server stop` at once (in this process: before the recorder has imported Prefect)
+    stopped = CliRunner().invoke(app, ["server", "stop"])
+    assert stopped.exit_code == 0, stopped.output
+    root = ps.server_paths(home).root
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the recorder must not bring a server back
+        assert server_processes(root) == ([], []), "a Prefect server of this home runs again"
+        time.sleep(0.25)
+    assert not leftover_processes(f"klingflow.flows.record {run_id}"), "the recorder still runs"
+    folder = ledger.run_dir(run_id)
+    log = (folder / "prefect-record.log").read_text()
+    assert f"run {run_id} waits to be recorded in Prefect: the local Prefect server is not running" in log, (
+        log
+    )
+    assert (folder / FLOW_RUN_PARAMETERS).is_file() and load_manifest(run_id).flow_run_id is None
+
+    # the next `klingflow server start` records it, on the server it started
+    started = subprocess.run(
+        [*KLINGFLOW, "server", "start"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert started.returncode == 0, started.stdout + started.stderr
+    server = ps.server_status(home).server
+    assert server is not None and started.stdout.strip().splitlines()[-1] == server.url
+    flow_run_id = load_manifest(run_id).flow_run_id
+    assert flow_run_id and f"run {run_id} recorded as flow run {flow_run_id}" in started.stderr, (
+        started.stderr
+    )
+    (task_run,) = _wait_task_runs(server.api_url, flow_run_id, 1)
+    assert task_run["name"] == "clip" and task_run["state"]["name"] == "Cached"
+    assert not (folder / FLOW_RUN_PARAMETERS).exists()
+    again = subprocess.run(
+        [*KLINGFLOW, "server", "start"], env=env, capture_output=True, text=True, timeout=240
+    )
+    assert again.returncode == 0 and "recorded as flow run" not in again.stderr, again.stderr  # nothing waits
+
+
+def test_server_stop_lets_the_recorders_using_it_finish_then_ends_them(home: Path) -> None:
+    from klingflow.cache import claims_from_env
+    from klingflow.engine.waiting import recorder_pids, recording_claim, waiting_runs
+
+    server = ps.ensure_server(home)
+    root = ps.server_paths(home).root
+    (root / "clients").mkdir(exist_ok=True)
+    # Three stand-ins for recorders, as a recorder is seen: the claim of a waiting run and, once it
+    # uses the server, a lease. One finishes within the grace, one does not, one never attached.
+    commands = {"quick": ["sleep", "8"], "slow": ["sleep", "120"], "unattached": ["sleep", "120"]}
+    processes = {name: subprocess.Popen(command) for name, command in commands.items()}
+    try:
+        claims = claims_from_env()
+        for name, process in processes.items():
+            (ledger.run_dir(name)).mkdir(parents=True)
+            (ledger.run_dir(name) / FLOW_RUN_PARAMETERS).write_text("{}")
+            assert claims.acquire(
+                recording_claim(name), f"{socket.gethostname()}:{process.pid}:test", ttl=300
+            )
+            if name != "unattached":
+                (root / "clients" / str(process.pid)).write_text(_supervisor.proc_start(process.pid) or "")
+        assert sorted(waiting_runs()) == sorted(processes)
+        assert recorder_pids() == sorted(p.pid for p in processes.values())
+
+        stopped = subprocess.run(
+            [*KLINGFLOW, "server", "stop"], env={**os.environ}, capture_output=True, text=True, timeout=120
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        quick, slow, unattached = processes["quick"], processes["slow"], processes["unattached"]
+        waited = sorted([quick.pid, slow.pid])
+        assert f"for the run recorder(s) using the server (pid {waited[0]}, {waited[1]})" in stopped.stderr
+        assert f"ending the recorder(s) still running (pid {slow.pid})" in stopped.stderr, stopped.stderr
+        assert f"stopped the local Prefect server (pid {server.pid}" in stopped.stderr
+        assert quick.wait(timeout=5) == 0 and slow.wait(timeout=5) == -signal.SIGTERM
+        assert unattached.poll() is None  # it finds no server when it gets to it: left alone
+        assert server_processes(root) == ([], [])
+    finally:
+        for process in processes.values():
+            process.kill()
+            process.wait()

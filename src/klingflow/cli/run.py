@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -209,15 +208,7 @@ def run(
         cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks)
         if cached is not None:
             result, server_url = cached
-            log = _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options))
-            ui = (
-                None
-                if log is None
-                else f"{server_url}/runs (this run appears there within seconds)"
-                if server_url
-                else "the local Prefect server is starting in the background and this run appears "
-                f"there within a minute (`klingflow server status` shows its address; log: {log})"
-            )
+            ui = _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options), server_url)
             _print_final(console, result, ui)
             if result.failures:
                 raise PipelineFailed(result)
@@ -255,10 +246,10 @@ def _run_cached_without_prefect(
     Returns None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
     klingflow's local server and every step reuses verified outputs: then Prefect's import and a
     flow run's start-up would cost more than the run itself. The server is not waited for: the
-    address is None when it is not running (after its idle shutdown), and the recorder starts
-    it. Should a cache entry vanish in the moment between the plan and the run, that step is
-    generated as in any run (journaled, claimed, never paid twice), only outside a flow run, and
-    recorded with the others.
+    address is None when it is not running (stopped, or after its idle shutdown), and the run
+    waits to be recorded by the next start. Should a cache entry vanish in the moment between the
+    plan and the run, that step is generated as in any run (journaled, claimed, never paid twice),
+    only outside a flow run, and recorded with the others.
     """
     from klingflow.engine import arun, fully_cached, prepare
     from klingflow.prefect_server import prefect_api_may_be_configured, server_status
@@ -286,41 +277,40 @@ def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOpt
     }
 
 
-def _record_in_prefect_later(run_id: str, parameters: dict[str, Any]) -> Path | None:
-    """Leave the flow run's parameters in the run's folder and start its recorder, detached.
+def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url: str | None) -> str | None:
+    """Leave the flow run's parameters in the run's folder; if the server runs, start its recorder.
 
-    The recorder gets no fal credential (replaying pays nothing) and, with ``-P``, no module from
-    the current folder. Returns its log file, or None when it could not be started: then one line
-    says how to record the run later.
+    Returns what the run's "Prefect UI" line says. With the local server up (``server_url``), a
+    detached recorder (:func:`klingflow.engine.waiting.start_recorder`) records the run within
+    seconds. With it down (stopped, or after its idle shutdown) none is started: a recorder never
+    starts a server, so the run waits for the next run that starts it, or ``klingflow server
+    start``, which record every waiting run. When the recorder cannot be started, one line says
+    how to record the run later, and None is returned.
     """
     from klingflow._files import atomic_write
     from klingflow.engine import FLOW_RUN_PARAMETERS
+    from klingflow.engine.waiting import RECORDER, start_recorder
     from klingflow.ledger import run_dir
 
     folder = run_dir(run_id)
-    log_path = folder / "prefect-record.log"
-    environment = {k: v for k, v in os.environ.items() if not k.upper().startswith("FAL_KEY")}
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
-        with open(log_path, "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-P", "-m", "klingflow.flows.record", run_id],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=environment,
-                start_new_session=True,  # not in the terminal's process group: Ctrl-C of a next command
+        if server_url is None:
+            return (
+                "the local Prefect server is not running; this run is recorded there by the next run "
+                "that starts it, or by `klingflow server start`"
             )
+        start_recorder([run_id], folder / "prefect-record.log")
     except OSError as exc:
         stderr().print(
             f"klingflow: could not start recording run {run_id} in Prefect ({exc}); the run is complete, "
-            f"record it later with: {sys.executable} -m klingflow.flows.record {run_id}",
+            f"record it later with: {sys.executable} -m {RECORDER} {run_id}",
             markup=False,
             highlight=False,
         )
         return None
-    return log_path
+    return f"{server_url}/runs (this run appears there within seconds)"
 
 
 def _print_final(console: Console, result: RunResult, ui: str | None) -> None:

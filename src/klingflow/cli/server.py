@@ -2,7 +2,8 @@
 
 ``status`` and ``stop`` never import Prefect (:mod:`klingflow.prefect_server` is files, signals
 and one HTTP health check), so they answer at once; ``start`` asks Prefect whether a Prefect API
-is configured, since a configured one wins over the local server.
+is configured, since a configured one wins over the local server, and records the runs that wait
+for the server (:mod:`klingflow.engine.waiting`).
 """
 
 from __future__ import annotations
@@ -37,7 +38,11 @@ def _duration(seconds: float) -> str:
 @server_app.command("start")
 @friendly_errors
 def start() -> None:
-    """Start the local Prefect server in the background (or find the running one); print its UI address."""
+    """Start the local Prefect server in the background (or find the running one); print its UI address.
+
+    Then records, as flow runs, the fully cached runs made while it was down (they wait for it).
+    """
+    from klingflow.engine.waiting import waiting_runs
     from klingflow.flows.server import configured_api_url
     from klingflow.prefect_server import ensure_server
     from klingflow.settings import settings
@@ -51,6 +56,12 @@ def start() -> None:
     server = ensure_server(echo=_say)
     verb = "started" if server.started else "already running"
     _say(f"local Prefect server {verb} (pid {server.pid}, prefect {server.version}); API {server.api_url}")
+    waiting = waiting_runs()
+    if waiting:
+        from klingflow.flows.record import record
+
+        _say(f"recording {len(waiting)} run(s) made while the server was down")
+        record(waiting, _say)
     out().print(server.url, markup=False, highlight=False)
 
 
@@ -92,11 +103,23 @@ def status() -> None:
 @server_app.command("stop")
 @friendly_errors
 def stop() -> None:
-    """Stop the local Prefect server (its history is kept for the next start)."""
+    """Stop the local Prefect server (its history is kept for the next start).
+
+    A recorder still recording a fully cached run is given a few seconds to finish first, then
+    ended; no recorder starts the server again (their runs wait for the next start).
+    """
     from klingflow.prefect_server import stop_server
 
-    stopped = stop_server()
+    stopped = stop_server(finish_first=_recorders, echo=_say)
     if stopped is None:
         _say("no local Prefect server is running")
     else:
         _say(f"stopped the local Prefect server (pid {stopped.pid}, {stopped.url})")
+
+
+def _recorders() -> list[int]:
+    """The pids of this home's recorders at work (asked only when a server runs: the engine's import
+    takes about a second)."""
+    from klingflow.engine.waiting import recorder_pids
+
+    return recorder_pids()

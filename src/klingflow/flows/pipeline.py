@@ -326,20 +326,26 @@ _RECORDING_TTL = 900.0
 recorder that died on this machine frees its claim at once)."""
 
 
-async def arecord_run(run_id: str) -> RunResult:
+async def arecord_run(run_id: str) -> RunResult | None:
     """Record a run made without Prefect (a fully cached ``klingflow run``) as a flow run.
 
     The flow run is one of :func:`pipeline_flow`, with the parameters the CLI left in the run's
     folder (:data:`~klingflow.engine.FLOW_RUN_PARAMETERS`, removed once it is recorded); each
     step is a task run in the state its ledger row says (a cache hit: Cached, with its key), the
     run's artifacts are published, and the flow run's id is written back into the run's ledger
-    rows, manifest and report. Reports to the local server (strict: never to a temporary one that
-    would vanish with this process) unless the user configured a Prefect API.
+    rows, manifest and report. Reports to the local server if it runs (whatever
+    ``KLINGFLOW_PREFECT`` says: never to a temporary one that would vanish with this process), or
+    to the Prefect API the user configured. It never starts the local server (one the user
+    stopped stays stopped): with none running it returns None and the run waits, its parameters
+    kept, for the next start (:mod:`klingflow.engine.waiting`).
 
     One recorder per run: it holds the run's claim (:mod:`klingflow.cache.claims`, the same leases
     steps take) while it records; a run already recorded, being recorded, or not waiting to be is
     refused with a :class:`~klingflow.errors.LedgerError` saying so.
     """
+    from klingflow.engine.waiting import recording_claim
+    from klingflow.flows.server import configured_api_url
+
     result = recorded_run(run_id)
     pending = run_dir(result.run_id) / FLOW_RUN_PARAMETERS
     if result.flow_run_id:
@@ -348,7 +354,7 @@ async def arecord_run(run_id: str) -> RunResult:
             f"run {result.run_id} is already recorded in Prefect: it is flow run {result.flow_run_id}",
             context=str(pending.parent),
         )
-    claims, owner, key = claims_from_env(), new_owner(), f"prefect-record-{result.run_id}"
+    claims, owner, key = claims_from_env(), new_owner(), recording_claim(result.run_id)
     if not claims.acquire(key, owner, ttl=_RECORDING_TTL):
         raise LedgerError(
             f"run {result.run_id} is being recorded in Prefect by {claims.holder(key)}", context=str(pending)
@@ -361,7 +367,9 @@ async def arecord_run(run_id: str) -> RunResult:
                 hint="only a fully cached `klingflow run` is recorded after it ends",
             )
         parameters = json.loads(pending.read_text(encoding="utf-8"))
-        await asyncio.to_thread(use_local_server, strict=True)
+        server = await asyncio.to_thread(use_local_server, mode="local", start=False)
+        if server is None and not configured_api_url():
+            return None  # no server runs: the run waits for the next start
         token = _in_process.set(InProcess(recorded=result))
         try:
             state = await pipeline_flow(**parameters, return_state=True)

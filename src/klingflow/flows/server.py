@@ -9,12 +9,14 @@ Prefect see the ``PREFECT_API_URL`` klingflow just set (Prefect reads its settin
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from prefect.context import refresh_global_settings_context
 from prefect.settings import get_current_settings
 
+from klingflow.engine.waiting import record_waiting_later
 from klingflow.prefect_server import LocalServer
 from klingflow.prefect_server import use_local_server as _attach
 from klingflow.settings import settings
@@ -35,6 +37,7 @@ def use_local_server(
     mode: str | None = None,
     echo: Callable[[str], None] | None = None,
     strict: bool = False,
+    start: bool = True,
 ) -> LocalServer | None:
     """Make this process's flow runs report to the home's local Prefect server (started if needed).
 
@@ -42,10 +45,14 @@ def use_local_server(
     mode (``mode="ephemeral"`` or ``KLINGFLOW_PREFECT=ephemeral``). Call it before any flow runs
     and outside any ``temporary_settings`` block; it blocks while a server starts (seconds), so an
     async caller runs it in a thread. ``echo`` (default: stderr) gets the one line saying a server
-    was started, with its UI address.
+    was started, with its UI address. With ``start=False`` a server that is not running is left
+    so (None). A call that starts the server also starts a detached recorder of the runs made
+    while it was down (:mod:`klingflow.engine.waiting`), so none of them waits for ever.
     """
     kwargs = {"echo": echo} if echo is not None else {}
-    server = _attach(configured_api_url(), home, mode=mode, strict=strict, **kwargs)
+    server = _attach(configured_api_url(), home, mode=mode, strict=strict, start=start, **kwargs)
     if server is not None and get_current_settings().api.url != server.api_url:
         refresh_global_settings_context()
+    if server is not None and server.started and home is None:
+        record_waiting_later(echo or (lambda line: print(line, file=sys.stderr, flush=True)))
     return server

@@ -4,7 +4,9 @@ With no Prefect API configured, Prefect's ephemeral mode starts a temporary serv
 process (seconds per run), stops it at exit, keeps no history a UI could show, and leaves it
 orphaned when the process is killed. Instead, :func:`use_local_server` makes every run share one
 background ``prefect server start`` per home, started on first use and stopped after it has been
-idle for ``KLINGFLOW_SERVER_IDLE_MINUTES`` (``klingflow server start | status | stop``).
+idle for ``KLINGFLOW_SERVER_IDLE_MINUTES`` (``klingflow server start | status | stop``). A process
+that only reports what was already done (a fully cached run's recorder) uses :func:`find_server`,
+which never starts one: a server the user stopped stays stopped.
 
 This package belongs to the core although it manages a Prefect server: it never imports Prefect.
 The server is ``python -m prefect server start`` run by a stdlib-only supervisor script
@@ -25,6 +27,7 @@ from klingflow.prefect_server._manager import (
     LocalServer,
     ServerStatus,
     ensure_server,
+    find_server,
     installed_prefect_version,
     server_paths,
     server_status,
@@ -35,6 +38,7 @@ __all__ = [
     "LocalServer",
     "ServerStatus",
     "ensure_server",
+    "find_server",
     "installed_prefect_version",
     "prefect_api_may_be_configured",
     "server_paths",

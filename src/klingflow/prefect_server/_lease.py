@@ -12,10 +12,11 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from klingflow.errors import ConfigError
-from klingflow.prefect_server._manager import OWN_URL, LocalServer, ensure_server, server_paths
+from klingflow.prefect_server._manager import OWN_URL, LocalServer, ensure_server, find_server, server_paths
 from klingflow.prefect_server._supervisor import Paths, proc_start
 from klingflow.settings import settings
 
@@ -41,6 +42,7 @@ def use_local_server(
     mode: str | None = None,
     echo: Echo | None = _stderr,
     strict: bool = False,
+    start: bool = True,
 ) -> LocalServer | None:
     """Point this process (and its subprocesses) at ``home``'s local server, starting it if needed.
 
@@ -50,7 +52,8 @@ def use_local_server(
     it) in ``os.environ`` and holds a lease on the server until this process exits, so the idle
     shutdown never stops a server a live run uses. Echoes the UI address once, when it started the
     server. If the server cannot start, says so in one line and returns None (the run goes on in
-    Prefect's ephemeral mode), unless ``strict``.
+    Prefect's ephemeral mode), unless ``strict``. With ``start=False`` a server that is not running
+    is not started (:func:`find_server`): None is returned, silently.
     """
     if (mode or settings().prefect) == "ephemeral" or configured:
         return None
@@ -63,17 +66,19 @@ def use_local_server(
     ):
         return recent[1]  # checked a moment ago (the CLI, then run_pipeline, then arun_pipeline)
     try:
-        server = ensure_server(home, echo=echo)
+        server = ensure_server(home, echo=echo) if start else find_server(home)
     except ConfigError as exc:
         if strict:
             raise
         if echo:
             echo(f"klingflow: {exc.message} (see {exc.context}); using Prefect's ephemeral mode")
         return None
+    if server is None:
+        return None
     os.environ["PREFECT_API_URL"] = server.api_url
     os.environ[OWN_URL] = server.api_url
     _hold(server_paths(home))
-    _recent[root] = (time.monotonic(), server)
+    _recent[root] = (time.monotonic(), replace(server, started=False))  # a later call started nothing
     if server.started and echo and server.url not in _announced:
         _announced.add(server.url)
         echo(f"klingflow: started a local Prefect server, UI at {server.url} (klingflow server stop)")

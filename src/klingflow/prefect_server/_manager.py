@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -36,6 +36,7 @@ from klingflow.prefect_server._supervisor import (
     live_clients,
     locked,
     mtime,
+    proc_start,
     read_state,
     remove_state_if,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LocalServer",
     "ServerStatus",
     "ensure_server",
+    "find_server",
     "installed_prefect_version",
     "server_paths",
     "server_status",
@@ -55,6 +57,8 @@ OWN_URL = "KLINGFLOW_LOCAL_PREFECT_API_URL"  # settings().local_prefect_api_url
 _LOG_ROTATE_BYTES = 5 * 1024 * 1024
 _STOP_TIMEOUT = 20.0
 _UNRESPONSIVE_AFTER = 15.0  # an existing server that does not answer /api/health this long is replaced
+_FINISH_FIRST_GRACE = 10.0
+"""Seconds ``stop_server`` gives a run's recorder to finish (recording one takes a few) before ending it."""
 
 Echo = Callable[[str], None]
 
@@ -222,26 +226,48 @@ def ensure_server(
     with locked(paths):
         state = read_state(paths)
         if state is not None:
-            if not is_supervisor(state):
-                # stale: its supervisor is gone, or the pid now belongs to another program; a server
-                # it left behind (only possible without PR_SET_PDEATHSIG) is stopped if still alive
-                _stop_processes(state)
-            elif state.get("version") != installed:
-                echo(
-                    f"klingflow: the local Prefect server runs prefect {state.get('version')}, "
-                    f"{installed} is installed: restarting it"
-                )
-                _stop_processes(state)
-            elif _answers(state):
+            problem = _unusable(state, installed)
+            if problem is None:
                 paths.last_used.touch()
                 return LocalServer.from_state(state, started=False)
-            else:
-                echo(f"klingflow: the local Prefect server (pid {state['pid']}) is not answering: restarting")
-                _stop_processes(state)
+            if problem:
+                echo(problem)
+            # a stale state's server (only possible without PR_SET_PDEATHSIG) is stopped if still alive
+            _stop_processes(state)
             paths.state.unlink(missing_ok=True)
         state = _start(paths, installed, timeout)
         paths.last_used.touch()
         return LocalServer.from_state(state, started=True)
+
+
+def find_server(home: str | Path | None = None) -> LocalServer | None:
+    """``home``'s local server if it runs and answers, else None: nothing is started or replaced.
+
+    For a process that only reports what was already done (a recorder): a server the user stopped
+    must stay stopped. Like :func:`ensure_server` it counts as a use (``last-used``), and it takes
+    the same lock, so it never finds a server that ``stop_server`` is stopping.
+    """
+    paths = server_paths(home)
+    with locked(paths):
+        state = read_state(paths)
+        if state is None or _unusable(state, installed_prefect_version()) is not None:
+            return None
+        paths.last_used.touch()
+        return LocalServer.from_state(state, started=False)
+
+
+def _unusable(state: dict[str, Any], installed: str) -> str | None:
+    """None if the server ``state`` names can be used; else why not ('' for a stale state)."""
+    if not is_supervisor(state):
+        return ""  # its supervisor is gone, or the pid now belongs to another program
+    if state.get("version") != installed:
+        return (
+            f"klingflow: the local Prefect server runs prefect {state.get('version')}, "
+            f"{installed} is installed: restarting it"
+        )
+    if not _answers(state):
+        return f"klingflow: the local Prefect server (pid {state['pid']}) is not answering: restarting"
+    return None
 
 
 def _answers(state: dict[str, Any]) -> bool:
@@ -338,8 +364,22 @@ def _log_tail(paths: Paths, offset: int) -> str:
         return ""
 
 
-def stop_server(home: str | Path | None = None, *, timeout: float = _STOP_TIMEOUT) -> LocalServer | None:
-    """Stop ``home``'s local server; return what was stopped (None if none was running)."""
+def stop_server(
+    home: str | Path | None = None,
+    *,
+    timeout: float = _STOP_TIMEOUT,
+    finish_first: Callable[[], Iterable[int]] | None = None,
+    grace: float = _FINISH_FIRST_GRACE,
+    echo: Echo | None = None,
+) -> LocalServer | None:
+    """Stop ``home``'s local server; return what was stopped (None if none was running).
+
+    ``finish_first`` names processes that use the server briefly and should be done before it
+    stops: the recorders of runs made without Prefect. Those of them holding a lease on the server
+    are given ``grace`` seconds to finish and then ended (SIGTERM, then SIGKILL). They are looked
+    for under the lock, so a process not found then cannot be using the server: it finds no
+    server afterwards (:func:`find_server` takes the same lock).
+    """
     paths = server_paths(home)
     with locked(paths):
         state = read_state(paths)
@@ -347,9 +387,35 @@ def stop_server(home: str | Path | None = None, *, timeout: float = _STOP_TIMEOU
             return None
         stopped = LocalServer.from_state(state, started=False) if is_supervisor(state) else None
         if stopped is not None:
+            if finish_first is not None:
+                _let_finish(paths, finish_first(), grace, echo or (lambda _line: None))
             _stop_processes(state, timeout)
         paths.state.unlink(missing_ok=True)
         return stopped
+
+
+def _let_finish(paths: Paths, pids: Iterable[int], grace: float, echo: Echo) -> None:
+    """Wait up to ``grace`` s for those of ``pids`` that use the server (a lease) to exit; end the rest."""
+    using = set(live_clients(paths, prune=False))
+    waiting = [(pid, proc_start(pid)) for pid in sorted(set(pids) & using)]
+    if not waiting:
+        return
+    names = ", ".join(str(pid) for pid, _start in waiting)
+    echo(f"klingflow: waiting up to {grace:g} s for the run recorder(s) using the server (pid {names})")
+    if _wait_gone(waiting, grace):
+        return
+    left = [(pid, start) for pid, start in waiting if alive(pid, start)]
+    echo(
+        f"klingflow: ending the recorder(s) still running (pid {', '.join(str(p) for p, _s in left)}); "
+        "their runs wait to be recorded by the next start"
+    )
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid, start in left:
+            if alive(pid, start):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+        if _wait_gone(left, 5):
+            return
 
 
 def server_status(home: str | Path | None = None) -> ServerStatus:
