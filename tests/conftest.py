@@ -184,20 +184,84 @@ def server_processes(root: Path) -> tuple[list[int], list[int]]:
     return supervisors, servers
 
 
+_SESSION_MARK = ("PYTEST_KLINGFLOW_SESSION", f"{os.getpid()}-{os.urandom(4).hex()}")
+os.environ[_SESSION_MARK[0]] = _SESSION_MARK[1]  # every process this session starts inherits it
+
+
+def _ancestors() -> set[int]:
+    """This process and its ancestors (an xdist worker's controller, the shell that ran pytest)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        status = Path(f"/proc/{pid}/status").read_text()
+        pid = int(re.search(r"^PPid:\s*(\d+)", status, re.M)[1])  # type: ignore[index]
+    return found
+
+
+def session_processes(roots: list[Path]) -> dict[int, str]:
+    """pid -> command line of every live process this test session started, found in /proc.
+
+    A process is the session's when its environment carries this session's mark (set at conftest
+    import, after the interpreter started: so never this process, its xdist siblings or their
+    controller, whose environment was fixed before), or its ``KLINGFLOW_HOME`` / ``PREFECT_HOME``
+    or an argument lies under one of ``roots`` (the session's home and temporary folders, which
+    each xdist worker has of its own). This process and its ancestors are never counted.
+    """
+    mine, mark = _ancestors(), "=".join(_SESSION_MARK).encode()
+    prefixes = [f"{root.resolve()}{os.sep}" for root in roots]
+
+    def under(value: str) -> bool:
+        return any(f"{value}{os.sep}".startswith(prefix) for prefix in prefixes)
+
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            environ = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state in ("Z", "X"):  # already dead; its parent has not reaped it yet
+            continue
+        homes = [
+            e.decode(errors="replace").partition("=")[2]
+            for e in environ
+            if e.startswith((b"KLINGFLOW_HOME=", b"PREFECT_HOME="))
+        ]
+        args = [a.decode(errors="replace") for a in cmd]
+        if (
+            mark in environ
+            or any(under(v) for v in homes)
+            or any(under(a.partition("=")[2] or a) for a in args)
+        ):
+            found[int(entry)] = " ".join(args).strip()
+    return found
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_local_server_outlives_the_suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """After the last test, stop any local Prefect server left under the session's folders."""
+def no_process_outlives_the_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test, fail the session if a process it started still runs (and kill it).
+
+    Prefect servers and their supervisors, recorders, emulators, workers: a test stops what it
+    starts, and a detached process it causes (a recorder) must be gone by the end. Each xdist
+    worker checks its own session's processes; a few seconds are given to ones on their way out.
+    """
     yield
     if not sys.platform.startswith("linux"):
         return
-    for root in (_SESSION_HOME, tmp_path_factory.getbasetemp()):
-        supervisors, servers = server_processes(root)
-        for pid in supervisors:
-            with contextlib.suppress(OSError):
-                os.killpg(pid, signal.SIGKILL)
-        for pid in servers:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+    roots = [_SESSION_HOME, tmp_path_factory.getbasetemp()]
+    deadline = time.monotonic() + 5
+    while (left := session_processes(roots)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        lines = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in sorted(left.items()))
+        pytest.fail(f"{len(left)} process(es) started by the tests were still running (now killed):\n{lines}",
+                    pytrace=False)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
