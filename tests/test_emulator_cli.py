@@ -120,7 +120,7 @@ def test_stats_command(served: dict[str, str]) -> None:
 def test_env_without_a_running_emulator_says_how_to_start_one(tmp_path: Path) -> None:
     env = {**os.environ, "KLINGFLOW_HOME": str(tmp_path)}
     done = subprocess.run([*KLINGFLOW, "emulator", "env"], env=env, capture_output=True, text=True)
-    assert done.returncode == 1
+    assert done.returncode == 2, "a configuration mistake: exit 2"
     assert "no klingflow emulator is running" in done.stderr and "klingflow emulator serve" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -134,7 +134,7 @@ def test_bad_fault_spec_is_a_clear_error(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert done.returncode == 1 and "unknown fault kind '509'" in done.stderr
+    assert done.returncode == 2 and "unknown fault kind '509'" in done.stderr
 
 
 EMBEDDED = """

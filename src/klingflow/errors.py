@@ -38,6 +38,7 @@ retry may fix. Callers match on types, never on status codes.
 
 from __future__ import annotations
 
+import signal
 from typing import Any, Literal
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
     "RequestGone",
     "ResultLost",
     "ResultTimeout",
+    "RunInterrupted",
     "ServerError",
     "SpecError",
     "StepFailed",
@@ -78,6 +80,8 @@ class KlingflowError(Exception):
     """Base of every error klingflow raises on purpose."""
 
     reference: str = "klingflow-error"
+    exit_code: int = 1
+    """The command line's exit status for it (a usage or configuration mistake: 2, like typer's)."""
 
     def __init__(self, message: str, *, context: str = "", hint: str = "") -> None:
         super().__init__(message)
@@ -101,6 +105,7 @@ class ConfigError(KlingflowError):
     """A setting, credential or home directory is missing or unusable."""
 
     reference = "config-error"
+    exit_code = 2
 
 
 class SpecError(KlingflowError):
@@ -326,3 +331,41 @@ class PipelineFailed(KlingflowError):
             hint="fix the cause and run again: completed steps are cached and not paid twice",
         )
         self.result = result
+
+
+class RunInterrupted(KlingflowError):
+    """A run stopped on request (Ctrl-C, SIGTERM, a cancelled flow run) before every step finished.
+
+    ``result`` (a :class:`~klingflow.engine.RunResult`) holds what ran, with the unfinished steps
+    as ``interrupted`` rows; ``still_running`` the requests fal accepted that this run did not
+    store (each an :class:`~klingflow.engine.OpenRequest`), which a re-run collects without paying
+    again; ``cancelled`` those of them that were cancelled while still queued (nothing billed).
+    """
+
+    reference = "run-interrupted"
+
+    def __init__(self, result: Any, signum: int, still_running: list[Any], cancelled: list[Any]) -> None:
+        name = signal.Signals(signum).name
+        lines = [f"{r.label}: request {r.request_id} ({r.endpoint})" for r in still_running]
+        message = f"interrupted by {name}: no new request was sent"
+        if cancelled:
+            message += f"; {len(cancelled)} queued request(s) cancelled at fal (nothing billed)"
+        if still_running:
+            message += (
+                f"; {len(still_running)} request(s) are still running at fal (not cancelled: fal bills "
+                "work in progress):\n  " + "\n  ".join(lines)
+            )
+        super().__init__(
+            message,
+            context=f"pipeline '{result.pipeline}' (run {result.run_id})",
+            hint="run the same command again (or `klingflow recover`) to collect them without paying again"
+            if still_running
+            else "run the same command again to go on: what completed is cached",
+        )
+        self.result, self.signum = result, signum
+        self.still_running, self.cancelled = still_running, cancelled
+
+    @property  # type: ignore[override]
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM."""
+        return 128 + self.signum

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default="",
         description="Newer enum values to accept: field=value,value;field=value.",
     )
+    cancel_queued: bool = Field(
+        default=False,
+        description="On Ctrl-C or SIGTERM, cancel the run's requests still waiting in fal's queue "
+        "(free); running ones are always left to finish and be collected by a re-run.",
+    )
     free_deadline: float = Field(
         default=600.0,
         gt=0,

@@ -1,7 +1,8 @@
 """The CLI's one error boundary, and consoles that never break a message mid-sentence.
 
 Errors klingflow raises on purpose (:class:`~klingflow.errors.KlingflowError`) are printed as
-what / where / hint with exit code 1, like pip's diagnostic errors; anything else keeps its
+what / where / hint with the error's exit code (1; 2 for configuration; 130/143 for a stopped run),
+like pip's diagnostic errors; anything else keeps its
 traceback. Messages are printed with ``soft_wrap``: a terminal folds long lines itself, and a CI
 log or ``| tee`` gets each message on whole lines instead of rich's 80-column default.
 
@@ -38,7 +39,11 @@ def stderr() -> Console:
 
 
 def friendly_errors(command: F) -> F:
-    """Render KlingflowError as what/where/hint and exit 1, instead of a traceback."""
+    """Render KlingflowError as what/where/hint and exit with its ``exit_code``, instead of a traceback.
+
+    1 for most, 2 for a configuration mistake (:class:`~klingflow.errors.ConfigError`), 130 / 143
+    for a run stopped by SIGINT / SIGTERM (:class:`~klingflow.errors.RunInterrupted`).
+    """
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -52,7 +57,7 @@ def friendly_errors(command: F) -> F:
             console.print(f"  {exc.message}", markup=False, highlight=False)
             if exc.hint:
                 console.print(f"  hint: {exc.hint}", markup=False, highlight=False)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -102,6 +102,7 @@ STATUS_STYLES: dict[Status, str] = {
     Status.JOINED: "cyan",
     Status.FAILED: "red",
     Status.SKIPPED: "yellow",
+    Status.INTERRUPTED: "yellow",
 }
 """The colour of each status in tables (a test checks every :class:`Status` has one)."""
 

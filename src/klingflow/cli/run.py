@@ -13,9 +13,11 @@ afterwards (:func:`_run_cached_without_prefect`).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -51,6 +53,7 @@ MARKS: dict[Status, str] = {
     Status.JOINED: "[cyan]joined[/]",
     Status.FAILED: "[red]FAILED[/]",
     Status.SKIPPED: "[yellow]skipped[/]",
+    Status.INTERRUPTED: "[yellow]interrupted[/]",
 }
 """How the progress lines mark each status (a test checks every :class:`Status` has one)."""
 
@@ -173,6 +176,13 @@ def run(
             "(same as KLINGFLOW_PREFECT=ephemeral)."
         ),
     ] = False,
+    cancel_queued: Annotated[
+        bool,
+        typer.Option(
+            help="On Ctrl-C or SIGTERM, also cancel requests still queued at fal (free; "
+            "KLINGFLOW_CANCEL_QUEUED). Running requests are left to finish, collected by a re-run."
+        ),
+    ] = False,
 ) -> None:
     """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths.
 
@@ -190,7 +200,7 @@ def run(
         os.environ["KLINGFLOW_PREFECT"] = "ephemeral"  # for run_pipeline's own look, and subprocesses
 
     from klingflow.engine import RunHooks, RunOptions
-    from klingflow.errors import PipelineFailed
+    from klingflow.errors import PipelineFailed, RunInterrupted
 
     console = out()
     progress = Progress(console)
@@ -201,6 +211,7 @@ def run(
         max_cost_usd=max_cost,
         out_dir=out_dir,
         on_ambiguous_submit=on_ambiguous_submit,
+        cancel_queued=cancel_queued or None,
     )
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
     hooks = RunHooks(on_start=progress.start, on_finish=progress.finish)
@@ -231,6 +242,12 @@ def run(
     except PipelineFailed as exc:
         _print_final(console, exc.result, _flow_run_page(exc.result.flow_run_id))
         raise
+    except KeyboardInterrupt as stopped:  # run_pipeline's, after a clean stop: its cause says what ran
+        if not isinstance(stopped.__cause__, RunInterrupted):
+            raise
+        interrupted = stopped.__cause__
+        _print_final(console, interrupted.result, _flow_run_page(interrupted.result.flow_run_id))
+        raise interrupted from None
     _print_final(console, result, _flow_run_page(result.flow_run_id))
 
 
@@ -373,9 +390,26 @@ def recover(backend: BackendOpt = None) -> None:
     )
 
 
+def _stoppable(command: Callable[..., None]) -> Callable[..., None]:
+    """The command with klingflow's Ctrl-C / SIGTERM handling from its first line (before Prefect starts).
+
+    The first signal stops the run without a traceback (exit 130 / 143, what is still running
+    at fal printed); a second exits at once (:mod:`klingflow.engine.interrupts`).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        from klingflow.engine import stop_on_signals
+
+        with stop_on_signals():
+            command(*args, **kwargs)
+
+    return wrapper
+
+
 def add_run_commands(app: typer.Typer) -> None:
     """Attach ``validate``, ``plan``, ``run`` and ``recover`` to ``app`` behind the error boundary."""
     app.command("validate")(friendly_errors(validate))
     app.command("plan")(friendly_errors(plan))
-    app.command("run")(friendly_errors(run))
+    app.command("run")(friendly_errors(_stoppable(run)))
     app.command("recover")(friendly_errors(recover))

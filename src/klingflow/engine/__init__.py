@@ -6,6 +6,7 @@
 * :mod:`~klingflow.engine.generation`: one fal request: claim, submit or resume, poll, download;
 * :mod:`~klingflow.engine.operation`: one local media operation, cached the same way;
 * :mod:`~klingflow.engine.runner`: the DAG scheduler;
+* :mod:`~klingflow.engine.interrupts`: Ctrl-C / SIGTERM: stop submitting, keep what was paid;
 * :mod:`~klingflow.engine.plan`: the plan as data, and the budget check;
 * :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run
   (and a recorded run read back, and linked to the flow run that shows it afterwards);
@@ -17,12 +18,13 @@
 
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
 from klingflow.engine.housekeeping import Collected, collect_garbage
+from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest, stop_on_signals
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
 from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
-from klingflow.engine.runner import RunResult, execute
+from klingflow.engine.runner import RunResult, execute, upstream_labels
 from klingflow.engine.verify import Verified, verify_store
 
 __all__ = [
@@ -30,6 +32,9 @@ __all__ = [
     "Collected",
     "FLOW_RUN_PARAMETERS",
     "Logger",
+    "OpenRequest",
+    "STOP",
+    "StopRequest",
     "Plan",
     "PlannedStep",
     "RetryPolicy",
@@ -53,6 +58,8 @@ __all__ = [
     "recorded_run",
     "recover",
     "resolve_options",
+    "stop_on_signals",
     "Verified",
+    "upstream_labels",
     "verify_store",
 ]

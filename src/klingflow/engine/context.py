@@ -30,6 +30,7 @@ from klingflow.cache import (
     new_owner,
 )
 from klingflow.endpoints import unit_price
+from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest
 from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
 from klingflow.errors import BackendError
 from klingflow.ledger import Status, StepRecord
@@ -66,6 +67,12 @@ class StepContext:
     base_dir: Path | None = None
     prices: dict[str, float] | None = None
     on_ambiguous_submit: AmbiguousSubmitPolicy = "reconcile"
+    stop: StopRequest = field(default_factory=lambda: STOP)
+    """Asked by a signal or a cancelled flow run: no new submit leaves (see :mod:`.interrupts`)."""
+    cancel_queued: bool = False
+    """On a stop, cancel this run's requests still waiting in fal's queue (free)."""
+    open_requests: dict[str, OpenRequest] = field(default_factory=dict)
+    """Requests this run submitted or resumed, by cache key (what a stop may leave running at fal)."""
     _backend: FalBackend | None = None
     _limiter: asyncio.Semaphore | None = None
     _fal_prices: dict[str, float] = field(default_factory=dict)
@@ -105,6 +112,11 @@ class StepContext:
     def secrets(self) -> list[SecretStr]:
         """The key of the backend this run used, if it made one (for redacting what is recorded)."""
         return [self._backend.config.key] if self._backend is not None else []
+
+    def journal_says_open(self, key: str) -> bool:
+        """Whether the journal still holds ``key`` as paid but not stored (submitted or interrupted)."""
+        entry = self.journal.get(key)
+        return entry is not None and entry.status != "done"
 
     def look_up(self, key: str, *, regenerate: bool = False) -> CacheLookup:
         """The one cache decision, for a generation, a media operation and the plan alike.

@@ -54,6 +54,7 @@ from klingflow.engine.context import (
     shown_arguments,
 )
 from klingflow.engine.hooks import Logger
+from klingflow.engine.interrupts import OpenRequest, finish_despite_stop
 from klingflow.engine.options import AmbiguousSubmitPolicy
 from klingflow.errors import (
     BackendError,
@@ -320,6 +321,7 @@ class _Generation:
                     raise _JoinedRequestEnded
                 handle = await self.submit()
             record.request_id = handle.request_id
+            self.opened(handle.request_id)
             try:
                 started = time.monotonic()
                 queue_s: float | None = None
@@ -427,12 +429,14 @@ class _Generation:
         )
         digest = payload_digest(prepared)
         while True:
+            if ctx.stop.requested:
+                raise asyncio.CancelledError  # stopping: no new submit leaves
             entry = ctx.journal.record_interrupted(
                 self.key, endpoint=self.endpoint, backend=record.backend, payload_digest=digest
             )
             record.attempts += 1
             try:
-                handle = await self.free("submit", lambda: backend.submit(self.endpoint, prepared))
+                handle = await self.free("submit", lambda: finish_despite_stop(self.send(prepared, digest)))
             except SubmitAmbiguous as exc:
                 self.log(f"{record.step_id}: {exc.message}; asking fal's request history before paying again")
                 found = await self.reconcile(entry)
@@ -442,16 +446,36 @@ class _Generation:
             except BackendError as exc:
                 ctx.journal.forget(self.key)  # rejected or never sent: nothing was accepted
                 raise self.fail(str(exc), exc) from exc
-            record.submitted_at = datetime.now(UTC)
-            ctx.journal.record_submitted(
-                self.key,
-                endpoint=self.endpoint,
-                backend=record.backend,
-                request_id=handle.request_id,
-                payload_digest=digest,
-                submitted_at=record.submitted_at,
-            )
             return handle
+
+    async def send(self, prepared: dict[str, Any], digest: str) -> RequestHandle:
+        """Send the submit once and journal its request id, unless a stop came first.
+
+        Runs shielded (:func:`finish_despite_stop`): once it is on the wire, its answer is waited
+        for, so a stop leaves a ``submitted`` entry the next run polls, not an unknown outcome.
+        """
+        ctx, record = self.ctx, self.record
+        if ctx.stop.requested:
+            ctx.journal.forget(self.key)  # never sent: nothing for the next run to reconcile
+            raise asyncio.CancelledError
+        handle = await ctx.backend.submit(self.endpoint, prepared)
+        record.submitted_at = datetime.now(UTC)
+        ctx.journal.record_submitted(
+            self.key,
+            endpoint=self.endpoint,
+            backend=record.backend,
+            request_id=handle.request_id,
+            payload_digest=digest,
+            submitted_at=record.submitted_at,
+        )
+        self.opened(handle.request_id)
+        return handle
+
+    def opened(self, request_id: str) -> None:
+        """Note a request this run waits for: a stop names it among those still running at fal."""
+        self.ctx.open_requests[self.key] = OpenRequest(
+            label=self.record.step_label, endpoint=self.endpoint, request_id=request_id, key=self.key
+        )
 
     async def reconcile(self, entry: JournalEntry) -> RequestHandle | None:
         """Find the request a submit with an unknown outcome created; None means: submit again.

@@ -35,12 +35,18 @@ StepCall = Callable[[Logger], Awaitable[StepRecord]]
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What a wrapper may show about the step it runs (a Prefect task run's name and parameters)."""
+    """What a wrapper may show about the step it runs (a Prefect task run's name and parameters).
+
+    ``upstream`` names the step executions it depends on (their labels, ``beats[0]`` for a foreach
+    item), all finished before it starts: a wrapper that keeps its own handle per label can say
+    so (the Prefect layer draws them as the task run's upstream task runs).
+    """
 
     label: str
     step_id: str
     uses: str
     arguments: dict[str, Any]
+    upstream: tuple[str, ...] = ()
 
 
 async def _direct(step: StepInfo, call: StepCall, log: Logger) -> StepRecord:

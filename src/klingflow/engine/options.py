@@ -90,6 +90,11 @@ class RunOptions(BaseModel):
         description="A submit fal may have accepted: 'reconcile' (ask fal's history, default), 'fail', "
         "or 'resubmit' (pay again, flagged possible_duplicate).",
     )
+    cancel_queued: bool | None = Field(
+        default=None,
+        description="On Ctrl-C or SIGTERM, cancel requests still queued at fal (free; else "
+        "KLINGFLOW_CANCEL_QUEUED). Running requests are never cancelled.",
+    )
     arguments: dict[str, dict[str, Any]] | None = Field(
         default=None, description="Default endpoint arguments under the pipeline's own (a block's)."
     )
@@ -119,4 +124,5 @@ def resolve_options(
         for name, value in (layer.given() if layer is not None else {}).items():
             resolved.setdefault(name, value)
     resolved.setdefault("retry", RetryPolicy())
+    resolved.setdefault("cancel_queued", settings().cancel_queued)
     return RunOptions.model_validate(resolved)

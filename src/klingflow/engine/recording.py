@@ -35,7 +35,7 @@ from pydantic import SecretStr
 
 from klingflow import ledger
 from klingflow._files import atomic_path
-from klingflow.engine.runner import RunResult
+from klingflow.engine.runner import RunResult, item_by_item
 from klingflow.ledger import (
     CONTACT_SHEET_NAME,
     REPORT_NAME,
@@ -216,6 +216,7 @@ def record_run(
         finished_at=finished,
         order=list(pipeline.order),
         dependencies={step: sorted(pipeline.dependencies.get(step, ())) for step in pipeline.order},
+        item_by_item=item_by_item(pipeline),
         kinds={step: pipeline.kind(step) for step in pipeline.order},
         uses={step: pipeline.step(step).uses for step in pipeline.order},
         final={name: str(path) for name, path in result.final.items()},

@@ -19,10 +19,12 @@ from klingflow.backends.config import planned_identity
 from klingflow.cache import Journal, Store, claims_from_env
 from klingflow.engine.context import StepContext
 from klingflow.engine.hooks import RunHooks
+from klingflow.engine.interrupts import stop_on_signals
 from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, check_budget, make_plan
 from klingflow.engine.recording import SheetRows, record_run
 from klingflow.engine.runner import RunResult, execute
+from klingflow.errors import RunInterrupted
 from klingflow.ledger import StepRecord
 from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 
@@ -79,6 +81,7 @@ def context_for(resolved: RunOptions, *, base_dir: Path | None = None) -> StepCo
         base_dir=base_dir,
         prices=resolved.prices,
         on_ambiguous_submit=resolved.on_ambiguous_submit or "reconcile",
+        cancel_queued=bool(resolved.cancel_queued),
     )
 
 
@@ -118,6 +121,8 @@ async def arun(
 
     ``options`` are the caller's explicit options, ``block`` a KlingDefaults block's and
     ``fallback`` the caller's own defaults (see :mod:`~klingflow.engine.options` for the order).
+    A stop (Ctrl-C, SIGTERM: :mod:`~klingflow.engine.interrupts`) ends the run early, recorded
+    like any other, and raises :class:`~klingflow.errors.RunInterrupted` with its result.
     """
     hooks = hooks or RunHooks()
     hooks.on_run_start()
@@ -132,7 +137,8 @@ async def arun(
         finished(record)
 
     try:
-        result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
+        with stop_on_signals(ctx.stop):  # Ctrl-C / SIGTERM: stop submitting, keep what was paid
+            result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
         result.flow_run_id = flow_run_id
         if resolved.out_dir is not None:
             result.final = export_outputs(result, resolved.out_dir)
@@ -142,4 +148,6 @@ async def arun(
         sheet.close()
         await ctx.aclose()
     result.recorded(*recorded)
+    if result.stopped_by is not None:
+        raise RunInterrupted(result, result.stopped_by, result.still_running, result.cancelled_at_fal)
     return result

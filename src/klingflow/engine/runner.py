@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +35,13 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 from klingflow.engine.context import StepContext, plain
 from klingflow.engine.generation import run_generation
 from klingflow.engine.hooks import Logger, RunHooks, StepInfo
+from klingflow.engine.interrupts import OpenRequest
 from klingflow.engine.operation import run_operation
 from klingflow.errors import StepFailed
 from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
 from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
 
-__all__ = ["RunResult", "execute", "executions"]
+__all__ = ["RunResult", "execute", "executions", "item_by_item", "upstream_labels"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,12 @@ class RunResult(BaseModel):
     final: dict[str, Path]
     flow_run_id: str | None = None
     manifest: RunManifest | None = None
+    stopped_by: int | None = None
+    """The signal that stopped the run (its unfinished steps are ``interrupted`` rows), if one did."""
+    still_running: list[OpenRequest] = []
+    """After a stop: requests fal accepted that this run did not store; a re-run collects them."""
+    cancelled_at_fal: list[OpenRequest] = []
+    """After a stop with ``cancel_queued``: requests cancelled while still queued (nothing billed)."""
     _recorded: pd.DataFrame | None = PrivateAttr(default=None)
 
     def recorded(self, manifest: RunManifest, frame: pd.DataFrame) -> None:
@@ -110,6 +118,47 @@ def executions(pipeline: ValidatedPipeline) -> int:
     return sum(counts.values())
 
 
+def item_by_item(pipeline: ValidatedPipeline) -> dict[str, str]:
+    """The foreach steps whose item ``i`` reads only item ``i`` of the step they run over: step -> that step.
+
+    Such a step names the other only in ``foreach`` (each item gets its own element as ``${item}``);
+    one whose arguments also name it reads it whole, in every item.
+    """
+    pairs: dict[str, str] = {}
+    for step in pipeline.spec.steps:
+        if step.foreach is None:
+            continue
+        (source,) = find_references(step.foreach)
+        named = {r.step_id for r in find_references(merged_arguments(pipeline.spec, step))}
+        if source.step_id is not None and source.step_id not in named:
+            pairs[step.id] = source.step_id
+    return pairs
+
+
+def upstream_labels(
+    step_id: str,
+    item_index: int | None,
+    dependencies: Mapping[str, Iterable[str]],
+    by_item: Mapping[str, str],
+    done: Iterable[StepRecord],
+    order: Sequence[str],
+) -> tuple[str, ...]:
+    """The labels of the step executions one execution reads, in pipeline order, among ``done``.
+
+    Every execution of each dependency, except of the step ``by_item`` names for it (see
+    :func:`item_by_item`): of that one, only the execution of the same item. The runner and the
+    replay of a recorded run (its manifest) name the same upstream executions with it.
+    """
+    needs = set(dependencies.get(step_id, ()))
+    reads = [
+        r
+        for r in done
+        if r.step_id in needs and (r.step_id != by_item.get(step_id) or r.item_index == item_index)
+    ]
+    reads.sort(key=lambda r: (order.index(r.step_id), r.item_index or 0))
+    return tuple(r.step_label for r in reads)
+
+
 class _Run:
     def __init__(self, pipeline: ValidatedPipeline, ctx: StepContext, hooks: RunHooks) -> None:
         self.pipeline, self.ctx, self.hooks = pipeline, ctx, hooks
@@ -119,6 +168,7 @@ class _Run:
         self.done: dict[str, asyncio.Event] = {step: asyncio.Event() for step in pipeline.order}
         self.steps = {step.id: step for step in pipeline.spec.steps}
         self.starts = asyncio.Semaphore(2 * max(1, ctx.concurrency))
+        self.item_by_item = item_by_item(pipeline)
 
     def _record(self, record: StepRecord) -> None:
         self.records.append(record)
@@ -170,10 +220,56 @@ class _Run:
             )
 
         label = step_id if item_index is None else f"{step_id}[{item_index}]"
-        info = StepInfo(label=label, step_id=step_id, uses=step.uses, arguments=plain(arguments))
+        info = StepInfo(
+            label=label,
+            step_id=step_id,
+            uses=step.uses,
+            arguments=plain(arguments),
+            upstream=upstream_labels(
+                step_id,
+                item_index,
+                self.pipeline.dependencies,
+                self.item_by_item,
+                self.records,
+                self.pipeline.order,
+            ),
+        )
         async with self.starts:
             self.hooks.on_start(label)
             return await self.hooks.run_step(info, call, self.hooks.log)
+
+    async def _step_or_stop(self, step_id: str) -> None:
+        """One step; when the run is stopped, its unfinished executions become ``interrupted`` rows."""
+        try:
+            await self._step(step_id)
+        except asyncio.CancelledError:
+            if not self.ctx.stop.requested:
+                raise
+            if not any(r.step_id == step_id for r in self.records):
+                self._record(self._interrupted(step_id, None, started=False))
+
+    def _interrupted(self, step_id: str, item_index: int | None, *, started: bool) -> StepRecord:
+        label = step_id if item_index is None else f"{step_id}[{item_index}]"
+        open_request = next((r for r in self.ctx.open_requests.values() if r.label == label), None)
+        if open_request is not None and self.ctx.journal_says_open(open_request.key):
+            error = (
+                f"interrupted: request {open_request.request_id} is still running at fal; "
+                "a re-run collects it without paying again"
+            )
+        elif started:
+            error = "interrupted before it finished: nothing was left running at fal"
+        else:
+            error = "interrupted before it started"
+        return StepRecord(
+            step_id=step_id,
+            item_index=item_index,
+            kind=self.pipeline.kind(step_id),
+            endpoint=self.steps[step_id].uses,
+            backend="",
+            status=Status.INTERRUPTED,
+            request_id=open_request.request_id if open_request else None,
+            error=error,
+        )
 
     async def _step(self, step_id: str) -> None:
         step = self.steps[step_id]
@@ -211,6 +307,8 @@ class _Run:
             failed = [r for r in records if r.status == Status.FAILED]
             if failed:
                 self.failures[step_id] = "; ".join(r.error or "failed" for r in failed)
+            elif any(r.status == Status.INTERRUPTED for r in records):
+                pass  # the run is stopping: its dependants are interrupted too, none reads its outputs
             elif step.foreach is None:
                 self.outputs[step_id] = records[0].outputs
             else:
@@ -224,6 +322,10 @@ class _Run:
             record = await self._one(step_id, arguments, item_index)
         except StepFailed as exc:
             record = exc.record
+        except asyncio.CancelledError:
+            if not self.ctx.stop.requested:
+                raise
+            record = self._interrupted(step_id, item_index, started=True)
         except Exception as exc:  # a bug must not lose the other branches' work: record it, keep going
             logger.exception("step %s crashed", step_id)
             step = self.steps[step_id]
@@ -251,7 +353,7 @@ async def execute(
     run = _Run(pipeline, ctx, hooks or RunHooks())
     run.hooks.on_steps(pipeline.spec.name, executions(pipeline))
     started = datetime.now(UTC)
-    await asyncio.gather(*(run._step(step_id) for step_id in pipeline.order))
+    await _until_done_or_stopped(run, [asyncio.ensure_future(run._step_or_stop(s)) for s in pipeline.order])
     dependants = {d for deps in pipeline.dependencies.values() for d in deps}
     final: dict[str, Path] = {}
     for step_id in (s for s in pipeline.order if s not in dependants):
@@ -265,12 +367,66 @@ async def execute(
     run.records.sort(key=lambda r: (pipeline.order.index(r.step_id), r.item_index or 0))
     for record in run.records:
         record.started_at = record.started_at or started
+    stopped = ctx.stop.signum if any(r.status == Status.INTERRUPTED for r in run.records) else None
+    still_running, cancelled = await _left_at_fal(ctx) if stopped else ([], [])
+    for request in cancelled:
+        for record in (r for r in run.records if r.request_id == request.request_id):
+            record.error = f"interrupted: its queued request {request.request_id} was cancelled at fal"
     return RunResult(
         run_id=run_id or uuid.uuid4().hex[:12],
         pipeline=pipeline.spec.name,
-        status=Status.FAILED if run.failures else Status.COMPLETED,
+        status=Status.INTERRUPTED if stopped else Status.FAILED if run.failures else Status.COMPLETED,
         outputs=run.outputs,
         records=run.records,
         failures=run.failures,
         final=final,
+        stopped_by=stopped,
+        still_running=still_running,
+        cancelled_at_fal=cancelled,
     )
+
+
+STOP_GRACE = 10.0
+"""Seconds the stopped steps get to unwind: cancellation reaches each at its next wait at once, and
+only a submit already on the wire waits for its answer (``SUBMIT_ANSWER_GRACE``)."""
+
+
+async def _until_done_or_stopped(run: _Run, steps: list[asyncio.Future[None]]) -> None:
+    """Wait for every step; on a stop request, cancel them where they wait and let them unwind."""
+    everything = asyncio.gather(*steps)
+    stop = asyncio.ensure_future(run.ctx.stop.wait())
+    try:
+        await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not everything.done():
+            for step in steps:
+                step.cancel()
+            await asyncio.wait(steps, timeout=STOP_GRACE)
+        await everything
+    finally:
+        stop.cancel()
+
+
+async def _left_at_fal(ctx: StepContext) -> tuple[list[OpenRequest], list[OpenRequest]]:
+    """After a stop: the requests still open at fal, and those cancelled because still queued.
+
+    With ``cancel_queued``, a request still ``IN_QUEUE`` is cancelled (a queued request costs
+    nothing and fal removes it), and its journal entry is dropped: nothing will come of it.
+    Anything running is left alone: fal bills work in progress, and a re-run collects it.
+    """
+    still = [r for r in ctx.open_requests.values() if ctx.journal_says_open(r.key)]
+    if not ctx.cancel_queued or not still:
+        return still, []
+    from klingflow.backends.handles import RequestHandle
+    from klingflow.errors import BackendError
+
+    cancelled = []
+    for request in still:
+        handle = RequestHandle(endpoint=request.endpoint, request_id=request.request_id)
+        try:
+            # "OK": removed from the queue before a runner took it; anything else may be billed
+            if await ctx.backend.status(handle) == "IN_QUEUE" and await ctx.backend.cancel(handle) == "OK":
+                ctx.journal.forget(request.key)
+                cancelled.append(request)
+        except BackendError as exc:
+            logger.warning("could not cancel queued request %s: %s", request.request_id, exc.message)
+    return [r for r in still if r not in cancelled], cancelled

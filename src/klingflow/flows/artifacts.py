@@ -298,7 +298,7 @@ class ProgressPublisher:
         """One step execution ended (``RunHooks.on_finish``)."""
         self.done += 1
         self.cached += record.status == Status.CACHED
-        self.failed += record.status in (Status.FAILED, Status.SKIPPED)
+        self.failed += record.status in (Status.FAILED, Status.SKIPPED, Status.INTERRUPTED)
         self._wake()
 
     async def close(self) -> None:

@@ -47,6 +47,7 @@ from prefect.settings import (
     PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
     temporary_settings,
 )
+from prefect.states import Cancelled, State
 
 from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.cache import claims_from_env, new_owner
@@ -59,8 +60,10 @@ from klingflow.engine import (
     arun,
     link_flow_run,
     recorded_run,
+    stop_on_signals,
+    upstream_labels,
 )
-from klingflow.errors import ConfigError, LedgerError, PipelineFailed, StepFailed
+from klingflow.errors import ConfigError, LedgerError, PipelineFailed, RunInterrupted, StepFailed
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
 from klingflow.ledger import Status, StepRecord, run_dir
@@ -80,6 +83,8 @@ class InProcess:
     spec: PipelineSpec | None = None
     recorded: RunResult | None = None
     """A run already made without Prefect (a fully cached CLI run): the flow replays it instead."""
+    interrupted: RunInterrupted | None = None
+    """Set when the run was stopped (the flow run ends Cancelled): the Python caller re-raises it."""
 
 
 _in_process: ContextVar[InProcess | None] = ContextVar("klingflow_in_process", default=None)
@@ -129,8 +134,13 @@ async def run_body(
     refresh: bool = False,
     max_cost_usd: float | None = None,
     out_dir: str | None = None,
-) -> RunResult:
-    """What every klingflow flow does: gather the option layers, run the pipeline, fail on failures."""
+    cancel_queued: bool | None = None,
+) -> RunResult | State[Any]:
+    """What every klingflow flow does: gather the option layers, run the pipeline, fail on failures.
+
+    A stopped run (Ctrl-C, SIGTERM, the flow run cancelled from the UI or API on a worker) is
+    recorded and published like any other, and its flow run ends **Cancelled**, never Completed.
+    """
     local = _in_process.get() or InProcess()
     parameters = RunOptions(
         backend=backend,
@@ -138,6 +148,7 @@ async def run_body(
         refresh=refresh or None,
         max_cost_usd=max_cost_usd,
         out_dir=Path(out_dir) if out_dir else None,
+        cancel_queued=cancel_queued,
     )
     explicit = local.options.model_copy(update=parameters.given())
     run_id = str(flow_run.id) if flow_run.id else None
@@ -151,6 +162,7 @@ async def run_body(
         local.hooks.on_finish(record)
         progress.finished(record)
 
+    interrupted: RunInterrupted | None = None
     try:
         if local.recorded is not None:
             result = await _replay(local.recorded, run_id, on_steps, on_finish)
@@ -158,10 +170,15 @@ async def run_body(
             result = await _run(
                 local, pipeline, inputs, explicit, credentials, defaults, run_id, on_steps, on_finish
             )
+    except RunInterrupted as exc:
+        interrupted, result = exc, exc.result
     finally:
         await progress.close()
     if result.manifest is not None:
         await publish_artifacts(result.manifest, result.ledger)
+    if interrupted is not None:
+        local.interrupted = interrupted
+        return Cancelled(message=interrupted.message)
     if result.failures:
         raise PipelineFailed(result)
     return result
@@ -209,12 +226,17 @@ async def _replay(
 ) -> RunResult:
     """A run made without Prefect, shown as this flow run: each ledger row a task run in its state.
 
-    As in a run: a cache hit ends Cached, a failed step's task run fails with its error, and a
-    skipped step (its dependency failed) has no task run.
+    As in a run: a cache hit ends Cached, a failed step's task run fails with its error, a
+    skipped step (its dependency failed) has no task run, and each task run starts after those of
+    its dependencies, which it names as its upstream (the flow-run graph's edges).
     """
     uses = result.manifest.uses if result.manifest else {}
+    dependencies = result.manifest.dependencies if result.manifest else {}
+    by_item = result.manifest.item_by_item if result.manifest else {}
+    order = result.manifest.order if result.manifest else []
     on_steps(result.pipeline, len(result.records))
     limit = asyncio.Semaphore(_REPLAYED_AT_ONCE)
+    replayed = {record.step_label: asyncio.Event() for record in result.records}
 
     async def one(record: StepRecord) -> None:
         async def recorded(_log: Callable[..., None]) -> StepRecord:
@@ -224,18 +246,27 @@ async def _replay(
 
         if record.status == Status.SKIPPED:
             on_finish(record)
+            replayed[record.step_label].set()
             return
+        upstream = upstream_labels(
+            record.step_id, record.item_index, dependencies, by_item, result.records, order
+        )
+        for label in upstream:
+            await replayed[label].wait()
         step = StepInfo(
             label=record.step_label,
             step_id=record.step_id,
             uses=uses.get(record.step_id, record.endpoint),
             arguments=json.loads(record.arguments),
+            upstream=upstream,
         )
         async with limit:
             try:
                 on_finish(await run_step_as_task(step, recorded, _ignore))
             except StepFailed as failed:
                 on_finish(failed.record)
+            finally:
+                replayed[record.step_label].set()
 
     await asyncio.gather(*(one(record) for record in result.records))
     if flow_run_id:
@@ -258,7 +289,8 @@ async def pipeline_flow(
     refresh: bool = False,
     max_cost_usd: float | None = None,
     out_dir: str | None = None,
-) -> RunResult:
+    cancel_queued: bool | None = None,
+) -> RunResult | State[Any]:
     """Run any klingflow pipeline file: each Kling call a cached, retried task; independent steps in parallel.
 
     ``credentials`` and ``defaults`` name a FalCredentials and a KlingDefaults block.
@@ -273,6 +305,7 @@ async def pipeline_flow(
         refresh=refresh,
         max_cost_usd=max_cost_usd,
         out_dir=out_dir,
+        cancel_queued=cancel_queued,
     )
 
 
@@ -296,9 +329,8 @@ async def arun_pipeline(
     options = options or RunOptions()
     spec = pipeline if isinstance(pipeline, PipelineSpec) else None
     name = (spec.source or spec.name) if spec else pipeline
-    token = _in_process.set(
-        InProcess(options=options, fallback=fallback, hooks=hooks or RunHooks(), spec=spec)
-    )
+    local = InProcess(options=options, fallback=fallback, hooks=hooks or RunHooks(), spec=spec)
+    token = _in_process.set(local)
     try:
         with quiet_ephemeral_server():
             state = await pipeline_flow(
@@ -311,10 +343,13 @@ async def arun_pipeline(
                 refresh=bool(options.refresh),
                 max_cost_usd=options.max_cost_usd,
                 out_dir=str(options.out_dir) if options.out_dir else None,
+                cancel_queued=options.cancel_queued,
                 return_state=True,
             )
     finally:
         _in_process.reset(token)
+    if local.interrupted is not None:
+        raise local.interrupted
     value = await state.aresult(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value
@@ -421,14 +456,18 @@ def run_pipeline(
         )
     explicit = (options or RunOptions()).model_copy(update=given)
     use_local_server()  # before the event loop; arun_pipeline's own call then finds it running
-    return asyncio.run(
-        arun_pipeline(
-            pipeline,
-            inputs,
-            options=explicit,
-            credentials=credentials,
-            defaults=defaults,
-            hooks=hooks,
-            fallback=fallback,
-        )
-    )
+    try:
+        with stop_on_signals():  # Ctrl-C stops the run cleanly, then raises KeyboardInterrupt here
+            return asyncio.run(
+                arun_pipeline(
+                    pipeline,
+                    inputs,
+                    options=explicit,
+                    credentials=credentials,
+                    defaults=defaults,
+                    hooks=hooks,
+                    fallback=fallback,
+                )
+            )
+    except RunInterrupted as exc:
+        raise KeyboardInterrupt(str(exc)) from exc

@@ -47,6 +47,8 @@ class RunManifest(BaseModel):
     finished_at: datetime | None = None
     order: list[str]
     dependencies: dict[str, list[str]]
+    # foreach steps whose item i reads only item i of the step they run over (engine.runner.item_by_item)
+    item_by_item: dict[str, str] = {}
     kinds: dict[str, str]
     uses: dict[str, str] = {}
     final: dict[str, str] = {}

@@ -35,6 +35,9 @@ class Status(StrEnum):
     """Did not produce its output; ``error`` says why."""
     SKIPPED = "skipped"
     """Not run because a step it depends on failed."""
+    INTERRUPTED = "interrupted"
+    """Stopped on request (Ctrl-C, SIGTERM, a cancelled flow run) before it finished; a request it
+    had submitted stays journaled (``request_id``) and a re-run collects it without paying again."""
 
     @property
     def produced(self) -> bool:

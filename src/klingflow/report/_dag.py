@@ -25,6 +25,7 @@ STATUS_COLOURS: dict[str, str] = {
     Status.JOINED: "#0d9488",
     Status.FAILED: "#dc2626",
     Status.SKIPPED: "#9ca3af",
+    Status.INTERRUPTED: "#d97706",
     NOT_RUN: "#d4d4d8",
 }
 """Fill colour of a step node per status (also used by the report's legend and pills)."""
@@ -54,6 +55,8 @@ def step_status(statuses: Sequence[str]) -> str:
         return NOT_RUN
     if Status.FAILED in statuses:
         return Status.FAILED
+    if Status.INTERRUPTED in statuses:
+        return Status.INTERRUPTED
     if all(s == Status.SKIPPED for s in statuses):
         return Status.SKIPPED
     if all(s == Status.CACHED for s in statuses):

@@ -19,19 +19,34 @@ What the UI shows per status (:func:`step_state`):
 * ``joined``: **Completed**, with a message naming the request it joined: the step did wait for a
   real generation (queue and run time, a request id), it only did not pay for it; "Cached" would
   claim it reused a result without running;
-* ``completed``: Completed; ``failed``: Failed (the step's error is raised in the task run).
+* ``completed``: Completed; ``failed``: Failed (the step's error is raised in the task run);
+* ``interrupted`` (the run was stopped: Ctrl-C, SIGTERM, a cancelled flow run): **Cancelled**.
+
+Edges in the flow-run graph: each task run names the task runs of the step executions it reads
+(:attr:`StepInfo.upstream`, labels such as ``beats[0]``) as ``TaskRunResult`` task inputs of its
+``arguments`` parameter, which is where their outputs went. That is what Prefect's ``Task.map``
+does for the futures its items read (``run_task(..., dependencies=...)``). Not ``wait_for``: the
+engine has already waited, and Prefect would look for upstream tasks inside each state's data
+(by object id), where a string shared by two rows links the wrong task run. The ids are kept per
+flow run, by label, for as long as the flow run's context lives.
 """
 
 from __future__ import annotations
 
+import asyncio
+import weakref
+from uuid import UUID
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import StateDetails
-from prefect.states import Completed, State
+from prefect.client.schemas.objects import StateDetails, TaskRunResult
+from prefect.context import FlowRunContext
+from prefect.states import Cancelled, Completed, State
+from prefect.task_engine import run_task
 from prefect.utilities.annotations import quote
 
 from klingflow.cache import canonical_json
-from klingflow.engine import Logger, StepCall, StepInfo
+from klingflow.engine import STOP, Logger, StepCall, StepInfo
 from klingflow.ledger import Status, StepRecord
 
 __all__ = ["run_step_as_task", "step_state"]
@@ -54,12 +69,38 @@ def step_state(record: StepRecord) -> State[StepRecord] | StepRecord:
     return record
 
 
+_TASK_RUN_IDS: dict[UUID, dict[str, UUID]] = {}
+
+
+def _task_run_ids() -> dict[str, UUID]:
+    """The task run ids of this flow run's steps, by label (what a dependant names as its inputs).
+
+    Dropped when the flow run's context is collected, so a process that runs many flows keeps
+    nothing of the finished ones; outside a flow run there is nothing to point to.
+    """
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        return {}
+    key = context.flow_run.id
+    if key not in _TASK_RUN_IDS:
+        _TASK_RUN_IDS[key] = {}
+        weakref.finalize(context, _TASK_RUN_IDS.pop, key, None)
+    return _TASK_RUN_IDS[key]
+
+
 async def run_step_as_task(step: StepInfo, call: StepCall, log: Logger) -> StepRecord:
     """The engine's ``run_step`` hook: one Prefect task run per step, named after it."""
 
     async def pipeline_step(step_id: str, uses: str, arguments: str) -> State[StepRecord] | StepRecord:
         logger = get_run_logger()
-        record = await call(logger.info)
+        try:
+            record = await call(logger.info)
+        except asyncio.CancelledError:
+            if not STOP.requested:
+                raise
+            # the run was told to stop: the task run ends Cancelled (not Crashed), and the engine,
+            # told below, records the step as interrupted
+            return Cancelled(message="the run was interrupted; a request it submitted is kept")
         logger.info(
             "%s: %s%s",
             step.label,
@@ -80,6 +121,20 @@ async def run_step_as_task(step: StepInfo, call: StepCall, log: Logger) -> StepR
     # quote(): Prefect links a parameter to an earlier task run whose result holds the same object
     # (by id); the step id and endpoint strings are in every record, so without it the second item
     # of a foreach step would be drawn as depending on the first.
-    value = await runner(quote(step.step_id), quote(step.uses), quote(canonical_json(step.arguments)))
-    # A task that returns a State hands its caller that State; the engine needs the row inside.
-    return await value.aresult() if isinstance(value, State) else value
+    ids = _task_run_ids()
+    final: State[StepRecord] = await run_task(
+        runner,
+        parameters={
+            "step_id": quote(step.step_id),
+            "uses": quote(step.uses),
+            "arguments": quote(canonical_json(step.arguments)),
+        },
+        dependencies={"arguments": {TaskRunResult(id=ids[label]) for label in step.upstream if label in ids}},
+        return_type="state",
+    )
+    if final.state_details.task_run_id is not None:
+        ids[step.label] = final.state_details.task_run_id
+    if final.is_cancelled():
+        raise asyncio.CancelledError  # the engine turns it into the step's `interrupted` row
+    # The row inside the final state (a failed step's error is raised here, as the engine expects).
+    return await final.aresult()
