@@ -13,7 +13,7 @@ from prefect.testing.standard_test_suites.blocks import BlockStandardTestSuite
 from prefect.testing.utilities import prefect_test_harness
 from pydantic import SecretStr
 
-from klingflow import RunOptions, parse_pipeline, run_pipeline
+from klingflow import RunOptions, ledger, parse_pipeline, run_pipeline
 from klingflow.blocks import FalCredentials, KlingDefaults, register_blocks
 from klingflow.cache import Journal, Store
 from klingflow.errors import BudgetError
@@ -174,3 +174,42 @@ def test_run_pipeline_keywords_win_over_the_block_and_the_file_over_built_in(
         run_pipeline(
             _one_line(tmp_path, "file_budget", "The file's budget.", max_cost=0.001), options=options
         )
+
+
+def test_a_block_with_its_own_hosts_keys_the_cache_with_that_backend(emulator, tmp_path: Path) -> None:
+    """A FalCredentials block pointing at another host than the environment (here: the environment
+    names no host, so fal_client would talk to the real queue.fal.run, and the block points at the
+    emulator). Its outputs must be cached under the block's backend, never under queue.fal.run's,
+    where a later run against the real fal would take an emulator render for a paid fal clip."""
+    FalCredentials(
+        key=SecretStr(emulator.key),
+        queue_host=emulator.server.queue_host,
+        run_host=emulator.server.run_host,
+        ca_bundle=os.environ["SSL_CERT_FILE"],
+    ).save("other-host", overwrite=True)
+    pipeline = _one_line(tmp_path, "elsewhere", "Made on the block's own host.")
+    real_fal = {
+        k: v for k, v in os.environ.items() if k not in ("FAL_QUEUE_RUN_HOST", "FAL_RUN_HOST", "FAL_KEY")
+    }
+    real_fal.update(KLINGFLOW_HOME=str(tmp_path / "home"), PREFECT_API_URL=str(PREFECT_API_URL.value()))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "klingflow.cli", "run", str(pipeline), "--credentials", "other-host"],
+        env=real_fal,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = ledger.load(root=tmp_path / "home" / "ledger")
+    assert list(rows["backend"]) == ["emulator"], "recorded as the block's backend"
+
+    planned = subprocess.run(
+        [sys.executable, "-m", "klingflow.cli", "plan", str(pipeline), "--backend", "fal"],
+        env={**real_fal, "FAL_KEY": "a-real-fal-key"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert "1 generations to run, 0 cached" in " ".join(planned.stdout.split()), planned.stdout

@@ -33,7 +33,14 @@ from klingflow.backends.handles import BackendConfig, BackendKind, is_loopback
 from klingflow.errors import ConfigError
 from klingflow.settings import settings
 
-__all__ = ["BackendConfig", "BackendKind", "planned_identity", "resolve_backend", "use_hosts"]
+__all__ = [
+    "BackendConfig",
+    "BackendKind",
+    "check_backend",
+    "planned_identity",
+    "resolve_backend",
+    "use_hosts",
+]
 
 
 _PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
@@ -85,22 +92,36 @@ def _emulator() -> BackendConfig:
     )
 
 
-def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | None = None) -> BackendConfig:
-    """Resolve the backend to use (see the module docstring for the order)."""
+def check_backend(backend: str | None = None, key: str | SecretStr | None = None) -> str | None:
+    """Refuse a backend that cannot work, before anything starts; return the key it would use.
+
+    What :func:`resolve_backend` would refuse, found from the environment alone (no emulator is
+    started, fal_client is not imported), so the command line can say it in one message before
+    Prefect or a server starts: an unknown backend, ``fal`` without a key, an emulator host
+    without ``HTTPS_PROXY``, a CA bundle (``SSL_CERT_FILE``) that cannot be read. None: the
+    embedded emulator will be used.
+    """
     if backend not in (None, "fal", "emulator"):
-        raise ConfigError(f"unknown backend {backend!r}", hint="use 'fal' or 'emulator'")
+        raise ConfigError(f"unknown backend {backend!r}", context="--backend", hint="use 'fal' or 'emulator'")
     if backend == "emulator":
-        return _emulator()
+        return None
     secret = key.get_secret_value() if isinstance(key, SecretStr) else key
     secret = secret or _env_key()
     if secret is None:
         if backend == "fal":
             raise ConfigError(
                 "no fal key is configured",
+                context="--backend fal",
                 hint="set FAL_KEY, pass key=..., register a FalCredentials block, or use --backend emulator",
             )
-        return _emulator()
-    queue_host, run_host = _fal_hosts()
+        return None
+    client = sys.modules.get("fal_client.client")
+    run_host = os.environ.get("FAL_RUN_HOST", "fal.run")
+    queue_host = (
+        urlparse(client.QUEUE_URL_FORMAT).netloc
+        if client is not None
+        else os.environ.get("FAL_QUEUE_RUN_HOST", f"queue.{run_host}")
+    )
     if is_loopback(queue_host) and not any(os.environ.get(name) for name in _PROXY_VARIABLES):
         raise ConfigError(
             f"fal_client points at an emulator ({queue_host}) but HTTPS_PROXY is not set, so uploads "
@@ -109,6 +130,27 @@ def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | N
             hint="set every line `klingflow emulator env` prints (HTTPS_PROXY names the emulator's "
             "tunnel), or unset FAL_QUEUE_RUN_HOST / FAL_RUN_HOST to use the real fal",
         )
+    cert_file = os.environ.get("SSL_CERT_FILE")
+    if cert_file:
+        try:
+            with open(cert_file, "rb") as bundle:
+                bundle.read(1)
+        except OSError as exc:
+            raise ConfigError(
+                f"the CA bundle cannot be read: {exc.strerror or exc}",
+                context=f"SSL_CERT_FILE={cert_file}",
+                hint="point SSL_CERT_FILE at a readable PEM bundle (`klingflow emulator env` prints the "
+                "emulator's), or unset it to use the system's",
+            ) from exc
+    return secret
+
+
+def resolve_backend(backend: BackendKind | None = None, key: str | SecretStr | None = None) -> BackendConfig:
+    """Resolve the backend to use (see the module docstring for the order)."""
+    secret = check_backend(backend, key)
+    if secret is None:
+        return _emulator()
+    queue_host, run_host = _fal_hosts()
     cert_file = os.environ.get("SSL_CERT_FILE")
     return BackendConfig(
         kind="fal",

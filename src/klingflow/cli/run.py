@@ -191,11 +191,14 @@ def run(
     A fully cached re-run there is done without Prefect's start-up, and recorded as a flow run
     right after, by a detached process.
     """
+    from klingflow.backends import check_backend
     from klingflow.spec import check, load_pipeline
 
     inputs = parse_sets(set_ or [])
     spec = load_pipeline(file)
     check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
+    if not credentials:  # a block brings its own key and hosts, checked when it is loaded
+        check_backend(backend)  # no key, an emulator host without its tunnel: said before anything starts
     if ephemeral:
         os.environ["KLINGFLOW_PREFECT"] = "ephemeral"  # for run_pipeline's own look, and subprocesses
 
@@ -229,6 +232,8 @@ def run(
     from klingflow.flows.server import use_local_server
 
     use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
+    if credentials or defaults:
+        _check_blocks(credentials, defaults)  # before a flow run starts
     try:
         result = run_pipeline(
             spec,
@@ -249,6 +254,25 @@ def run(
         _print_final(console, interrupted.result, _flow_run_page(interrupted.result.flow_run_id))
         raise interrupted from None
     _print_final(console, result, _flow_run_page(result.flow_run_id))
+
+
+def _check_blocks(credentials: str | None, defaults: str | None) -> None:
+    """Refuse a block name that does not exist on the Prefect server, before a flow run is made."""
+    from klingflow.blocks import FalCredentials, KlingDefaults
+
+    named = ((FalCredentials, credentials, "--credentials"), (KlingDefaults, defaults, "--defaults"))
+    for kind, name, option in named:
+        if not name:
+            continue
+        try:
+            kind.load(name)
+        except ValueError as exc:
+            raise ConfigError(
+                f"no {kind.__name__} block named {name!r} on the Prefect server",
+                context=option,
+                hint="`klingflow blocks register` registers the block types; create the block in the "
+                "Prefect UI (Blocks) or in Python (FalCredentials(...).save(name))",
+            ) from exc
 
 
 def _run_cached_without_prefect(

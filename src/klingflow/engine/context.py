@@ -32,7 +32,7 @@ from klingflow.cache import (
 from klingflow.endpoints import unit_price
 from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest
 from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
-from klingflow.errors import BackendError
+from klingflow.errors import BackendError, ConfigError
 from klingflow.ledger import Status, StepRecord
 from klingflow.media import probe
 
@@ -82,7 +82,18 @@ class StepContext:
     def backend(self) -> FalBackend:
         """The backend, created on first use (so a fully cached run never starts one)."""
         if self._backend is None:
-            self._backend = self.backend_factory()
+            backend = self.backend_factory()
+            if backend.identity != self.backend_identity:
+                # the cache keys of this run name another backend: its outputs would be stored (and
+                # later served) as that backend's, so stop before anything is submitted
+                raise ConfigError(
+                    f"the backend this run calls is {backend.identity}, but its plan and cache keys were "
+                    f"made for {self.backend_identity}",
+                    context="backend identity",
+                    hint="set the fal hosts (FAL_QUEUE_RUN_HOST / a FalCredentials block) before the "
+                    "run starts, in a fresh process",
+                )
+            self._backend = backend
         return self._backend
 
     async def aclose(self) -> None:

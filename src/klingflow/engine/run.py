@@ -65,14 +65,19 @@ def context_for(resolved: RunOptions, *, base_dir: Path | None = None) -> StepCo
     """The step context resolved options describe (the cache, the backend made on first use, the cap)."""
     store = resolved.store or Store()
     connector = resolved.connector
+    made: FalBackend | None = connector(store) if connector else None
+    # A block names its own hosts (and points fal_client at them): the identity that keys the cache
+    # is the backend's own, known only once it is made; without a block it is known from the
+    # environment without starting anything (so a fully cached run never makes a backend).
+    identity = made.identity if made is not None else planned_identity(resolved.backend, resolved.key)
 
     def backend_factory() -> FalBackend:
-        return connector(store) if connector else connect(resolved.backend, key=resolved.key, store=store)
+        return made if made is not None else connect(resolved.backend, key=resolved.key, store=store)
 
     return StepContext(
         store=store,
         journal=resolved.journal or Journal(),
-        backend_identity=planned_identity(resolved.backend, resolved.key),
+        backend_identity=identity,
         backend_factory=backend_factory,
         claims=claims_from_env(resolved.claims),
         concurrency=resolved.concurrency or BUILT_IN.concurrency or 1,

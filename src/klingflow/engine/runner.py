@@ -37,7 +37,7 @@ from klingflow.engine.generation import run_generation
 from klingflow.engine.hooks import Logger, RunHooks, StepInfo
 from klingflow.engine.interrupts import OpenRequest
 from klingflow.engine.operation import run_operation
-from klingflow.errors import StepFailed
+from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
 from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
 
@@ -326,6 +326,17 @@ class _Run:
             if not self.ctx.stop.requested:
                 raise
             record = self._interrupted(step_id, item_index, started=True)
+        except KlingflowError as exc:  # a configuration or input problem: its own words, not a crash
+            step = self.steps[step_id]
+            record = StepRecord(
+                step_id=step_id,
+                item_index=item_index,
+                kind=self.pipeline.kind(step_id),
+                endpoint=step.uses,
+                backend="",
+                status=Status.FAILED,
+                error=str(exc),
+            )
         except Exception as exc:  # a bug must not lose the other branches' work: record it, keep going
             logger.exception("step %s crashed", step_id)
             step = self.steps[step_id]
