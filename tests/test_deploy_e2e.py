@@ -265,3 +265,42 @@ def test_a_killed_worker_is_taken_over_without_a_second_submit(
         finally:
             stop_group(survivor)
     assert emulator_stats(team)["submits"].get(T2V, 0) - before == 3, "no step was submitted twice"
+
+
+def test_cancelling_a_deployment_run_on_a_worker_stops_it_and_keeps_what_was_paid(
+    deployed: dict[str, str], tmp_path: Path
+) -> None:
+    """The UI's (or API's) Cancel on a flow run a worker runs: the worker sends the flow-run process
+    SIGTERM; klingflow stops submitting at once, keeps the accepted requests journaled, records the
+    unfinished steps as interrupted, and the flow run ends Cancelled within seconds."""
+    from prefect.states import Cancelling
+
+    team = deployed
+    home = Path(team["KLINGFLOW_HOME"])
+    parameters = {"inputs": {"subject": "a run someone cancels", "beats": ["a", "b", "c"]}, "concurrency": 2}
+    worker = _worker(team, "cancelled", log=tmp_path / "worker.log")
+    try:
+        with _api(team):
+            run = run_deployment("klingflow-story/story", parameters=parameters, timeout=0)
+            deadline = time.monotonic() + 120
+            before = _journal_requests(home)
+            while _journal_requests(home) < before + 2:
+                assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+                time.sleep(0.1)
+
+            async def cancel() -> None:
+                async with get_client() as client:
+                    await client.set_flow_run_state(run.id, Cancelling(), force=True)
+
+            asyncio.run(cancel())
+            cancelled_at = time.monotonic()
+            (state,) = _until_final([str(run.id)], timeout=60)
+            stopped_in = time.monotonic() - cancelled_at
+        log = (tmp_path / "worker.log").read_text()
+        assert state.state_name == "Cancelled", log[-3000:]
+        assert stopped_in < 30, f"{stopped_in:.1f} s\n{log[-3000:]}"  # the issue's goal: 10 s
+        assert _journal_requests(home) >= before + 2, "the accepted requests stay journaled"
+        rows = ledger.load(run=str(run.id), root=home / "ledger")
+        assert "interrupted" in set(rows["status"]), "the run was stopped by klingflow and recorded"
+    finally:
+        stop_group(worker)
