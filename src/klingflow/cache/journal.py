@@ -112,6 +112,21 @@ class Journal:
             submitted_at=submitted_at or datetime.now(UTC),
         )
 
+    def reopen(self, entry: JournalEntry) -> JournalEntry:
+        """Turn a ``done`` entry back into the request it came from, whose result is fetched again.
+
+        For a stored output that rotted (missing, cut, altered): its request was paid, and fal keeps
+        the result for an hour after it completed, so it is collected again like a resumed request.
+        """
+        return self.record_submitted(
+            entry.key,
+            endpoint=entry.endpoint,
+            backend=entry.backend,
+            request_id=entry.request_id or "",
+            payload_digest=entry.payload_digest,
+            submitted_at=entry.submitted_at,
+        )
+
     def record_done(
         self,
         key: str,

@@ -244,14 +244,7 @@ class _Generation:
             f"{self.record.step_id}: the stored output failed verification (missing, cut or altered); "
             f"fetching it again from request {entry.request_id} (free while fal keeps its result)"
         )
-        return self.ctx.journal.record_submitted(
-            self.key,
-            endpoint=entry.endpoint,
-            backend=entry.backend,
-            request_id=entry.request_id,
-            payload_digest=entry.payload_digest,
-            submitted_at=entry.submitted_at,
-        )
+        return self.ctx.journal.reopen(entry)
 
     def price(self, model: BaseModel) -> None:
         """The row's estimated cost: nothing for a result fetched again, else the endpoint's price."""

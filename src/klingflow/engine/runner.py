@@ -317,6 +317,17 @@ class _Run:
         finally:
             self.done[step_id].set()
 
+    def _failed(self, step_id: str, item_index: int | None, error: str) -> StepRecord:
+        return StepRecord(
+            step_id=step_id,
+            item_index=item_index,
+            kind=self.pipeline.kind(step_id),
+            endpoint=self.steps[step_id].uses,
+            backend="",
+            status=Status.FAILED,
+            error=error,
+        )
+
     async def _guarded(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
         try:
             record = await self._one(step_id, arguments, item_index)
@@ -327,28 +338,10 @@ class _Run:
                 raise
             record = self._interrupted(step_id, item_index, started=True)
         except KlingflowError as exc:  # a configuration or input problem: its own words, not a crash
-            step = self.steps[step_id]
-            record = StepRecord(
-                step_id=step_id,
-                item_index=item_index,
-                kind=self.pipeline.kind(step_id),
-                endpoint=step.uses,
-                backend="",
-                status=Status.FAILED,
-                error=str(exc),
-            )
+            record = self._failed(step_id, item_index, str(exc))
         except Exception as exc:  # a bug must not lose the other branches' work: record it, keep going
             logger.exception("step %s crashed", step_id)
-            step = self.steps[step_id]
-            record = StepRecord(
-                step_id=step_id,
-                item_index=item_index,
-                kind=self.pipeline.kind(step_id),
-                endpoint=step.uses,
-                backend="",
-                status=Status.FAILED,
-                error=f"internal error: {type(exc).__name__}: {exc}",
-            )
+            record = self._failed(step_id, item_index, f"internal error: {type(exc).__name__}: {exc}")
         self._record(record)
         return record
 

@@ -87,15 +87,7 @@ async def verify_store(ctx: StepContext, *, repair: bool = False) -> tuple[int, 
                     f"made on {entry.backend}; verify with that backend",
                 )
             else:
-                reopened = ctx.journal.record_submitted(
-                    entry.key,
-                    endpoint=entry.endpoint,
-                    backend=entry.backend,
-                    request_id=entry.request_id,
-                    payload_digest=entry.payload_digest,
-                    submitted_at=entry.submitted_at,
-                )
-                recovered = await recover_entry(ctx, reopened)
+                recovered = await recover_entry(ctx, ctx.journal.reopen(entry))
                 item.repair = _REPAIRS.get(recovered.outcome, "unreachable")
                 item.detail = recovered.detail
         return checked, found
