@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -175,3 +176,41 @@ def test_cancel_queued_cancels_what_waits_in_fal_queue_and_nothing_is_billed_for
     assert [e.status for e in journal.entries()] == ["submitted"], "only the running request is kept"
     rows = {r["step_id"]: r for r in ledger_rows(tmp_path / "home")}
     assert sum("was cancelled at fal" in (r["error"] or "") for r in rows.values()) == 2, rows
+
+
+SCRIPT = """
+import sys
+from klingflow import run_pipeline
+try:
+    run_pipeline(sys.argv[1], backend="fal", out_dir=sys.argv[2])
+except KeyboardInterrupt as stopped:
+    cause = stopped.__cause__
+    print("KeyboardInterrupt", type(cause).__name__, cause.result.status, len(cause.still_running))
+    sys.exit(0)
+print("not interrupted")
+"""
+
+
+def test_run_pipeline_raises_keyboard_interrupt_after_the_same_bookkeeping(
+    proxy: FaultProxy, session_prefect: dict[str, str], tmp_path: Path
+) -> None:
+    env = run_env(proxy, tmp_path / "home", session_prefect, tmp_path / "prefect")
+    spec = tmp_path / "stop.yaml"
+    spec.write_text(PIPELINE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(spec), str(tmp_path / "out")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while not proxy.accepted:
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)
+    output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert "KeyboardInterrupt RunInterrupted interrupted" in output, output
+    rows = ledger_rows(tmp_path / "home")
+    assert "interrupted" in {r["status"] for r in rows}, "recorded in the ledger before raising"
