@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -38,11 +39,28 @@ _STARTUP_TIMEOUT = 30.0
 class _PromptServer(uvicorn.Server):
     """Exits at once when told to: fal_client keeps idle keep-alive connections open, and waiting for
     them only delays the stop (and ends in an error line). In-flight requests are abandoned, as in a
-    crash; a client resumes them from its journal."""
+    crash; a client resumes them from its journal.
+
+    Since Python 3.12 asyncio's ``Server.wait_closed``, which uvicorn's shutdown awaits, waits for every
+    connection to end, and a TLS connection closed from this side waits for the peer's close_notify.
+    An idle keep-alive client never sends one (the embedded emulator's client is a loop that has
+    already ended), so uvicorn gave up after ``timeout_graceful_shutdown`` and printed ``ERROR: Cancel 0
+    running task(s), timeout graceful shutdown exceeded`` on the user's console. A forced exit
+    therefore aborts the connections (no TLS goodbye) before uvicorn's own shutdown runs.
+    """
 
     def handle_exit(self, sig: int, frame: object) -> None:
         self.force_exit = True
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.force_exit:
+            for connection in list(self.server_state.connections):
+                connection.transport.abort()
+            if sys.version_info >= (3, 13):  # also those uvicorn closed (keep-alive timeout) still closing
+                for server in self.servers:
+                    server.abort_clients()
+        await super().shutdown(sockets)
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -55,6 +55,7 @@ class ConnectTunnel:
         self.upstream = upstream
         self.server: asyncio.Server | None = None
         self.port = 0
+        self._clients: set[asyncio.StreamWriter] = set()
 
     async def start(
         self, host: str = "127.0.0.1", port: int = 0, *, sock: socket.socket | None = None
@@ -67,9 +68,16 @@ class ConnectTunnel:
         self.port = self.server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
-        """Stop accepting connections."""
+        """Stop accepting connections and end the open ones.
+
+        Since Python 3.12 ``wait_closed`` waits for every connection, and an idle keep-alive client
+        (the embedded emulator's, whose loop has ended) never closes its own: closing the client side
+        ends both pipes of each tunnel at once.
+        """
         if self.server is not None:
             self.server.close()
+            for writer in list(self._clients):
+                writer.transport.abort()
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,10 +87,13 @@ class ConnectTunnel:
         exits and the embedded emulator's loop stops. Python 3.11's ``start_server`` then logs the
         handler's cancellation as an ERROR (3.12 no longer does), which is why it is not re-raised.
         """
+        self._clients.add(writer)
         try:
             await self._serve(reader, writer)
         except asyncio.CancelledError:
             writer.close()
+        finally:
+            self._clients.discard(writer)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
