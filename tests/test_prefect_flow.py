@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from prefect.client.schemas.sorting import TaskRunSort
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO
-from klingflow import PipelineFailed, RunOptions, run_pipeline
+from klingflow import PipelineFailed, RunOptions, RunResult, run_pipeline
 from klingflow.engine import RetryPolicy
 from klingflow.media import probe
 
@@ -89,6 +90,29 @@ steps:
     assert "doomed" in str(info.value) and "Emulated model failure" in str(info.value)
     states = asyncio.run(_task_runs(result.flow_run_id))
     assert states == {"__flow__": "Failed", "doomed": "Failed", "fine": "Completed"}
+
+
+def test_run_pipeline_inside_a_running_event_loop_returns_its_result(
+    options: RunOptions, emulator, tmp_path: Path
+) -> None:
+    """As in a Jupyter cell, or sync code called from ``asyncio.run``: a loop already runs here."""
+    pipeline = tmp_path / "in_loop.yaml"
+    pipeline.write_text("""name: in-loop
+steps:
+  - id: voice
+    uses: tts
+    with: {text: "said while an event loop runs"}
+""")
+
+    async def cell() -> RunResult:
+        return run_pipeline(pipeline, options=options, out_dir=tmp_path / "out")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # "coroutine ... was never awaited"
+        result = asyncio.run(cell())
+    assert result.status == "completed"
+    assert result.final["voice"] == tmp_path / "out" / "voice.mp3" and probe(result.final["voice"]).has_audio
+    assert asyncio.run(_task_runs(result.flow_run_id)) == {"__flow__": "Completed", "voice": "Completed"}
 
 
 def test_the_core_never_imports_prefect() -> None:

@@ -445,7 +445,14 @@ def run_pipeline(
 
         result = run_pipeline("deployments/pipelines/avatar.yaml", inputs={"line": "Hello!"})
         print(result.final, result.ledger[["step_id", "status", "estimated_cost_usd"]])
+
+    Where an event loop already runs (a Jupyter cell, sync code called from ``asyncio.run``), the
+    run cannot have this thread's loop: like Prefect's own sync calls from async code, it runs in
+    Prefect's run-sync loop (``run_coro_as_sync``: its own thread) while this thread waits. In a
+    notebook, ``await arun_pipeline(...)`` runs it in the notebook's loop instead.
     """
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
     given = RunOptions(**option_values).given()
     twice = sorted(set(given) & set(options.given() if options else {}))
     if twice:
@@ -457,8 +464,14 @@ def run_pipeline(
     explicit = (options or RunOptions()).model_copy(update=given)
     use_local_server()  # before the event loop; arun_pipeline's own call then finds it running
     try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        run_to_end = asyncio.run  # a script: the run has this thread, in a loop of its own
+    else:
+        run_to_end = run_coro_as_sync  # a loop runs here: see the docstring
+    try:
         with stop_on_signals():  # Ctrl-C stops the run cleanly, then raises KeyboardInterrupt here
-            return asyncio.run(
+            return run_to_end(
                 arun_pipeline(
                     pipeline,
                     inputs,
