@@ -107,10 +107,15 @@ class Progress:
 
 
 def plan_table(plan: Plan) -> Table:
-    """The plan as a rich table (the plan itself is data: :class:`klingflow.engine.Plan`)."""
+    """The plan as a rich table (the plan itself is data: :class:`klingflow.engine.Plan`).
+
+    Its five short columns fit 80 characters; a step id too long for the terminal wraps in its
+    cell (``overflow="fold"``) rather than ending in an ellipsis, so every id stays readable whole.
+    """
     table = Table(title=f"plan: {plan.pipeline}")
     for column in ("step", "uses", "status", "est. cost", "seconds"):
-        table.add_column(column, justify="right" if column in ("est. cost", "seconds") else "left")
+        justify = "right" if column in ("est. cost", "seconds") else "left"
+        table.add_column(column, justify=justify, overflow="fold")
     for step in plan.steps:
         name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
         seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
@@ -307,15 +312,7 @@ def _run_cached_without_prefect(
 
 def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOptions) -> dict[str, Any]:
     """What ``run_pipeline`` would give ``pipeline_flow`` for this command (no block, by design)."""
-    return {
-        "pipeline": str(spec.source or spec.name),
-        "inputs": inputs,
-        "backend": options.backend,
-        "concurrency": options.concurrency,
-        "refresh": bool(options.refresh),
-        "max_cost_usd": options.max_cost_usd,
-        "out_dir": str(options.out_dir) if options.out_dir else None,
-    }
+    return {"pipeline": str(spec.source or spec.name), "inputs": inputs, **options.flow_parameters()}
 
 
 def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url: str | None) -> str | None:

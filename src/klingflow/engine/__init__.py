@@ -19,7 +19,7 @@
 from klingflow.engine.hooks import Logger, RunHooks, StepCall, StepInfo
 from klingflow.engine.housekeeping import Collected, collect_garbage
 from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest, stop_on_signals
-from klingflow.engine.options import BUILT_IN, RetryPolicy, RunOptions, resolve_options
+from klingflow.engine.options import BUILT_IN, FLOW_OPTIONS, RetryPolicy, RunOptions, resolve_options
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
@@ -29,6 +29,7 @@ from klingflow.engine.verify import Verified, verify_store
 
 __all__ = [
     "BUILT_IN",
+    "FLOW_OPTIONS",
     "Collected",
     "FLOW_RUN_PARAMETERS",
     "Logger",

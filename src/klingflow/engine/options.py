@@ -29,7 +29,14 @@ from klingflow.settings import settings
 if TYPE_CHECKING:
     from klingflow.spec import PipelineSpec
 
-__all__ = ["BUILT_IN", "AmbiguousSubmitPolicy", "RetryPolicy", "RunOptions", "resolve_options"]
+__all__ = [
+    "FLOW_OPTIONS",
+    "BUILT_IN",
+    "AmbiguousSubmitPolicy",
+    "RetryPolicy",
+    "RunOptions",
+    "resolve_options",
+]
 
 
 AmbiguousSubmitPolicy = Literal["reconcile", "fail", "resubmit"]
@@ -104,6 +111,29 @@ class RunOptions(BaseModel):
         return {
             name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) is not None
         }
+
+    def flow_parameters(self) -> dict[str, Any]:
+        """The options of :data:`FLOW_OPTIONS` this layer sets, as a flow run's JSON parameters."""
+        return {
+            name: str(value) if isinstance(value, Path) else value
+            for name in FLOW_OPTIONS
+            if (value := getattr(self, name)) is not None
+        }
+
+
+FLOW_OPTIONS: tuple[str, ...] = (
+    "backend",
+    "concurrency",
+    "refresh",
+    "max_cost_usd",
+    "out_dir",
+    "on_ambiguous_submit",
+    "cancel_queued",
+)
+"""The options a flow run takes as its parameters (JSON): each one a deployment, a schedule, the
+Prefect UI's form and the command line can set. Every Prefect flow of klingflow derives these
+parameters from :class:`RunOptions`' own fields (types, defaults, descriptions); the other
+options (a key given in code, a store, a journal, a retry policy, a connector) travel in-process."""
 
 
 BUILT_IN = RunOptions(concurrency=4, refresh=False, on_ambiguous_submit="reconcile")

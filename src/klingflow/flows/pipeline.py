@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, TypeVar
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -52,6 +53,7 @@ from prefect.states import Cancelled, State
 from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.cache import claims_from_env, new_owner
 from klingflow.engine import (
+    FLOW_OPTIONS,
     FLOW_RUN_PARAMETERS,
     RunHooks,
     RunOptions,
@@ -70,7 +72,16 @@ from klingflow.ledger import Status, StepRecord, run_dir
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
-__all__ = ["InProcess", "arecord_run", "arun_pipeline", "pipeline_flow", "run_body", "run_pipeline"]
+__all__ = [
+    "InProcess",
+    "arecord_run",
+    "arun_pipeline",
+    "pipeline_flow",
+    "run_body",
+    "run_pipeline",
+    "flow_parameter",
+    "with_option_parameters",
+]
 
 
 @dataclass
@@ -127,29 +138,18 @@ async def run_body(
     pipeline: str,
     inputs: dict[str, Any] | None,
     *,
-    backend: str | None = None,
     credentials: str | None = None,
     defaults: str | None = None,
-    concurrency: int | None = None,
-    refresh: bool = False,
-    max_cost_usd: float | None = None,
-    out_dir: str | None = None,
-    cancel_queued: bool | None = None,
+    **options: Any,
 ) -> RunResult | State[Any]:
     """What every klingflow flow does: gather the option layers, run the pipeline, fail on failures.
 
-    A stopped run (Ctrl-C, SIGTERM, the flow run cancelled from the UI or API on a worker) is
-    recorded and published like any other, and its flow run ends **Cancelled**, never Completed.
+    ``options`` are the flow run's parameters of :data:`~klingflow.engine.FLOW_OPTIONS`. A stopped
+    run (Ctrl-C, SIGTERM, the flow run cancelled from the UI or API on a worker) is recorded and
+    published like any other, and its flow run ends **Cancelled**, never Completed.
     """
     local = _in_process.get() or InProcess()
-    parameters = RunOptions(
-        backend=backend,
-        concurrency=concurrency,
-        refresh=refresh or None,
-        max_cost_usd=max_cost_usd,
-        out_dir=Path(out_dir) if out_dir else None,
-        cancel_queued=cancel_queued,
-    )
+    parameters = RunOptions(**options)
     explicit = local.options.model_copy(update=parameters.given())
     run_id = str(flow_run.id) if flow_run.id else None
     progress = ProgressPublisher()
@@ -278,35 +278,66 @@ def _ignore(*_: Any) -> None:
     return None
 
 
-@flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)
-async def pipeline_flow(
+def with_option_parameters(function: F, *leading: inspect.Parameter) -> F:
+    """Give a flow function the parameters ``leading`` then one per run option, derived from RunOptions.
+
+    Prefect reads a flow's parameters from its signature (the UI's form, a deployment's schema,
+    the validation of a run's parameters), so the options a flow run takes are declared once, as
+    :data:`~klingflow.engine.FLOW_OPTIONS` fields of :class:`~klingflow.engine.RunOptions` (type,
+    default None = "not given here", description); the function receives them as ``**options``.
+    """
+    options = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=RunOptions.model_fields[name].annotation,
+        )
+        for name in FLOW_OPTIONS
+    ]
+    function.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [*leading, *options], return_annotation=inspect.Signature.empty
+    )
+    return function
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def flow_parameter(name: str, annotation: Any, default: Any = None) -> inspect.Parameter:
+    """One named flow parameter before the options (``...`` as default: required)."""
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        default=inspect.Parameter.empty if default is ... else default,
+        annotation=annotation,
+    )
+
+
+async def _pipeline_flow(
     pipeline: str,
     inputs: dict[str, Any] | None = None,
-    backend: Literal["emulator", "fal"] | None = None,
     credentials: str | None = None,
     defaults: str | None = None,
-    concurrency: int | None = None,
-    refresh: bool = False,
-    max_cost_usd: float | None = None,
-    out_dir: str | None = None,
-    cancel_queued: bool | None = None,
+    **options: Any,
 ) -> RunResult | State[Any]:
     """Run any klingflow pipeline file: each Kling call a cached, retried task; independent steps in parallel.
 
-    ``credentials`` and ``defaults`` name a FalCredentials and a KlingDefaults block.
+    ``credentials`` and ``defaults`` name a FalCredentials and a KlingDefaults block; every run
+    option (backend, concurrency, refresh, budget, output folder, ...) is a parameter of its own.
     """
-    return await run_body(
-        pipeline,
-        inputs,
-        backend=backend,
-        credentials=credentials,
-        defaults=defaults,
-        concurrency=concurrency,
-        refresh=refresh,
-        max_cost_usd=max_cost_usd,
-        out_dir=out_dir,
-        cancel_queued=cancel_queued,
+    return await run_body(pipeline, inputs, credentials=credentials, defaults=defaults, **options)
+
+
+pipeline_flow = flow(name="klingflow", flow_run_name=_run_name, persist_result=False, log_prints=False)(
+    with_option_parameters(
+        _pipeline_flow,
+        flow_parameter("pipeline", str, ...),
+        flow_parameter("inputs", dict[str, Any] | None),
+        flow_parameter("credentials", str | None),
+        flow_parameter("defaults", str | None),
     )
+)
 
 
 async def arun_pipeline(
@@ -336,14 +367,9 @@ async def arun_pipeline(
             state = await pipeline_flow(
                 str(name),
                 inputs,
-                backend=options.backend,
                 credentials=credentials,
                 defaults=defaults,
-                concurrency=options.concurrency,
-                refresh=bool(options.refresh),
-                max_cost_usd=options.max_cost_usd,
-                out_dir=str(options.out_dir) if options.out_dir else None,
-                cancel_queued=options.cancel_queued,
+                **options.flow_parameters(),
                 return_state=True,
             )
     finally:

@@ -15,8 +15,7 @@ from typing import Any, Literal, Optional
 from prefect import Flow, flow
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from klingflow.engine import RunResult
-from klingflow.flows.pipeline import run_body
+from klingflow.flows.pipeline import flow_parameter, run_body, with_option_parameters
 from klingflow.spec import InputSpec, PipelineSpec, load_pipeline
 
 __all__ = ["inputs_model", "pipeline_flow_for"]
@@ -45,30 +44,18 @@ def pipeline_flow_for(path: str | Path) -> Flow[..., Any]:
     default = model() if all(not item.required for item in spec.inputs.values()) else ...
 
     async def run_preset(
-        inputs: model = default,  # type: ignore[valid-type]
-        backend: Optional[Literal["emulator", "fal"]] = None,  # noqa: UP045 (Prefect reads it at runtime)
-        credentials: Optional[str] = None,  # noqa: UP045
-        defaults: Optional[str] = None,  # noqa: UP045
-        concurrency: Optional[int] = None,  # noqa: UP045
-        refresh: bool = False,
-        max_cost_usd: Optional[float] = None,  # noqa: UP045
-        out_dir: Optional[str] = None,  # noqa: UP045
-    ) -> RunResult:
+        inputs: Any, credentials: str | None = None, defaults: str | None = None, **options: Any
+    ) -> Any:
         return await run_body(
-            str(pipeline_file),
-            inputs.model_dump(),
-            backend=backend,
-            credentials=credentials,
-            defaults=defaults,
-            concurrency=concurrency,
-            refresh=refresh,
-            max_cost_usd=max_cost_usd,
-            out_dir=out_dir,
+            str(pipeline_file), inputs.model_dump(), credentials=credentials, defaults=defaults, **options
         )
 
-    if default is ...:
-        run_preset.__defaults__ = (None, None, None, None, False, None, None)
-        run_preset.__annotations__["inputs"] = model
+    with_option_parameters(
+        run_preset,
+        flow_parameter("inputs", model, default),
+        flow_parameter("credentials", Optional[str]),  # noqa: UP045 (a real object for Prefect's schema)
+        flow_parameter("defaults", Optional[str]),  # noqa: UP045
+    )
     run_preset.__doc__ = spec.description or f"Run the {spec.name} pipeline."
     return flow(
         name=f"klingflow-{spec.name}",

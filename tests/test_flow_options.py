@@ -1,0 +1,132 @@
+"""Every run option is a flow-run parameter, and each one set as a parameter reaches the engine.
+
+The flows' parameters are derived from :data:`klingflow.engine.FLOW_OPTIONS` (one definition), so
+a deployment, a schedule and the Prefect UI can set every option the command line can. Each case
+starts the generic flow with one option as a parameter, exactly as a deployment run passes its
+parameters, and checks what the engine did with it (against a real Prefect server and the
+session emulator). ``cancel_queued`` acts only when a run is stopped: the command line's
+``--cancel-queued`` travels as this same flow parameter, proven in ``test_interrupts.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.testing.utilities import prefect_test_harness
+
+from conftest import EmulatorAdmin
+from klingflow.engine import FLOW_OPTIONS, RunResult
+from klingflow.flows.pipeline import pipeline_flow
+from klingflow.flows.presets import pipeline_flow_for
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def prefect_server():
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
+
+
+def test_every_option_is_a_parameter_of_every_flow() -> None:
+    fixed = {"pipeline", "inputs", "credentials", "defaults"}
+    assert set(pipeline_flow.parameters.properties) == fixed | set(FLOW_OPTIONS)
+    preset = pipeline_flow_for(REPO / "deployments" / "pipelines" / "story.yaml")
+    assert set(preset.parameters.properties) == (fixed - {"pipeline"}) | set(FLOW_OPTIONS)
+
+
+def _pipeline(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        f"name: {name}\nsteps:\n"
+        f"  - id: one\n    uses: tts\n    with: {{text: 'first line of {name}'}}\n"
+        f"  - id: two\n    uses: tts\n    with: {{text: 'second line of {name}'}}\n"
+    )
+    return path
+
+
+def _run(path: Path, **parameters: Any) -> tuple[str, Any]:
+    async def run() -> tuple[str, Any]:
+        state = await pipeline_flow(str(path), None, return_state=True, **parameters)
+        return state.type.value, await state.aresult(raise_on_failure=False)
+
+    return asyncio.run(run())
+
+
+def _message(value: Any) -> str:
+    return str(value)
+
+
+CASES: dict[str, tuple[Any, Callable[[Path, EmulatorAdmin, str, Any, Path], None]]] = {}
+
+
+def case(name: str, value: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def register(check: Callable[..., None]) -> Callable[..., None]:
+        CASES[name] = (value, check)
+        return check
+
+    return register
+
+
+@case("backend", "fal")
+def _backend(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    # without a key the default is the embedded emulator; "fal" must refuse to fall back to it
+    assert state == "FAILED" and "no fal key is configured" in _message(value), value
+
+
+@case("concurrency", 1)
+def _concurrency(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    assert state == "COMPLETED" and emulator.stats()["max_open"] == 1, emulator.stats()
+
+
+@case("refresh", True)
+def _refresh(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    assert state == "COMPLETED" and isinstance(value, RunResult)
+    assert [r.status for r in value.records] == ["completed", "completed"], "regenerated, not cached"
+
+
+@case("max_cost_usd", 0.001)
+def _budget(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    assert state == "FAILED" and "over the limit of $0.001" in _message(value), value
+    assert emulator.stats()["total_submits"] == 0
+
+
+@case("out_dir", "exported")
+def _out_dir(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    assert state == "COMPLETED" and (tmp_path / "exported" / "one.mp3").is_file()
+
+
+@case("on_ambiguous_submit", "fail")
+def _ambiguous(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    assert state == "FAILED" and "on_ambiguous_submit: fail" in _message(value), value
+
+
+def test_the_cases_cover_every_option() -> None:
+    assert set(CASES) | {"cancel_queued"} == set(FLOW_OPTIONS)
+
+
+@pytest.mark.parametrize("option", sorted(CASES))
+def test_an_option_given_as_a_flow_parameter_reaches_the_engine(
+    option: str, emulator: EmulatorAdmin, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if option == "backend":
+        monkeypatch.delenv("FAL_KEY", raising=False)
+    else:
+        monkeypatch.setenv("FAL_KEY", emulator.key)  # the session emulator, whose counters and faults we read
+    monkeypatch.chdir(tmp_path)
+    value, check = CASES[option]
+    path = _pipeline(tmp_path, f"option_{option}")
+    if option == "refresh":
+        _run(path)  # cached first, so refresh has something to regenerate
+    emulator.reset()
+    if option == "on_ambiguous_submit":
+        emulator.faults(script=["lost"])
+    parameter = str(tmp_path / value) if option == "out_dir" else value
+    state, result = _run(path, **{option: parameter})
+    check(path, emulator, state, result, tmp_path)
