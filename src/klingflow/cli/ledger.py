@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -75,7 +76,7 @@ OutputOpt = Annotated[
 
 _ROW_COLUMNS = [
     ("run_id", "run", 8),
-    ("pipeline", "pipeline", 16),
+    ("pipeline", "pipeline", 0),
     ("step", "step", 0),
     ("status", "status", 0),
     ("endpoint", "endpoint", 0),
@@ -84,7 +85,7 @@ _ROW_COLUMNS = [
     ("queue_seconds", "queue s", 0),
     ("run_seconds", "run s", 0),
     ("started_at", "started", 0),
-    ("error", "error", 60),
+    ("error", "error", 0),
 ]
 _SUMMARY_COLUMNS = [
     ("steps", "steps"),
@@ -95,6 +96,8 @@ _SUMMARY_COLUMNS = [
     ("queue", "queue s"),
     ("run", "run s"),
 ]
+_RARE_OUTCOMES = [str(s) for s in Status if s not in (Status.COMPLETED, Status.CACHED, Status.FAILED)]
+"""Outcome columns a narrow terminal drops first when no row has any (failures are always shown)."""
 _TEXT_COLUMNS = {"run_id", "pipeline", "step", "status", "endpoint", "error"}
 STATUS_STYLES: dict[Status, str] = {
     Status.COMPLETED: "green",
@@ -111,7 +114,8 @@ def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
     """One table cell as plain Text (user text such as ``[bold]`` in a prompt is never markup).
 
     Tables favour a glance in an 80-column terminal: short run ids, the endpoint's last part,
-    minutes-precision UTC times; ``--format csv`` or ``json`` give every column in full.
+    minutes-precision UTC times, an error's first line; ``--format csv`` or ``json`` give every
+    column in full.
     """
     value = row.get(name)
     if name == "step":
@@ -135,20 +139,74 @@ def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
     )
 
 
+_UNBOUNDED = 100_000
+"""A width no table reaches: measured within it, a table says how wide it is without wrapping."""
+_FREE_TEXT = ("pipeline", "step", "endpoint", "error")
+"""The columns whose cells wrap when the terminal is narrow; the others are short fixed values."""
+_ROOMY_TEXT = 14
+"""The width free text keeps before an optional column is: a step id like ``beats[12]`` on one line."""
+_NARROWEST_TEXT = 9
+"""The width free text keeps at least, or every column wraps: one more than their widest heading."""
+
+
 def _table(
-    title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], optional: set[str]
+    title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], optional: list[str]
 ) -> Table:
-    """A rich table; in a terminal under 120 columns the ``optional`` ones make room for the rest."""
-    if Console().width < 120:
-        columns = [c for c in columns if c[0] not in optional]
-    table = Table(title=title, header_style="bold", title_justify="left", box=box.SIMPLE_HEAD)
+    """A rich table that fits the terminal, never cutting a header or a value to an ellipsis.
+
+    The short fixed values (ids, statuses, counts, money, times, p50 / p95) stay whole on one line,
+    and free text (a pipeline name, a step id, an error) wraps in its cell. While free text would
+    be narrower than ``_ROOMY_TEXT``, columns go: first those empty in every row, then the
+    ``optional`` ones in order. Only a terminal too narrow even for ``_NARROWEST_TEXT`` wraps every
+    column (a header over lines, never an ellipsis).
+    """
+    console = Console()
+    empty = [name for name, _, width in columns if not any(_cell(row, name, width).plain for row in rows)]
+    for name in dict.fromkeys([*empty, *optional]):
+        if _fits(console, rows, columns, _ROOMY_TEXT):
+            break
+        columns = [column for column in columns if column[0] != name]
+    return _build_table(title, rows, columns, fold=not _fits(console, rows, columns, _NARROWEST_TEXT))
+
+
+def _fits(
+    console: Console, rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], text_width: int
+) -> bool:
+    """Whether the fixed columns fit on one line with each free-text one at least ``text_width`` wide.
+
+    rich narrows the widest wrapping columns first, all to one width, so none ends narrower.
+    """
+    fixed = [column for column in columns if column[0] not in _FREE_TEXT]
+    width = console.measure(
+        _build_table("", rows, fixed, fold=False), options=console.options.update_width(_UNBOUNDED)
+    ).maximum
+    for name, heading, limit in columns:
+        if name in _FREE_TEXT:
+            natural = max([cell_len(heading), *(_cell(row, name, limit).cell_len for row in rows)])
+            width += min(natural, text_width) + 2  # its padding and the divider before it
+    return width <= console.width
+
+
+def _build_table(
+    title: str, rows: list[dict[str, Any]], columns: list[tuple[str, str, int]], *, fold: bool
+) -> Table:
+    """The table itself; ``fold``: every column may wrap (else the fixed values keep to one line)."""
+    table = Table(
+        title=title,
+        header_style="bold",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        show_edge=False,
+    )
     for name, heading, _ in columns:
         text = name in _TEXT_COLUMNS or name.endswith("_at")
         table.add_column(
             heading,
             justify="left" if text else "right",
-            no_wrap=name != "error",
-            min_width=16 if name == "error" else None,
+            no_wrap=not fold and name not in _FREE_TEXT,
+            overflow="fold",
+            max_width=16 if name == "pipeline" else None,  # a longer name wraps
         )
     for row in rows:
         table.add_row(*(_cell(row, name, width) for name, _, width in columns))
@@ -197,7 +255,7 @@ def ledger_list(
                 f"{len(frame)} ledger rows (times UTC)",
                 ledger.to_records(frame),
                 _ROW_COLUMNS,
-                {"pipeline", "endpoint"},
+                ["pipeline", "endpoint", "queue_seconds", "cost_usd"],
             )
         )
         return
@@ -239,14 +297,18 @@ def ledger_summary(
         console.print("no ledger rows match", style="yellow")
         return
     keys = {
-        "run": [("run_id", "run", 8), ("pipeline", "pipeline", 16), ("started_at", "started", 0)],
-        "pipeline": [("pipeline", "pipeline", 16), ("runs", "runs", 0), ("last_run_at", "last run", 0)],
+        "run": [("run_id", "run", 8), ("pipeline", "pipeline", 0), ("started_at", "started", 0)],
+        "pipeline": [("pipeline", "pipeline", 0), ("runs", "runs", 0), ("last_run_at", "last run", 0)],
     }
-    for level in wanted:
+    for index, level in enumerate(wanted):
+        if index:
+            console.print()
+        records = ledger.to_records(levels[level])
         columns = keys[level] + [(name, heading, 0) for name, heading in _SUMMARY_COLUMNS]
         title = f"per {level} (times UTC; queue and run seconds as p50 / p95)"
-        optional = {"joined", "skipped", "runs"} | ({"pipeline"} if level == "run" else set())
-        console.print(_table(title, ledger.to_records(levels[level]), columns, optional))
+        unused = [name for name in _RARE_OUTCOMES if not any(record[name] for record in records)]
+        optional = [*unused, "pipeline" if level == "run" else "runs", "queue"]
+        console.print(_table(title, records, columns, optional))
 
 
 def report_command(
