@@ -114,8 +114,9 @@ def plan_table(plan: Plan) -> Table:
     """
     table = Table(title=f"plan: {plan.pipeline}")
     for column in ("step", "uses", "status", "est. cost", "seconds"):
-        justify = "right" if column in ("est. cost", "seconds") else "left"
-        table.add_column(column, justify=justify, overflow="fold")
+        table.add_column(
+            column, justify="right" if column in ("est. cost", "seconds") else "left", overflow="fold"
+        )
     for step in plan.steps:
         name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
         seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"

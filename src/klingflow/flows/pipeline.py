@@ -491,22 +491,20 @@ def run_pipeline(
     use_local_server()  # before the event loop; arun_pipeline's own call then finds it running
     try:
         asyncio.get_running_loop()
+        in_a_loop = True  # a notebook cell, or sync code called from async code: see the docstring
     except RuntimeError:
-        run_to_end = asyncio.run  # a script: the run has this thread, in a loop of its own
-    else:
-        run_to_end = run_coro_as_sync  # a loop runs here: see the docstring
+        in_a_loop = False  # a script: the run has this thread, in a loop of its own
     try:
         with stop_on_signals():  # Ctrl-C stops the run cleanly, then raises KeyboardInterrupt here
-            return run_to_end(
-                arun_pipeline(
-                    pipeline,
-                    inputs,
-                    options=explicit,
-                    credentials=credentials,
-                    defaults=defaults,
-                    hooks=hooks,
-                    fallback=fallback,
-                )
+            run = arun_pipeline(
+                pipeline,
+                inputs,
+                options=explicit,
+                credentials=credentials,
+                defaults=defaults,
+                hooks=hooks,
+                fallback=fallback,
             )
+            return run_coro_as_sync(run) if in_a_loop else asyncio.run(run)
     except RunInterrupted as exc:
         raise KeyboardInterrupt(str(exc)) from exc
