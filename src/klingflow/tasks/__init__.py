@@ -25,7 +25,7 @@ What the UI shows per status (:func:`step_state`):
 Edges in the flow-run graph: each task run names the task runs of the step executions it reads
 (:attr:`StepInfo.upstream`, labels such as ``beats[0]``) as ``TaskRunResult`` task inputs of its
 ``arguments`` parameter, which is where their outputs went. That is what Prefect's ``Task.map``
-does for the futures its items read (``run_task(..., dependencies=...)``). Not ``wait_for``: the
+does for the futures its items read (``run_task_async(..., dependencies=...)``). Not ``wait_for``: the
 engine has already waited, and Prefect would look for upstream tasks inside each state's data
 (by object id), where a string shared by two rows links the wrong task run. The ids are kept per
 flow run, by label, for as long as the flow run's context lives.
@@ -42,7 +42,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import StateDetails, TaskRunResult
 from prefect.context import FlowRunContext
 from prefect.states import Cancelled, Completed, State
-from prefect.task_engine import run_task
+from prefect.task_engine import run_task_async
 from prefect.utilities.annotations import quote
 
 from klingflow.cache import canonical_json
@@ -122,7 +122,8 @@ async def run_step_as_task(step: StepInfo, call: StepCall, log: Logger) -> StepR
     # (by id); the step id and endpoint strings are in every record, so without it the second item
     # of a foreach step would be drawn as depending on the first.
     ids = _task_run_ids()
-    final: State[StepRecord] = await run_task(
+    # What Task.__call__ runs for an async task, with the upstream task runs as the arguments' inputs.
+    final = await run_task_async(
         runner,
         parameters={
             "step_id": quote(step.step_id),
@@ -132,6 +133,7 @@ async def run_step_as_task(step: StepInfo, call: StepCall, log: Logger) -> StepR
         dependencies={"arguments": {TaskRunResult(id=ids[label]) for label in step.upstream if label in ids}},
         return_type="state",
     )
+    assert isinstance(final, State)  # return_type="state"
     if final.state_details.task_run_id is not None:
         ids[step.label] = final.state_details.task_run_id
     if final.is_cancelled():
