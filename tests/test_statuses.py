@@ -1,9 +1,10 @@
 """Every status the engine can produce renders everywhere a person reads one.
 
-One parametrised test over :class:`klingflow.ledger.Status`: the CLI's progress lines, the ledger
-summary (a column per status) and its table styles, the HTML report (card, pill, DAG colour) and
-the Prefect artifacts (table rows and the markdown summary). A status added to the enum and
-forgotten by a printer fails here instead of crashing a user's run (the ``joined`` KeyError).
+One parametrised test over :class:`klingflow.ledger.Status`: the CLI's run view (plain lines and
+the live table), the ledger summary (a column per status) and its table styles, the HTML report
+(card, pill, DAG colour) and the Prefect artifacts (table rows and the markdown summary). A status
+added to the enum and forgotten by a printer fails here instead of crashing a user's run (the
+``joined`` KeyError).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import pytest
 from rich.console import Console
 
 from klingflow import ledger
+from klingflow.cli._live import MARKS, LiveView, PlainView
 from klingflow.cli.ledger import STATUS_STYLES
-from klingflow.cli.run import MARKS, Progress
 from klingflow.ledger import RunManifest, Status, StepRecord
 from klingflow.report import STATUS_COLOURS, render_report, step_status
 
@@ -42,12 +43,16 @@ def test_every_status_renders_in_cli_ledger_report_and_artifacts(status: Status,
     record = _record(status)
 
     console = Console(record=True, width=200)
-    progress = Progress(console)
-    progress.start(record.step_label)
-    progress.finish(record)
-    line = console.export_text()
-    assert status in MARKS and MARKS[status].split("]")[1].split("[")[0] in line
-    assert progress.counts[status] == 1
+    plain = PlainView(console)
+    plain.start(record.step_label)
+    plain.finish(record)
+    word = MARKS[status].split("]")[1].split("[")[0]
+    assert word in console.export_text().splitlines()[-1]
+    assert plain.counts() == {status: 1}
+    live = LiveView(Console(record=True, width=200))
+    live.finish(record)
+    live.console.print(live.render())
+    assert word in live.console.export_text()
 
     frame = ledger.to_frame([record.model_dump()])
     runs, pipelines = ledger.summary(frame)

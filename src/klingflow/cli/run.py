@@ -1,8 +1,10 @@
 """``klingflow validate``, ``klingflow plan`` and ``klingflow run``: a pipeline from a terminal.
 
 ``run`` checks the pipeline before Prefect starts, so a mistake is one message naming file, line,
-step and field, printed before anything else and before anything is paid. During the run it
-prints a line per finished step (:class:`Progress`), then the final outputs' paths.
+step and field, printed before anything else and before anything is paid. During the run it shows
+the run's view (:mod:`klingflow.cli._live`: live on a terminal, a line per change elsewhere) while
+log lines go to the run's log file (:mod:`klingflow.cli._logs`; ``--verbose`` prints them too),
+then the final outputs' paths.
 
 A fully cached run reporting to klingflow's local server never imports Prefect: importing it and
 starting a flow run (about 3 s on two cores) would cost more than the run, which submits nothing.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -28,15 +31,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks, stderr
-from klingflow.errors import ConfigError
-from klingflow.ledger import Status, StepRecord
+from klingflow.cli._live import run_view
+from klingflow.cli._logs import RunLogs
+from klingflow.errors import ConfigError, KlingflowError
 from klingflow.settings import settings
 
 if TYPE_CHECKING:
     from klingflow.engine import Plan, RunHooks, RunOptions, RunResult
     from klingflow.spec import PipelineSpec
 
-__all__ = ["Progress", "add_run_commands", "plan_table"]
+__all__ = ["add_run_commands", "plan_table"]
 
 FileArg = Annotated[Path, typer.Argument(help="The pipeline YAML file.")]
 SetOpt = Annotated[
@@ -46,16 +50,6 @@ BackendOpt = Annotated[
     str | None,
     typer.Option(help="emulator or fal (default: fal when FAL_KEY is set, else the embedded emulator)."),
 ]
-
-MARKS: dict[Status, str] = {
-    Status.COMPLETED: "[green]done[/]",
-    Status.CACHED: "[cyan]cached[/]",
-    Status.JOINED: "[cyan]joined[/]",
-    Status.FAILED: "[red]FAILED[/]",
-    Status.SKIPPED: "[yellow]skipped[/]",
-    Status.INTERRUPTED: "[yellow]interrupted[/]",
-}
-"""How the progress lines mark each status (a test checks every :class:`Status` has one)."""
 
 
 def parse_sets(values: list[str]) -> dict[str, str]:
@@ -71,39 +65,6 @@ def parse_sets(values: list[str]) -> dict[str, str]:
             )
         parsed[name.strip()] = value
     return parsed
-
-
-class Progress:
-    """Live counts per status and one line per finished step."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.running: set[str] = set()
-        self.counts: dict[Status, int] = dict.fromkeys(Status, 0)
-
-    def start(self, label: str) -> None:
-        """A step (or foreach item) started."""
-        self.running.add(label)
-
-    def finish(self, record: StepRecord) -> None:
-        """A step finished: print its line with the running totals."""
-        self.running.discard(record.step_label)
-        status = Status(record.status)
-        self.counts[status] += 1
-        detail = f"${record.estimated_cost_usd:.3f}" if status is Status.COMPLETED else ""
-        if record.error:
-            detail = record.error.splitlines()[0]
-        self.console.print(
-            f"{MARKS[status]:>22} {escape(record.step_label):<24} {escape(detail)}"
-            f"  [dim]({self.summary()})[/]",
-            highlight=False,
-        )
-
-    def summary(self) -> str:
-        """``N done, N running, ...``: every status, in the enum's order."""
-        counts = [f"{self.counts[Status.COMPLETED]} done", f"{len(self.running)} running"]
-        counts += [f"{self.counts[s]} {s}" for s in Status if s is not Status.COMPLETED and self.counts[s]]
-        return ", ".join(counts)
 
 
 def plan_table(plan: Plan) -> Table:
@@ -175,6 +136,15 @@ def run(
         ),
     ] = None,
     debug: Annotated[bool, typer.Option(help="Also print Prefect's tracebacks in the terminal.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also print the run's log lines (Prefect's, fal's model logs, klingflow's step "
+            "messages) above the progress view; they are always in the run's log file.",
+        ),
+    ] = False,
     ephemeral: Annotated[
         bool,
         typer.Option(
@@ -208,11 +178,8 @@ def run(
     if ephemeral:
         os.environ["KLINGFLOW_PREFECT"] = "ephemeral"  # for run_pipeline's own look, and subprocesses
 
-    from klingflow.engine import RunHooks, RunOptions
-    from klingflow.errors import PipelineFailed, RunInterrupted
+    from klingflow.engine import RunOptions
 
-    console = out()
-    progress = Progress(console)
     options = RunOptions(
         backend=backend,
         concurrency=concurrency,
@@ -223,15 +190,19 @@ def run(
         cancel_queued=cancel_queued or None,
     )
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
-    hooks = RunHooks(on_start=progress.start, on_finish=progress.finish)
+    console = out()
     if not (credentials or defaults):  # blocks are Prefect's: a run naming one needs Prefect
-        cached = _run_cached_without_prefect(spec, inputs, options, fallback, hooks)
-        if cached is not None:
-            result, server_url = cached
+        server_url = _fully_cached_without_prefect(spec, inputs, options, fallback)
+        if server_url is not None:
+
+            def engine_alone(hooks: RunHooks) -> RunResult:
+                return asyncio.run(_arun_cached(spec, inputs, options, fallback, hooks))
+
+            result, failed, logs = _watched(console, verbose, engine_alone)
             ui = _record_in_prefect_later(result.run_id, _flow_parameters(spec, inputs, options), server_url)
-            _print_final(console, result, ui)
-            if result.failures:
-                raise PipelineFailed(result)
+            _print_final(console, result, ui, logs)
+            if failed is not None:
+                raise failed
             return
 
     from klingflow.flows.pipeline import run_pipeline
@@ -240,26 +211,64 @@ def run(
     use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
     if credentials or defaults:
         _check_blocks(credentials, defaults)  # before a flow run starts
-    try:
-        result = run_pipeline(
+
+    def in_prefect(hooks: RunHooks) -> RunResult:
+        quiet = (lambda: None) if debug else quiet_prefect_tracebacks
+        return run_pipeline(
             spec,
             inputs,
             options=options,
             credentials=credentials,
             defaults=defaults,
-            hooks=replace(hooks, on_run_start=(lambda: None) if debug else quiet_prefect_tracebacks),
+            hooks=replace(hooks, on_run_start=lambda: (hooks.on_run_start(), quiet())),
             fallback=fallback,
         )
-    except PipelineFailed as exc:
-        _print_final(console, exc.result, _flow_run_page(exc.result.flow_run_id))
-        raise
-    except KeyboardInterrupt as stopped:  # run_pipeline's, after a clean stop: its cause says what ran
-        if not isinstance(stopped.__cause__, RunInterrupted):
-            raise
-        interrupted = stopped.__cause__
-        _print_final(console, interrupted.result, _flow_run_page(interrupted.result.flow_run_id))
-        raise interrupted from None
-    _print_final(console, result, _flow_run_page(result.flow_run_id))
+
+    result, failed, logs = _watched(console, verbose, in_prefect)
+    _print_final(console, result, _flow_run_page(result.flow_run_id), logs)
+    if failed is not None:
+        raise failed
+
+
+STEP_LOG = "klingflow.steps"
+"""The logger of step messages in a run without Prefect's task loggers (a cached run, plain Python)."""
+
+
+def _watched(
+    console: Console, verbose: bool, execute: Callable[[RunHooks], RunResult]
+) -> tuple[RunResult, KlingflowError | None, Path | None]:
+    """Run ``execute`` under the run's view and log file; return its result, its error and the log's path.
+
+    The view is fed by the run's hooks; every log line goes to the log file (moved into the run's
+    folder at the end) and, with ``verbose``, to the console above the view. A failed or stopped
+    run's error is returned, not raised, so its summary is printed after the view's last frame.
+    """
+    from klingflow.engine import RunHooks
+    from klingflow.errors import PipelineFailed, RunInterrupted
+    from klingflow.ledger import run_dir, runs_root
+
+    failed: KlingflowError | None = None
+    with RunLogs(console, verbose=verbose, folder=runs_root()) as logs, run_view(console) as view:
+        hooks = RunHooks(
+            on_run_start=logs.apply,  # once Prefect has set up its logging for the flow run
+            on_plan=view.plan,
+            on_start=view.start,
+            on_event=view.event,
+            on_finish=view.finish,
+            log=logging.getLogger(STEP_LOG).info,
+        )
+        try:
+            result = execute(hooks)
+        except PipelineFailed as exc:
+            result, failed = exc.result, exc
+        except KeyboardInterrupt as stopped:  # run_pipeline's, after a clean stop: its cause says what ran
+            if not isinstance(stopped.__cause__, RunInterrupted):
+                raise
+            result, failed = stopped.__cause__.result, stopped.__cause__
+        except RunInterrupted as exc:  # the engine's own, in a run without Prefect
+            result, failed = exc.result, exc
+        logs.keep_as(run_dir(result.run_id) / "run.log")
+    return result, failed, logs.final_path
 
 
 def _check_blocks(credentials: str | None, defaults: str | None) -> None:
@@ -281,24 +290,18 @@ def _check_blocks(credentials: str | None, defaults: str | None) -> None:
             ) from exc
 
 
-def _run_cached_without_prefect(
-    spec: PipelineSpec,
-    inputs: dict[str, str],
-    options: RunOptions,
-    fallback: RunOptions,
-    hooks: RunHooks,
-) -> tuple[RunResult, str | None] | None:
-    """A fully cached run in the engine alone; returns its result and the local server's address.
+def _fully_cached_without_prefect(
+    spec: PipelineSpec, inputs: dict[str, str], options: RunOptions, fallback: RunOptions
+) -> str | None:
+    """Whether to run in the engine alone: None if not, else the local server's address ("" if down).
 
-    Returns None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
+    None (the run then goes the ordinary way, as a Prefect flow) unless the run reports to
     klingflow's local server and every step reuses verified outputs: then Prefect's import and a
     flow run's start-up would cost more than the run itself. The server is not waited for: the
-    address is None when it is not running (stopped, or after its idle shutdown), and the run
-    waits to be recorded by the next start. Should a cache entry vanish in the moment between the
-    plan and the run, that step is generated as in any run (journaled, claimed, never paid twice),
-    only outside a flow run, and recorded with the others.
+    address is "" when it is not running (stopped, or after its idle shutdown), and the run waits
+    to be recorded by the next start.
     """
-    from klingflow.engine import arun, fully_cached, prepare
+    from klingflow.engine import fully_cached, prepare
     from klingflow.prefect_server import prefect_api_may_be_configured, server_status
 
     if settings().prefect == "ephemeral" or prefect_api_may_be_configured():
@@ -307,8 +310,25 @@ def _run_cached_without_prefect(
     if not fully_cached(validated, ctx):
         return None
     status = server_status()
-    result = asyncio.run(arun(spec, inputs, options, fallback=fallback, hooks=hooks))
-    return result, status.server.url if status.running and status.server else None
+    return status.server.url if status.running and status.server else ""
+
+
+async def _arun_cached(
+    spec: PipelineSpec, inputs: dict[str, str], options: RunOptions, fallback: RunOptions, hooks: RunHooks
+) -> RunResult:
+    """The fully cached run, in the engine alone (recorded in Prefect afterwards); failures raise.
+
+    Should a cache entry vanish in the moment between the check and the run, that step is
+    generated as in any run (journaled, claimed, never paid twice), only outside a flow run, and
+    recorded with the others.
+    """
+    from klingflow.engine import arun
+    from klingflow.errors import PipelineFailed
+
+    result = await arun(spec, inputs, options, fallback=fallback, hooks=hooks)
+    if result.failures:
+        raise PipelineFailed(result)
+    return result
 
 
 def _flow_parameters(spec: PipelineSpec, inputs: dict[str, str], options: RunOptions) -> dict[str, Any]:
@@ -335,7 +355,7 @@ def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url
     try:
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write(folder / FLOW_RUN_PARAMETERS, json.dumps(parameters))
-        if server_url is None:
+        if not server_url:
             return (
                 "the local Prefect server is not running; this run is recorded there by the next run "
                 "that starts it, or by `klingflow server start`"
@@ -352,7 +372,7 @@ def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url
     return f"{server_url}/runs (this run appears there within seconds)"
 
 
-def _print_final(console: Console, result: RunResult, ui: str | None) -> None:
+def _print_final(console: Console, result: RunResult, ui: str | None, log: Path | None = None) -> None:
     spent = sum(r.estimated_cost_usd for r in result.records)
     console.print(
         f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend ${spent:.3f} "
@@ -362,6 +382,8 @@ def _print_final(console: Console, result: RunResult, ui: str | None) -> None:
         console.print(f"  {step_id}: {path.resolve()}", highlight=False, markup=False)
     if ui:
         console.print(f"  Prefect UI: {ui}", highlight=False, markup=False)
+    if log is not None:
+        console.print(f"  log: {log}", highlight=False, markup=False)
 
 
 def _flow_run_page(flow_run_id: str | None) -> str | None:

@@ -72,7 +72,11 @@ def embedded_emulator() -> EmulatorServer:
         imported = _imported_fal_hosts()
         extra = tuple(host.rsplit(":", 1)[0] for host in imported) if imported else ()
         server = EmulatorServer(
-            latency=latency, workers=workers, fetch_remote=fetch_remote, extra_hostnames=extra
+            latency=latency,
+            workers=workers,
+            fetch_remote=fetch_remote,
+            extra_hostnames=extra,
+            own_logging=False,  # its log lines go wherever this process sends its own
         )
         _trust_bundle(server.identity.ca_bundle)
         _add_no_proxy()

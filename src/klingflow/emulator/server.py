@@ -174,8 +174,13 @@ class EmulatorServer:
         render: RenderMode | None = None,
         options: EmulatorOptions | None = None,
         tunnel_port: int = 0,
+        own_logging: bool = True,
     ) -> None:
         """Bind the sockets (queue, run, tunnel) and prepare the app.
+
+        ``own_logging``: uvicorn sets up its loggers' console handlers (a server of its own, ``klingflow
+        emulator serve``); an embedded one leaves them to the process it lives in, whose command
+        decides where log lines go (``klingflow run`` keeps them in the run's log file).
 
         The fal behaviours (``validation``, ``result_retention``, ``large_result_retention``,
         ``media_expiry``, ``render``; see :mod:`~klingflow.emulator.options`) default to the
@@ -217,6 +222,7 @@ class EmulatorServer:
             ssl_certfile=str(self._cert),
             ssl_keyfile=str(self._cert),
             log_level="warning",
+            log_config=uvicorn.config.LOGGING_CONFIG if own_logging else None,
             access_log=False,
             lifespan="off",
             timeout_graceful_shutdown=2,

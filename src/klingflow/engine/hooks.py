@@ -9,7 +9,11 @@ happens around each step. Instead of loose callables, a run takes one :class:`Ru
   named after the step, with the endpoint and arguments as the task's parameters);
 * ``on_steps(pipeline, count)``: once, when the steps are about to start: the pipeline's name and
   how many step executions the run has (each foreach item counts), what a progress bar needs;
-* ``on_start(label)`` / ``on_finish(record)``: progress (the CLI prints a line per step);
+* ``on_plan(plan)``: once, before the first step: every step execution with its planned status
+  and estimated cost (what a live view lists before anything runs);
+* ``on_start(label)`` / ``on_event(label, event)`` / ``on_finish(record)``: progress: a step
+  execution began, fal reported on its request (queue position, running), it ended with its
+  ledger row (the CLI's live view draws them);
 * ``log(message)``: where step messages go when ``run_step`` gives no logger of its own.
 
 Example::
@@ -22,9 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from klingflow.ledger import StepRecord
+
+if TYPE_CHECKING:
+    from klingflow.backends.handles import QueueEvent
+    from klingflow.engine.plan import Plan
 
 __all__ = ["Logger", "RunHooks", "StepCall", "StepInfo"]
 
@@ -64,6 +72,8 @@ class RunHooks:
     on_run_start: Callable[[], None] = _ignore
     run_step: Callable[[StepInfo, StepCall, Logger], Awaitable[StepRecord]] = _direct
     on_steps: Callable[[str, int], None] = _ignore
+    on_plan: Callable[[Plan], None] = _ignore
     on_start: Callable[[str], None] = _ignore
+    on_event: Callable[[str, QueueEvent], None] = _ignore
     on_finish: Callable[[StepRecord], None] = _ignore
     log: Logger = print

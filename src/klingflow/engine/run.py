@@ -132,8 +132,9 @@ async def arun(
     hooks = hooks or RunHooks()
     hooks.on_run_start()
     validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
-    if resolved.max_cost_usd is not None:
-        check_budget(make_plan(validated, ctx), resolved.max_cost_usd)
+    plan = make_plan(validated, ctx)  # its cache checks are the run's own: each file is hashed once
+    check_budget(plan, resolved.max_cost_usd)
+    hooks.on_plan(plan)
     sheet = SheetRows()  # the contact sheet's rows, made while the other steps still run
     finished = hooks.on_finish
 

@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
+from klingflow.backends.handles import QueueEvent
 from klingflow.engine.context import StepContext, plain
 from klingflow.engine.generation import run_generation
 from klingflow.engine.hooks import Logger, RunHooks, StepInfo
@@ -177,11 +178,13 @@ class _Run:
     async def _one(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
         step = self.steps[step_id]
         endpoint = step_endpoint(self.pipeline.spec, step)
+        label = step_id if item_index is None else f"{step_id}[{item_index}]"
 
         async def call(log: Logger) -> StepRecord:
             position: list[int | None] = []
 
-            def forward(event: Any) -> None:
+            def forward(event: QueueEvent) -> None:
+                self.hooks.on_event(label, event)
                 # One record per change: each record is a line on the console and a row the
                 # Prefect server inserts, so a queue position is said when it moves and the
                 # model's new log lines of one poll go out together.
@@ -219,7 +222,6 @@ class _Run:
                 log=log,
             )
 
-        label = step_id if item_index is None else f"{step_id}[{item_index}]"
         info = StepInfo(
             label=label,
             step_id=step_id,

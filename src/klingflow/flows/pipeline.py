@@ -36,7 +36,7 @@ import inspect
 import json
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -202,14 +202,7 @@ async def _run(
         explicit,
         block=await _block_layer(credentials, defaults),
         fallback=local.fallback,
-        hooks=RunHooks(
-            on_run_start=local.hooks.on_run_start,
-            run_step=run_step_as_task,
-            on_steps=on_steps,
-            on_start=local.hooks.on_start,
-            on_finish=on_finish,
-            log=local.hooks.log,
-        ),
+        hooks=replace(local.hooks, run_step=run_step_as_task, on_steps=on_steps, on_finish=on_finish),
         run_id=run_id,
         flow_run_id=run_id,
     )
