@@ -364,8 +364,5 @@ class RunInterrupted(KlingflowError):
         )
         self.result, self.signum = result, signum
         self.still_running, self.cancelled = still_running, cancelled
-
-    @property  # type: ignore[override]
-    def exit_code(self) -> int:
-        """The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM."""
-        return 128 + self.signum
+        # The shell's convention for a process ended by a signal: 130 for SIGINT, 143 for SIGTERM.
+        self.exit_code = 128 + signum

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -56,7 +56,8 @@ class HistoryItem(BaseModel):
         return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
-async def _get(backend: FalBackend, path: str, params: list[tuple[str, str]]) -> dict[str, Any]:
+async def _get(backend: FalBackend, path: str, params: Mapping[str, str | Sequence[str]]) -> dict[str, Any]:
+    """GET a platform API page; a sequence value is sent as the key repeated, once per item."""
     client = await backend.http()
     try:
         response = await client.get(f"{PLATFORM_URL}{path}", params=params, timeout=30)
@@ -78,14 +79,14 @@ async def request_history(backend: FalBackend, endpoint_id: str, since: datetime
     items: list[HistoryItem] = []
     cursor: str | None = None
     while True:
-        params = [
-            ("endpoint_id", endpoint_id),
-            ("start", since.isoformat()),
-            ("expand", "payloads"),
-            ("limit", str(_PAGE)),
-        ]
+        params = {
+            "endpoint_id": endpoint_id,
+            "start": since.isoformat(),
+            "expand": "payloads",
+            "limit": str(_PAGE),
+        }
         if cursor:
-            params.append(("cursor", cursor))
+            params["cursor"] = cursor
         page = await _get(backend, "/models/requests/by-endpoint", params)
         items += [HistoryItem.model_validate(item) for item in page.get("items", [])]
         cursor = page.get("next_cursor")
@@ -109,7 +110,7 @@ async def find_request(
 
 async def unit_prices(backend: FalBackend, endpoint_ids: list[str]) -> dict[str, float]:
     """fal's unit price (USD per billable unit) of each endpoint it knows."""
-    page = await _get(backend, "/models/pricing", [("endpoint_id", e) for e in endpoint_ids])
+    page = await _get(backend, "/models/pricing", {"endpoint_id": endpoint_ids})
     return {
         str(p["endpoint_id"]): float(p["unit_price"]) for p in page.get("prices", []) if "unit_price" in p
     }

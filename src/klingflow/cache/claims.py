@@ -40,8 +40,9 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypedDict
 
 from klingflow._files import atomic_write
 from klingflow.errors import ConfigError
@@ -50,6 +51,13 @@ from klingflow.settings import klingflow_home, settings
 __all__ = ["Claims", "FileClaims", "RedisClaims", "claims_from_env", "new_owner"]
 
 DEFAULT_TTL = 30.0
+
+
+class _ClaimFile(TypedDict):
+    """What a ``.claim`` file holds (``FileClaims._write``)."""
+
+    owner: str
+    expires_at: float
 
 
 def _dead_here(owner: str) -> bool:
@@ -111,7 +119,7 @@ class FileClaims:
         return self.root / f"{key}.claim"
 
     @contextlib.contextmanager
-    def _locked(self, key: str):  # type: ignore[no-untyped-def]
+    def _locked(self, key: str) -> Iterator[None]:
         # The lock file may be removed (by :meth:`discard`, holding the lock) while we wait for it:
         # a lock taken on a file no longer at its path guards nothing, so open the path again.
         path = self.root / f"{key}.lock"
@@ -125,7 +133,7 @@ class FileClaims:
                 finally:
                     fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _read(self, key: str) -> dict[str, object] | None:
+    def _read(self, key: str) -> _ClaimFile | None:
         try:
             return json.loads(self._path(key).read_text())
         except (FileNotFoundError, json.JSONDecodeError):

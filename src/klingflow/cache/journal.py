@@ -41,13 +41,17 @@ class OutputRecord(BaseModel):
     url: str | None = None
 
 
+JournalStatus = Literal["interrupted", "submitted", "done"]
+"""Where a cache key's request stands (the module docstring says what each means)."""
+
+
 class JournalEntry(BaseModel):
     """What the journal knows about one cache key."""
 
     key: str
     endpoint: str
     backend: str
-    status: Literal["interrupted", "submitted", "done"]
+    status: JournalStatus
     request_id: str | None = None
     payload_digest: str | None = Field(default=None, description="sha256 of the body submitted.")
     submitted_at: datetime | None = None
@@ -73,7 +77,7 @@ class Journal:
         except (FileNotFoundError, ValidationError, json.JSONDecodeError):
             return None
 
-    def _record(self, key: str, status: str, **fields: Any) -> JournalEntry:
+    def _record(self, key: str, status: JournalStatus, **fields: Any) -> JournalEntry:
         entry = JournalEntry(key=key, status=status, **fields)
         atomic_write(self._path(key), entry.model_dump_json(indent=1))
         return entry

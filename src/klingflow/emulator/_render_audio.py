@@ -54,7 +54,7 @@ def _syllable(chars: str, seconds: float, base_hz: float, contour: float, noise:
     glide = 1 + 0.04 * np.sin(np.pi * t / max(seconds, 1e-3))
     phase = 2 * np.pi * np.cumsum(pitch * glide * (1 + 0.006 * np.sin(2 * np.pi * 5.5 * t))) / SPEECH_RATE
     formant = 2 + (code % 5)
-    wave = sum(np.sin(k * phase) / k * (1.6 if k == formant else 1.0) for k in range(1, 7))
+    wave = sum((np.sin(k * phase) / k * (1.6 if k == formant else 1.0) for k in range(1, 7)), np.zeros(count))
     envelope = np.sin(np.pi * np.minimum(1.0, t / max(seconds, 1e-3))) ** 0.6
     burst = min(count, round(0.025 * SPEECH_RATE))
     wave[:burst] += noise[:burst] * np.linspace(1.2, 0.0, burst)

@@ -120,6 +120,7 @@ class JobRunner:
         out_dir = self.data_dir / "files" / request.id
         out_dir.mkdir(parents=True, exist_ok=True)
         name = f"output{suffix}"
+        duration: float | None
         if self.options().render == "prerendered":
             request.log(f"Benchmark mode: a copy of the stock {endpoint.alias} clip")
             duration = self._prerendered(endpoint.alias, request, inputs, out_dir / name)

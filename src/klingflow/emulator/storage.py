@@ -170,13 +170,13 @@ def add_storage_routes(app: FastAPI, state: EmulatorState) -> None:
                     return fault
                 url = base(request) + store(upload_id, name, await request.body(), ttl)
                 return JSONResponse({"access_url": url, "content_type": content_type, "file_name": name})
-            multipart = _Multipart(uuid.uuid4().hex, name, ttl)
-            multiparts[multipart.upload_id] = multipart
+            started = _Multipart(uuid.uuid4().hex, name, ttl)
+            multiparts[started.upload_id] = started
             state.counts["upload_initiates"] += 1
             return JSONResponse(
                 {
                     "access_url": f"{base(request)}/files/uploads/{upload_id}/{name}",
-                    "uploadId": multipart.upload_id,
+                    "uploadId": started.upload_id,
                 }
             )
         match = _PART.match(path)

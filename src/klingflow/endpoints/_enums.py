@@ -139,7 +139,9 @@ class FalEnum:
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        schema = core_schema.no_info_after_validator_function(self._check, handler(source))
+        schema: core_schema.CoreSchema = core_schema.no_info_after_validator_function(
+            self._check, handler(source)
+        )
         if self.accept_int:
             schema = core_schema.no_info_before_validator_function(_int_to_str, schema)
         return schema

@@ -76,7 +76,7 @@ def _sources(plan: ConcatPlan) -> list[Any]:
 
 def _clip_audio(plan: ConcatPlan, sources: Sequence[Any]) -> list[Any]:
     """One exactly sized audio piece per clip: its own audio fitted to its video, or silence."""
-    pieces = []
+    pieces: list[Any] = []
     for clip, source, samples in zip(plan.clips, sources, plan.samples, strict=True):
         if clip.has_audio:
             piece = fitted_audio(

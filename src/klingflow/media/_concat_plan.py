@@ -95,7 +95,7 @@ def _ratio(aspect_ratio: str) -> Fraction:
     return Fraction(int(width), int(height))
 
 
-def _even(value: float) -> int:
+def _even(value: float | Fraction) -> int:
     return max(2, round(value / 2) * 2)
 
 

@@ -29,7 +29,9 @@ _TEXT = (240, 240, 240)
 _MUTED = (160, 160, 170)
 
 
-def _fitted_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont, width: int) -> str:
+def _fitted_text(
+    draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int
+) -> str:
     """``text`` shortened with an ellipsis until it fits ``width`` pixels."""
     if draw.textlength(text, font=font) <= width:
         return text

@@ -169,8 +169,9 @@ class _Checker:
         self._check_cycles()
         outputs = self._placeholder_outputs()
         for i, step in enumerate(self.spec.steps):
-            if self.targets[i] is not None and self.index[step.id] == i:
-                self._check_arguments(i, step, self.targets[i], outputs)
+            target = self.targets[i]
+            if target is not None and self.index[step.id] == i:
+                self._check_arguments(i, step, target, outputs)
         raise_problems(self.problems, self.spec.shown)
         dependencies = {step_id: set(needs) for step_id, needs in self.edges.items()}
         order = topological_order(self.index, dependencies)
@@ -199,8 +200,8 @@ class _Checker:
             if name not in self.spec.inputs:
                 self.add(f"unknown input {reference}{did_you_mean(name, self.spec.inputs)}", path, i)
                 return None
-            kind = self.spec.inputs[name].type
-            return _Value(None, kind == "list", f"the {kind} input {name!r}")
+            input_type = self.spec.inputs[name].type
+            return _Value(None, input_type == "list", f"the {input_type} input {name!r}")
         if reference.kind == "item":
             if step.foreach is None:
                 self.add(

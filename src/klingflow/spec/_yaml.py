@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.error import Mark
-from yaml.events import AliasEvent
+from yaml.events import AliasEvent, Event
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from klingflow.errors import SpecError
@@ -36,15 +35,20 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class LimitExceeded(ValueError):
-    """A document over a limit of :mod:`klingflow.spec._limits`; ``mark`` is where it went over.
+    """A document over a limit of :mod:`klingflow.spec._limits`; ``line`` (1-based) is where it went over.
 
     A ``ValueError``, so that a ``--set`` value over a limit is reported as any unreadable value is.
     """
 
-    def __init__(self, message: str, hint: str, mark: Mark) -> None:
+    def __init__(self, message: str, hint: str, line: int | None) -> None:
         super().__init__(message)
         self.hint = hint
-        self.mark = mark
+        self.line = line
+
+
+def _line(event: Event) -> int | None:
+    """The 1-based line of ``event``: pyyaml's parser marks every event, its stubs allow a hand-made one."""
+    return event.start_mark.line + 1 if event.start_mark is not None else None
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -62,7 +66,7 @@ class _BoundedLoader(yaml.SafeLoader):
         self._deepest = 0
         self._extent: dict[Node, tuple[int, int]] = {}
 
-    def _grow(self, values: int, reach: int, mark: Mark, alias: str | None) -> None:
+    def _grow(self, values: int, reach: int, event: Event, alias: str | None) -> None:
         self._values += values
         self._deepest = max(self._deepest, reach)
         if self._values > MAX_NODES:
@@ -72,26 +76,29 @@ class _BoundedLoader(yaml.SafeLoader):
                 if alias is not None
                 else f"this YAML passes {MAX_NODES:,} values here"
             )
-            raise LimitExceeded(f"{message}; a pipeline has a few hundred", NODES_HINT, mark)
+            raise LimitExceeded(f"{message}; a pipeline has a few hundred", NODES_HINT, _line(event))
         if reach > MAX_DEPTH:
             message = (
                 f"the alias *{alias} nests this YAML" if alias is not None else "this YAML is nested"
             ) + f" more than {MAX_DEPTH} levels deep; a pipeline nests about 8"
-            raise LimitExceeded(message, DEPTH_HINT, mark)
+            raise LimitExceeded(message, DEPTH_HINT, _line(event))
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
         if isinstance(event, AliasEvent):
             node = super().compose_node(parent, index)
+            # pyyaml composes a node for every event it is asked to (its stubs' None is get_single_node's).
+            assert node is not None
             # An alias of an anchor still being composed (a value inside itself) counts once.
             values, levels = self._extent.get(node, (1, 1))
-            self._grow(values, self._depth + levels, event.start_mark, event.anchor)
+            self._grow(values, self._depth + levels, event, event.anchor)
             return node
         start, outer = self._values, self._deepest
         self._depth += 1
         self._deepest = self._depth  # from here on, how deep this node's own values go
-        self._grow(1, self._depth, event.start_mark, None)
+        self._grow(1, self._depth, event, None)
         node = super().compose_node(parent, index)
+        assert node is not None
         self._extent[node] = (self._values - start, self._deepest - self._depth + 1)
         self._depth -= 1
         self._deepest = max(outer, self._deepest)
@@ -238,7 +245,7 @@ def read_yaml(path: Path, shown: str) -> tuple[Any, dict[DocPath, int]]:
     except yaml.YAMLError as exc:
         raise _syntax_error(exc, text, shown) from exc
     except LimitExceeded as exc:
-        problem = Problem(str(exc), line=exc.mark.line + 1, hint=exc.hint)
+        problem = Problem(str(exc), line=exc.line, hint=exc.hint)
         raise SpecError("invalid pipeline", problems=[problem.text(shown)]) from exc
     finally:
         loader.dispose()
