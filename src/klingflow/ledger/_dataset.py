@@ -112,7 +112,7 @@ def append(frame: pd.DataFrame, *, root: Path | None = None) -> Path:
     new rows are the run's complete record), so a retried ``record`` never duplicates rows.
     Raises :class:`LedgerError` naming the file when it cannot be written.
     """
-    runs = frame["run_id"].dropna().unique() if "run_id" in frame else []
+    runs = list(frame["run_id"].dropna().unique()) if "run_id" in frame else []
     if len(runs) != 1 or frame["run_id"].isna().any():
         raise LedgerError(
             f"a ledger file holds exactly one run, got run ids {sorted(map(str, runs))}",
@@ -227,7 +227,8 @@ def _plain(value: Any) -> Any:
 
 def to_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as plain dicts for JSON, HTML or Prefect: NA becomes None, timestamps ISO strings."""
-    return [{name: _plain(value) for name, value in row.items()} for row in frame.to_dict("records")]
+    # pandas types a column label as any hashable; a ledger frame's are its column names, strings.
+    return [{str(name): _plain(value) for name, value in row.items()} for row in frame.to_dict("records")]
 
 
 def export(

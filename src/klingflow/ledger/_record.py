@@ -12,11 +12,11 @@ import sys
 import types
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
-__all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "Status", "StepRecord", "step_label"]
+__all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "ColumnDtype", "Status", "StepRecord", "step_label"]
 
 LEDGER_SCHEMA_VERSION = 2
 """Version of the column set, stored in each parquet file; columns are only ever added."""
@@ -107,7 +107,10 @@ def step_label(row: dict[str, Any]) -> str:
     return row["step_id"] if missing else f"{row['step_id']}[{index}]"
 
 
-_DTYPES: dict[type, str] = {
+ColumnDtype = Literal["string", "Int64", "Float64", "boolean", "datetime64[us, UTC]"]
+"""The pandas dtypes a ledger column has (named exactly, so a type checker knows what ``astype`` gives)."""
+
+_DTYPES: dict[type, ColumnDtype] = {
     str: "string",
     Status: "string",
     int: "Int64",
@@ -117,14 +120,14 @@ _DTYPES: dict[type, str] = {
 }
 
 
-def _dtype(annotation: Any) -> str:
+def _dtype(annotation: Any) -> ColumnDtype:
     """The pandas dtype of a field: ``X | None`` is nullable X."""
     if get_origin(annotation) in (Union, types.UnionType):
         (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
     return _DTYPES[annotation]
 
 
-COLUMNS: dict[str, str] = {
+COLUMNS: dict[str, ColumnDtype] = {
     name: _dtype(field.annotation) for name, field in StepRecord.model_fields.items() if not field.exclude
 }
 """Every ledger column and its pandas dtype, in order: the fields of :class:`StepRecord`."""

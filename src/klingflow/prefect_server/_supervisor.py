@@ -188,7 +188,7 @@ def is_supervisor(state: dict[str, Any]) -> bool:
 
 def live_clients(paths: Paths, *, prune: bool = True) -> list[int]:
     """The pids of live processes holding a lease on the server (dead ones' leases are removed)."""
-    live = []
+    live: list[int] = []
     try:
         leases = list(paths.clients.iterdir())
     except OSError:
