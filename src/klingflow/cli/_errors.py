@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -25,7 +25,8 @@ from klingflow.errors import KlingflowError
 
 __all__ = ["friendly_errors", "out", "quiet_prefect_tracebacks", "stderr"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def out() -> Console:
@@ -38,7 +39,7 @@ def stderr() -> Console:
     return Console(stderr=True, soft_wrap=True)
 
 
-def friendly_errors(command: F) -> F:
+def friendly_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Render KlingflowError as what/where/hint and exit with its ``exit_code``, instead of a traceback.
 
     1 for most, 2 for a configuration mistake (:class:`~klingflow.errors.ConfigError`), 130 / 143
@@ -46,7 +47,7 @@ def friendly_errors(command: F) -> F:
     """
 
     @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
         except KlingflowError as exc:
@@ -59,7 +60,7 @@ def friendly_errors(command: F) -> F:
                 console.print(f"  hint: {exc.hint}", markup=False, highlight=False)
             raise typer.Exit(exc.exit_code) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class _WithoutTraceback(logging.Formatter):

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, Protocol, TypeVar
 
 import typer
 from rich import box
@@ -37,7 +37,14 @@ if TYPE_CHECKING:
 
 __all__ = ["add_ledger_commands", "ledger_list", "ledger_summary", "report_command"]
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Wrap(Protocol):
+    """What :func:`add_ledger_commands` wraps each command in: a function of the same signature."""
+
+    def __call__(self, command: Callable[P, R], /) -> Callable[P, R]: ...
 
 
 class Format(StrEnum):
@@ -47,6 +54,14 @@ class Format(StrEnum):
     csv = "csv"
     json = "json"
     parquet = "parquet"
+
+
+_FILE_FORMATS: dict[Format, Literal["csv", "json", "parquet"]] = {
+    Format.csv: "csv",
+    Format.json: "json",
+    Format.parquet: "parquet",
+}
+"""The formats ``klingflow ledger`` writes with :func:`klingflow.ledger.export` (all but the table)."""
 
 
 class SummaryFormat(StrEnum):
@@ -99,7 +114,7 @@ _SUMMARY_COLUMNS = [
 _RARE_OUTCOMES = [str(s) for s in Status if s not in (Status.COMPLETED, Status.CACHED, Status.FAILED)]
 """Outcome columns a narrow terminal drops first when no row has any (failures are always shown)."""
 _TEXT_COLUMNS = {"run_id", "pipeline", "step", "status", "endpoint", "error"}
-STATUS_STYLES: dict[Status, str] = {
+STATUS_STYLES: dict[str, str] = {
     Status.COMPLETED: "green",
     Status.CACHED: "cyan",
     Status.JOINED: "cyan",
@@ -107,7 +122,7 @@ STATUS_STYLES: dict[Status, str] = {
     Status.SKIPPED: "yellow",
     Status.INTERRUPTED: "yellow",
 }
-"""The colour of each status in tables (a test checks every :class:`Status` has one)."""
+"""Each status's colour in tables, keyed by a cell's text (a test checks every :class:`Status` has one)."""
 
 
 def _cell(row: dict[str, Any], name: str, width: int = 0) -> Text:
@@ -259,7 +274,7 @@ def ledger_list(
             )
         )
         return
-    _emit(ledger.export(frame, format.value, output), output, Console(stderr=True))
+    _emit(ledger.export(frame, _FILE_FORMATS[format], output), output, Console(stderr=True))
 
 
 def ledger_summary(
@@ -334,11 +349,11 @@ def report_command(
     Console().print(f"report: {written.resolve().as_uri()}", highlight=False)
 
 
-def _unwrapped(command: F) -> F:
+def _unwrapped(command: Callable[P, R]) -> Callable[P, R]:
     return command
 
 
-def add_ledger_commands(app: typer.Typer, wrap: Callable[[F], F] = _unwrapped) -> None:
+def add_ledger_commands(app: typer.Typer, wrap: Wrap = _unwrapped) -> None:
     """Attach ``ledger`` (with ``summary``) and ``report`` to ``app``, each wrapped by ``wrap``.
 
     ``wrap`` is the CLI's error boundary (:func:`~klingflow.cli._errors.friendly_errors`); without it,
