@@ -130,6 +130,25 @@ def test_a_signal_stops_the_run_at_once_and_a_rerun_pays_nothing_more(
     assert sorted(r["status"] for r in second) == ["completed"] * len(STEPS), second
 
 
+def test_ctrl_c_with_prefects_temporary_server_stops_as_fast(proxy: FaultProxy, tmp_path: Path) -> None:
+    """``--ephemeral``: Prefect's temporary server is a child in the same process group, and Ctrl-C
+    must not kill it under the stopping run (which then retried its API calls for minutes)."""
+    env = run_env(proxy, tmp_path / "home", None, tmp_path / "prefect")
+    process, log = _start(tmp_path, env, "--ephemeral")
+    _wait_for_submits(proxy, 1, process, log)
+    time.sleep(1.0)
+
+    code, seconds = _signal_and_wait(process, signal.SIGINT)
+
+    output = log.read_text()
+    assert code == 130, output
+    assert seconds < 8, f"took {seconds:.1f} s to stop\n{output}"
+    assert "Traceback" not in output and "All connection attempts failed" not in output, output
+    assert "still running at fal" in output, output
+    rows = ledger_rows(tmp_path / "home")
+    assert rows and {r["status"] for r in rows} <= {"interrupted", "completed"}, rows
+
+
 def test_a_second_ctrl_c_exits_at_once_with_the_journal_intact(
     proxy: FaultProxy, session_prefect: dict[str, str], tmp_path: Path
 ) -> None:

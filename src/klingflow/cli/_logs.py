@@ -12,7 +12,9 @@ Prefect configures the standard library's logging when it is imported (its ``log
 is called again once Prefect is imported, and once its flow run has started: it puts a filter on
 each of its console handlers (what they print: nothing unless verbose, never klingflow's own
 records, which :class:`_KlingflowConsole` prints) and this module's file handler next to them.
-Nothing of Prefect's is replaced, so its API handler keeps sending every line to the UI.
+Nothing of Prefect's is replaced, so its API handler keeps sending every line to the UI. The
+filters stay until the process ends (``klingflow run`` owns its process): what Prefect logs at exit,
+stopping its temporary server or draining its API logs, is not the console's either.
 """
 
 from __future__ import annotations
@@ -98,8 +100,6 @@ class RunLogs:
         self._file.setLevel(logging.INFO)
         self._own = _KlingflowConsole(console, logging.INFO if verbose else logging.WARNING)
         self._filter = _ForeignLines(verbose)
-        self._filtered: list[logging.Handler] = []
-        self._consoles: dict[logging.Handler, Console] = {}
         self._attached: list[logging.Logger] = []
         self._own_level = logging.NOTSET
         self._target: Path | None = None
@@ -124,9 +124,7 @@ class RunLogs:
                 if from_prefect is not None and isinstance(handler, from_prefect):
                     if self._filter not in handler.filters:
                         handler.addFilter(self._filter)
-                        self._filtered.append(handler)
-                    if self.verbose and handler not in self._consoles:  # print above a live view
-                        self._consoles[handler] = handler.console  # type: ignore[attr-defined]
+                    if self.verbose:  # print above a live view
                         handler.console = self.console  # type: ignore[attr-defined]
 
     def keep_as(self, target: Path) -> None:
@@ -146,10 +144,6 @@ class RunLogs:
         logging.getLogger(_OWN).setLevel(self._own_level)
         for logger in self._attached:
             logger.removeHandler(self._file)
-        for handler in self._filtered:
-            handler.removeFilter(self._filter)
-        for handler, console in self._consoles.items():
-            handler.console = console  # type: ignore[attr-defined]
         self._file.close()
         if self._target is not None and self.path.exists():
             self._target.parent.mkdir(parents=True, exist_ok=True)

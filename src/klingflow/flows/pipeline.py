@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import signal
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.settings import (
     PREFECT_API_URL,
@@ -48,7 +50,7 @@ from prefect.settings import (
     PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED,
     temporary_settings,
 )
-from prefect.states import Cancelled, State
+from prefect.states import Cancelled
 
 from klingflow.blocks import FalCredentials, KlingDefaults
 from klingflow.cache import claims_from_env, new_owner
@@ -103,7 +105,15 @@ _in_process: ContextVar[InProcess | None] = ContextVar("klingflow_in_process", d
 
 @contextlib.contextmanager
 def quiet_ephemeral_server() -> Iterator[None]:
-    """Turn off the ephemeral server's noisy services, only when klingflow is the one starting it."""
+    """Prefect's temporary server, when klingflow is the one starting it: quiet, and deaf to Ctrl-C.
+
+    Its noisy services are turned off. It is started here rather than by the flow run's first
+    client, with SIGINT blocked in the starting thread: the server is a child process in the
+    terminal's process group, and a blocked signal stays blocked in a child, so Ctrl-C reaches
+    klingflow alone, which stops the run cleanly through the still-running server (killed by Ctrl-C,
+    the server left the stopping run's API calls retrying for minutes). It still stops with this
+    process (Prefect stops it at exit, with SIGTERM).
+    """
     if PREFECT_API_URL.value():
         yield
         return
@@ -113,6 +123,13 @@ def quiet_ephemeral_server() -> Iterator[None]:
             PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_ENABLED: False,
         }
     ):
+        from prefect.server.api.server import SubprocessASGIServer
+
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            SubprocessASGIServer().start()  # the one Prefect's clients use (one per process)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         yield
 
 
@@ -127,10 +144,12 @@ async def _block_layer(credentials: str | None, defaults: str | None) -> RunOpti
         return None
     layer: dict[str, Any] = {}
     if credentials:
-        fal = await FalCredentials.aload(credentials)
+        # Annotated: Prefect's inject_client decorator loses aload's Self, so mypy cannot infer it.
+        fal: FalCredentials = await FalCredentials.aload(credentials)
         layer.update(backend="fal", connector=fal.get_backend)
     if defaults:
-        layer.update((await KlingDefaults.aload(defaults)).run_options().given())
+        block: KlingDefaults = await KlingDefaults.aload(defaults)
+        layer.update(block.run_options().given())
     return RunOptions(**layer)
 
 
@@ -369,6 +388,8 @@ async def arun_pipeline(
         _in_process.reset(token)
     if local.interrupted is not None:
         raise local.interrupted
+    # return_state=True returns the State; Prefect's overloads cannot tell (**options takes any keyword).
+    assert isinstance(state, State)
     value = await state.aresult(raise_on_failure=False)
     if isinstance(value, BaseException):
         raise value
