@@ -262,16 +262,8 @@ class _Run:
             error = "interrupted before it finished: nothing was left running at fal"
         else:
             error = "interrupted before it started"
-        return StepRecord(
-            step_id=step_id,
-            item_index=item_index,
-            kind=self.pipeline.kind(step_id),
-            endpoint=self.steps[step_id].uses,
-            backend="",
-            status=Status.INTERRUPTED,
-            request_id=open_request.request_id if open_request else None,
-            error=error,
-        )
+        request_id = open_request.request_id if open_request else None
+        return self._unrun(step_id, item_index, Status.INTERRUPTED, error, request_id=request_id)
 
     async def _step(self, step_id: str) -> None:
         step = self.steps[step_id]
@@ -281,16 +273,7 @@ class _Run:
         try:
             if blocked:
                 self.failures[step_id] = f"skipped: depends on failed step(s) {', '.join(blocked)}"
-                self._record(
-                    StepRecord(
-                        step_id=step_id,
-                        kind=self.pipeline.kind(step_id),
-                        endpoint=step.uses,
-                        backend="",
-                        status=Status.SKIPPED,
-                        error=self.failures[step_id],
-                    )
-                )
+                self._record(self._unrun(step_id, None, Status.SKIPPED, self.failures[step_id]))
                 return
             raw = merged_arguments(self.pipeline.spec, step)
             context = {"inputs": self.pipeline.inputs, "outputs": self.outputs}
@@ -319,14 +302,18 @@ class _Run:
         finally:
             self.done[step_id].set()
 
-    def _failed(self, step_id: str, item_index: int | None, error: str) -> StepRecord:
+    def _unrun(
+        self, step_id: str, item_index: int | None, status: Status, error: str, request_id: str | None = None
+    ) -> StepRecord:
+        """The row of an execution that produced nothing (failed, skipped, interrupted), saying why."""
         return StepRecord(
             step_id=step_id,
             item_index=item_index,
             kind=self.pipeline.kind(step_id),
             endpoint=self.steps[step_id].uses,
             backend="",
-            status=Status.FAILED,
+            status=status,
+            request_id=request_id,
             error=error,
         )
 
@@ -340,10 +327,11 @@ class _Run:
                 raise
             record = self._interrupted(step_id, item_index, started=True)
         except KlingflowError as exc:  # a configuration or input problem: its own words, not a crash
-            record = self._failed(step_id, item_index, str(exc))
+            record = self._unrun(step_id, item_index, Status.FAILED, str(exc))
         except Exception as exc:  # a bug must not lose the other branches' work: record it, keep going
             logger.exception("step %s crashed", step_id)
-            record = self._failed(step_id, item_index, f"internal error: {type(exc).__name__}: {exc}")
+            error = f"internal error: {type(exc).__name__}: {exc}"
+            record = self._unrun(step_id, item_index, Status.FAILED, error)
         self._record(record)
         return record
 
@@ -402,7 +390,8 @@ async def _until_done_or_stopped(run: _Run, steps: list[asyncio.Future[None]]) -
     everything = asyncio.gather(*steps)
     stop = asyncio.ensure_future(run.ctx.stop.wait())
     try:
-        await asyncio.wait({everything, stop}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {everything, stop}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not everything.done():
             for step in steps:
                 step.cancel()
