@@ -10,7 +10,7 @@ a media operation and the plan, and so is describing a stored output on a ledger
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -172,7 +172,7 @@ class StepContext:
         self._verified.add(seen)  # hashed once per run: the plan's check serves the step's too
         return candidate
 
-    def fill_cached(self, lookup: CacheLookup, record: StepRecord, kinds: dict[str, str]) -> None:
+    def fill_cached(self, lookup: CacheLookup, record: StepRecord, kinds: Mapping[str, str]) -> None:
         """Fill ``record`` from a ``cached`` lookup: its files, media columns and request id."""
         assert lookup.entry is not None and lookup.files is not None
         entry = lookup.entry

@@ -25,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -213,7 +214,7 @@ class _Generation:
     record: StepRecord
     endpoint: str
     body: dict[str, Any]
-    kinds: dict[str, str]
+    kinds: Mapping[str, str]
     retries: int
     timeout: float | None
     on_event: Callable[[QueueEvent], None] | None
@@ -321,8 +322,7 @@ class _Generation:
                 run_s: float | None = None
                 try:
                     queue_s, run_s = await self.free(
-                        "status",
-                        lambda h=handle: backend.wait(h, on_event=self.on_event, timeout=self.timeout),
+                        "status", partial(backend.wait, handle, on_event=self.on_event, timeout=self.timeout)
                     )
                 except ResultTimeout:
                     if not may_submit or await self.cancel(handle) != "ALREADY_COMPLETED":
@@ -330,8 +330,8 @@ class _Generation:
                     self.log(
                         f"{record.step_id}: request {handle.request_id} finished before the cancel: kept"
                     )
-                fetched = await self.free("result", lambda h=handle: backend.fetch_result(h))
-                done = await self.free("download", lambda h=handle, r=fetched.raw: backend.download(h, r))
+                fetched = await self.free("result", partial(backend.fetch_result, handle))
+                done = await self.free("download", partial(backend.download, handle, fetched.raw))
                 break
             except ResultTimeout as exc:
                 if may_submit:

@@ -92,8 +92,8 @@ def _labels(raw: Any, resolved: Any) -> list[str]:
         resolved if isinstance(resolved, list) else [resolved],
         strict=False,
     ):
-        refs = [r for r in find_references(entry) if r.kind == "step"]
-        name = refs[0].step_id if refs else str(entry)
+        steps = [r.step_id for r in find_references(entry) if r.step_id is not None]
+        name = steps[0] if steps else str(entry)
         labels.extend([f"{name}[{i}]" for i in range(len(value))] if isinstance(value, list) else [name])
     return labels
 
