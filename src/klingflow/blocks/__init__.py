@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.blocks.abstract import CredentialsBlock
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr
+from pydantic import Field, HttpUrl, SecretStr
 
 from klingflow.backends import connect
 from klingflow.backends.config import use_hosts
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["FalCredentials", "KlingDefaults", "register_blocks"]
 
-_DOCS = "https://fal.ai/docs/model-api-reference/video-generation-api/kling-video-v1-standard"
+_DOCS = HttpUrl("https://fal.ai/docs/model-api-reference/video-generation-api/kling-video-v1-standard")
 
 
 class FalCredentials(CredentialsBlock):

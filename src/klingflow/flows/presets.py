@@ -24,7 +24,7 @@ _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boole
 
 
 def _field(spec: InputSpec) -> tuple[Any, Any]:
-    annotation = Literal[tuple(spec.enum)] if spec.enum else _TYPES[spec.type]  # type: ignore[misc]
+    annotation = Literal[tuple(spec.enum)] if spec.enum else _TYPES[spec.type]
     default = ... if spec.required else spec.default
     return annotation, Field(default, description=spec.description or None)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect.deployments.runner import EntrypointType, RunnerDeployment
+from prefect.deployments.runner import RunnerDeployment
+from prefect.types.entrypoint import EntrypointType
 
 from klingflow.errors import ConfigError
 from klingflow.flows.pipeline import pipeline_flow
@@ -51,13 +52,15 @@ def file_deployments(files: list[Path]) -> list[RunnerDeployment]:
     deployments = []
     for path in files:
         spec = load_pipeline(path)  # a broken pipeline is refused now, not at its first run
-        deployments.append(
-            pipeline_flow.to_deployment(
-                name=spec.name,
-                description=spec.description or f"Run the {spec.name} pipeline ({path}).",
-                tags=["klingflow", spec.name],
-                parameters={"pipeline": str(Path(path).resolve())},
-                entrypoint_type=EntrypointType.MODULE_PATH,
-            )
+        deployment = pipeline_flow.to_deployment(
+            name=spec.name,
+            description=spec.description or f"Run the {spec.name} pipeline ({path}).",
+            tags=["klingflow", spec.name],
+            parameters={"pipeline": str(Path(path).resolve())},
+            entrypoint_type=EntrypointType.MODULE_PATH,
         )
+        # Inside an event loop to_deployment returns its async twin's coroutine; the CLI calls this
+        # outside one, where it returns the deployment itself.
+        assert isinstance(deployment, RunnerDeployment)
+        deployments.append(deployment)
     return deployments

@@ -39,9 +39,9 @@ from uuid import UUID
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import StateDetails, TaskRunResult
+from prefect.client.schemas.objects import State, StateDetails, TaskRunResult
 from prefect.context import FlowRunContext
-from prefect.states import Cancelled, Completed, State
+from prefect.states import Cancelled, Completed
 from prefect.task_engine import run_task_async
 from prefect.utilities.annotations import quote
 
@@ -110,14 +110,13 @@ async def run_step_as_task(step: StepInfo, call: StepCall, log: Logger) -> StepR
         return step_state(record)
 
     runner = task(
-        pipeline_step,
         name=step.label,
         task_run_name=step.label,
         cache_policy=NO_CACHE,
         persist_result=False,
         retries=0,
         log_prints=False,
-    )
+    )(pipeline_step)
     # quote(): Prefect links a parameter to an earlier task run whose result holds the same object
     # (by id); the step id and endpoint strings are in every record, so without it the second item
     # of a foreach step would be drawn as depending on the first.
