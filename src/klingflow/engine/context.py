@@ -42,12 +42,16 @@ if TYPE_CHECKING:
 __all__ = [
     "CacheLookup",
     "CacheState",
+    "Logger",
     "StepContext",
     "describe_output",
     "plain",
     "prompt_of",
     "shown_arguments",
 ]
+
+Logger = Callable[[str], None]
+"""Where a step's messages go (a Prefect task run's logger, the CLI's step log)."""
 
 
 @dataclass

@@ -48,13 +48,13 @@ from klingflow.endpoints import (
 )
 from klingflow.engine.context import (
     CacheLookup,
+    Logger,
     StepContext,
     describe_output,
     plain,
     prompt_of,
     shown_arguments,
 )
-from klingflow.engine.hooks import Logger
 from klingflow.engine.interrupts import OpenRequest, finish_despite_stop
 from klingflow.engine.options import AmbiguousSubmitPolicy
 from klingflow.errors import (

@@ -28,15 +28,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from klingflow.engine.context import Logger
 from klingflow.ledger import StepRecord
 
 if TYPE_CHECKING:
     from klingflow.backends.handles import QueueEvent
     from klingflow.engine.plan import Plan
 
-__all__ = ["Logger", "RunHooks", "StepCall", "StepInfo"]
+__all__ = ["RunHooks", "StepCall", "StepInfo"]
 
-Logger = Callable[[str], None]
 StepCall = Callable[[Logger], Awaitable[StepRecord]]
 """One step execution, given the logger to report through; returns its ledger row."""
 

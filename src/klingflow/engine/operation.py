@@ -16,8 +16,7 @@ from typing import Any
 
 from klingflow import media
 from klingflow.cache import OutputRecord, media_digest, operation_key
-from klingflow.engine.context import StepContext, describe_output, shown_arguments
-from klingflow.engine.hooks import Logger
+from klingflow.engine.context import Logger, StepContext, describe_output, shown_arguments
 from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import Status, StepRecord
 from klingflow.spec import OPERATIONS

@@ -33,9 +33,9 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from klingflow.backends.handles import QueueEvent
-from klingflow.engine.context import StepContext, plain
+from klingflow.engine.context import Logger, StepContext, plain
 from klingflow.engine.generation import run_generation
-from klingflow.engine.hooks import Logger, RunHooks, StepInfo
+from klingflow.engine.hooks import RunHooks, StepInfo
 from klingflow.engine.interrupts import OpenRequest
 from klingflow.engine.operation import run_operation
 from klingflow.errors import KlingflowError, StepFailed
