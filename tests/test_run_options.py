@@ -58,3 +58,40 @@ def test_run_pipeline_refuses_an_option_given_twice() -> None:
 
     with pytest.raises(ConfigError, match="concurrency given both"):
         run_pipeline(SPEC, options=RunOptions(concurrency=1), concurrency=2)
+
+
+def test_a_choice_from_the_command_line_becomes_the_options_literal() -> None:
+    from klingflow.backends import backend_kind
+    from klingflow.engine import ambiguous_submit_policy
+
+    assert (backend_kind("emulator"), backend_kind(None)) == ("emulator", None)
+    assert (ambiguous_submit_policy("resubmit"), ambiguous_submit_policy(None)) == ("resubmit", None)
+    with pytest.raises(ConfigError, match="unknown backend 'replicate'") as backend:
+        backend_kind("replicate")
+    with pytest.raises(ConfigError, match="unknown policy 'retry'") as policy:
+        ambiguous_submit_policy("retry")
+    assert (backend.value.context, policy.value.context) == ("--backend", "--on-ambiguous-submit")
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["plan", "{story}", "--backend", "replicate"], "unknown backend 'replicate'"),
+        (["verify", "--backend", "replicate"], "unknown backend 'replicate'"),
+        (["recover", "--backend", "replicate"], "unknown backend 'replicate'"),
+        (
+            ["run", "{story}", "--backend", "emulator", "--on-ambiguous-submit", "retry"],
+            "unknown policy 'retry'",
+        ),
+    ],
+)
+def test_a_mistyped_choice_is_a_config_error_not_a_traceback(args: list[str], said: str) -> None:
+    from typer.testing import CliRunner
+
+    from klingflow.cli import app
+
+    story = Path(__file__).resolve().parents[1] / "deployments" / "pipelines" / "story.yaml"
+    result = CliRunner().invoke(app, [arg.format(story=story) for arg in args])
+    assert result.exit_code == 2, result.output
+    assert said in result.output and "hint: use '" in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception

@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from klingflow.backends.config import BackendConfig, BackendKind, check_backend, resolve_backend
+from klingflow.backends.config import BackendConfig, BackendKind, backend_kind, check_backend, resolve_backend
 
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
     from klingflow.cache import Store
 
-__all__ = ["BackendConfig", "BackendKind", "check_backend", "connect", "resolve_backend"]
+__all__ = ["BackendConfig", "BackendKind", "backend_kind", "check_backend", "connect", "resolve_backend"]
 
 
 def connect(

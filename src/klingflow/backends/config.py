@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 from urllib.parse import urlparse
 
 from pydantic import SecretStr
@@ -36,6 +37,7 @@ from klingflow.settings import settings
 __all__ = [
     "BackendConfig",
     "BackendKind",
+    "backend_kind",
     "check_backend",
     "planned_identity",
     "resolve_backend",
@@ -92,6 +94,23 @@ def _emulator() -> BackendConfig:
     )
 
 
+_BACKENDS: tuple[BackendKind, ...] = get_args(BackendKind)
+
+
+def backend_kind(backend: str | None) -> BackendKind | None:
+    """A ``--backend`` value as :class:`~klingflow.engine.RunOptions` takes it (None stays None).
+
+    Any other word is a :class:`ConfigError` naming the option (exit 2, with a hint) rather than
+    the options model's validation traceback.
+    """
+    if backend is None:
+        return None
+    for kind in _BACKENDS:
+        if backend == kind:
+            return kind
+    raise ConfigError(f"unknown backend {backend!r}", context="--backend", hint="use 'fal' or 'emulator'")
+
+
 def check_backend(backend: str | None = None, key: str | SecretStr | None = None) -> str | None:
     """Refuse a backend that cannot work, before anything starts; return the key it would use.
 
@@ -101,8 +120,7 @@ def check_backend(backend: str | None = None, key: str | SecretStr | None = None
     without ``HTTPS_PROXY``, a CA bundle (``SSL_CERT_FILE``) that cannot be read. None: the
     embedded emulator will be used.
     """
-    if backend not in (None, "fal", "emulator"):
-        raise ConfigError(f"unknown backend {backend!r}", context="--backend", hint="use 'fal' or 'emulator'")
+    backend_kind(backend)
     if backend == "emulator":
         return None
     secret = key.get_secret_value() if isinstance(key, SecretStr) else key

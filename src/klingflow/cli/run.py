@@ -105,9 +105,11 @@ def plan(
     refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
 ) -> None:
     """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total."""
+    from klingflow.backends import backend_kind
     from klingflow.engine import RunOptions, plan_pipeline
 
-    result = plan_pipeline(file, parse_sets(set_ or []), RunOptions(backend=backend, refresh=refresh or None))
+    options = RunOptions(backend=backend_kind(backend), refresh=refresh or None)
+    result = plan_pipeline(file, parse_sets(set_ or []), options)
     Console().print(plan_table(result))
 
 
@@ -167,7 +169,7 @@ def run(
     A fully cached re-run there is done without Prefect's start-up, and recorded as a flow run
     right after, by a detached process.
     """
-    from klingflow.backends import check_backend
+    from klingflow.backends import backend_kind, check_backend
     from klingflow.spec import check, load_pipeline
 
     inputs = parse_sets(set_ or [])
@@ -178,15 +180,15 @@ def run(
     if ephemeral:
         os.environ["KLINGFLOW_PREFECT"] = "ephemeral"  # for run_pipeline's own look, and subprocesses
 
-    from klingflow.engine import RunOptions
+    from klingflow.engine import RunOptions, ambiguous_submit_policy
 
     options = RunOptions(
-        backend=backend,
+        backend=backend_kind(backend),
         concurrency=concurrency,
         refresh=refresh or None,
         max_cost_usd=max_cost,
         out_dir=out_dir,
-        on_ambiguous_submit=on_ambiguous_submit,
+        on_ambiguous_submit=ambiguous_submit_policy(on_ambiguous_submit),
         cancel_queued=cancel_queued or None,
     )
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
@@ -406,9 +408,10 @@ def recover(backend: BackendOpt = None) -> None:
     """
     import asyncio
 
+    from klingflow.backends import backend_kind
     from klingflow.engine import RunOptions, context_for, recover
 
-    found = asyncio.run(recover(context_for(RunOptions(backend=backend))))
+    found = asyncio.run(recover(context_for(RunOptions(backend=backend_kind(backend)))))
     console = out()
     if not found:
         console.print("nothing to recover: every request this home paid for is stored")

@@ -29,9 +29,11 @@ def verify(
     (fal keeps a result for an hour after it completes); a run does the same by itself for the
     steps it uses.
     """
+    from klingflow.backends import backend_kind
     from klingflow.engine import RunOptions, context_for, verify_store
 
-    checked, bad = asyncio.run(verify_store(context_for(RunOptions(backend=backend)), repair=repair))
+    options = RunOptions(backend=backend_kind(backend))
+    checked, bad = asyncio.run(verify_store(context_for(options), repair=repair))
     console = out()
     if bad:
         table = Table(title="stored outputs that failed verification")

@@ -20,7 +20,14 @@ from klingflow.engine.context import Logger
 from klingflow.engine.hooks import RunHooks, StepCall, StepInfo
 from klingflow.engine.housekeeping import Collected, collect_garbage
 from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest, stop_on_signals
-from klingflow.engine.options import BUILT_IN, FLOW_OPTIONS, RetryPolicy, RunOptions, resolve_options
+from klingflow.engine.options import (
+    BUILT_IN,
+    FLOW_OPTIONS,
+    RetryPolicy,
+    RunOptions,
+    ambiguous_submit_policy,
+    resolve_options,
+)
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
@@ -46,6 +53,7 @@ __all__ = [
     "RunResult",
     "StepCall",
     "StepInfo",
+    "ambiguous_submit_policy",
     "arun",
     "check_budget",
     "collect_garbage",

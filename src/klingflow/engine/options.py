@@ -18,12 +18,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from klingflow.backends.config import BackendKind
 from klingflow.cache import Journal, Store
+from klingflow.errors import ConfigError
 from klingflow.settings import settings
 
 if TYPE_CHECKING:
@@ -35,12 +36,33 @@ __all__ = [
     "AmbiguousSubmitPolicy",
     "RetryPolicy",
     "RunOptions",
+    "ambiguous_submit_policy",
     "resolve_options",
 ]
 
 
 AmbiguousSubmitPolicy = Literal["reconcile", "fail", "resubmit"]
 """What to do with a submit fal may have accepted (its answer was lost): see :class:`RetryPolicy`."""
+
+_POLICIES: tuple[AmbiguousSubmitPolicy, ...] = get_args(AmbiguousSubmitPolicy)
+
+
+def ambiguous_submit_policy(policy: str | None) -> AmbiguousSubmitPolicy | None:
+    """An ``--on-ambiguous-submit`` value as :class:`RunOptions` takes it (None stays None).
+
+    Any other word is a :class:`~klingflow.errors.ConfigError` naming the option (exit 2, with a
+    hint) rather than the options model's validation traceback.
+    """
+    if policy is None:
+        return None
+    for known in _POLICIES:
+        if policy == known:
+            return known
+    raise ConfigError(
+        f"unknown policy {policy!r}",
+        context="--on-ambiguous-submit",
+        hint="use 'reconcile' (the default), 'fail' or 'resubmit'",
+    )
 
 
 class RetryPolicy(BaseModel):
