@@ -215,14 +215,18 @@ def run(
         _check_blocks(credentials, defaults)  # before a flow run starts
 
     def in_prefect(hooks: RunHooks) -> RunResult:
-        quiet = (lambda: None) if debug else quiet_prefect_tracebacks
+        def started() -> None:  # the flow run began: Prefect's logging is set up, quiet it down
+            hooks.on_run_start()
+            if not debug:
+                quiet_prefect_tracebacks()
+
         return run_pipeline(
             spec,
             inputs,
             options=options,
             credentials=credentials,
             defaults=defaults,
-            hooks=replace(hooks, on_run_start=lambda: (hooks.on_run_start(), quiet())),
+            hooks=replace(hooks, on_run_start=started),
             fallback=fallback,
         )
 
