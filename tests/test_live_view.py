@@ -36,9 +36,9 @@ PREFECT_LINE = re.compile(r"\| (INFO|WARNING|ERROR) +\| ")
 pytestmark = pytest.mark.slow
 
 
-def _environment(tmp_path: Path, session_prefect: dict[str, str]) -> dict[str, str]:
+def _environment(home: Path, session_prefect: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in (*CLIENT_VARIABLES, "CURL_CA_BUNDLE", "COLUMNS")}
-    env.update(session_prefect, KLINGFLOW_HOME=str(tmp_path / "home"), KLINGFLOW_EMULATOR_WORKERS="1")
+    env.update(session_prefect, KLINGFLOW_HOME=str(home), KLINGFLOW_EMULATOR_WORKERS="1")
     return env
 
 
@@ -89,11 +89,33 @@ def _log_file(stdout: str) -> Path:
     return Path(found[1].strip())
 
 
-def test_the_live_view_on_a_terminal(tmp_path: Path, session_prefect: dict[str, str]) -> None:
-    env = _environment(tmp_path, session_prefect)
-    status, screen, output = _in_a_terminal(
-        [*KLINGFLOW, "run", str(STORY), "--backend", "emulator"], env, tmp_path
+def test_a_live_view_on_a_terminal_plain_lines_elsewhere_log_lines_with_verbose(
+    tmp_path: Path, session_prefect: dict[str, str]
+) -> None:
+    """The terminal run and the piped one side by side (each its own home and embedded emulator)."""
+    piped_env = _environment(tmp_path / "piped", session_prefect)
+    command = [*KLINGFLOW, "run", str(STORY), "--backend", "emulator"]
+    with open(tmp_path / "piped.out", "wb") as out, open(tmp_path / "piped.err", "wb") as err:
+        piped = subprocess.Popen(command, env=piped_env, cwd=tmp_path, stdout=out, stderr=err)
+    try:
+        _check_the_terminal_run(tmp_path, _environment(tmp_path / "tty", session_prefect), command)
+        assert piped.wait(timeout=300) == 0, (tmp_path / "piped.err").read_text()
+    finally:
+        if piped.poll() is None:
+            piped.kill()
+            piped.wait()
+    _check_the_piped_run((tmp_path / "piped.out").read_text(), (tmp_path / "piped.err").read_text())
+
+    verbose = subprocess.run(
+        [*command, "--verbose"], env=piped_env, cwd=tmp_path, capture_output=True, text=True, timeout=300
     )
+    assert verbose.returncode == 0, verbose.stdout + verbose.stderr
+    assert PREFECT_LINE.search(verbose.stdout + verbose.stderr), verbose.stdout + verbose.stderr
+    assert re.search(r" opening +cached", verbose.stdout), verbose.stdout
+
+
+def _check_the_terminal_run(tmp_path: Path, env: dict[str, str], command: list[str]) -> None:
+    status, screen, output = _in_a_terminal(command, env, tmp_path)
     lines = [line.rstrip() for line in screen.display]
     shown = "\n".join(line for line in lines if line)
     assert status == 0, shown
@@ -111,31 +133,18 @@ def test_the_live_view_on_a_terminal(tmp_path: Path, session_prefect: dict[str, 
     text = output.decode(errors="replace")
     assert "queued" in text and "running" in text, text[-3000:]
     assert not PREFECT_LINE.search(text) and "Generating:" not in text, text[-3000:]
-    (log,) = (tmp_path / "home" / "runs").glob("*/run.log")  # its line on the screen may wrap
+    (log,) = (tmp_path / "tty" / "runs").glob("*/run.log")  # its line on the screen may wrap
     assert any(line.startswith("  log: ") for line in lines) and "prefect.task_runs" in log.read_text()
 
 
-def test_plain_lines_without_a_terminal_and_log_lines_with_verbose(
-    tmp_path: Path, session_prefect: dict[str, str]
-) -> None:
-    env = _environment(tmp_path, session_prefect)
-    command = [*KLINGFLOW, "run", str(STORY), "--backend", "emulator", "--set", "subject=a night owl"]
-    piped = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    console = piped.stdout + piped.stderr
-    assert piped.returncode == 0, console
-    changes = [line for line in piped.stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d \S", line)]
+def _check_the_piped_run(stdout: str, stderr: str) -> None:
+    console = stdout + stderr
+    changes = [line for line in stdout.splitlines() if re.match(r"\d\d:\d\d:\d\d \S", line)]
     for state in ("starting", "running", "done"):
         assert any(re.match(rf"\S+ opening +{state}\b", line) for line in changes), console
     assert any(re.search(r" queued, \d+ ahead", line) for line in changes), console
-    assert re.search(r" final_cut +done [\d.]+ s \(6 done; spent \$0\.900", piped.stdout), console
-    assert "\x1b[" not in piped.stdout, "no terminal, no escape codes"
+    assert re.search(r" final_cut +done [\d.]+ s \(6 done; spent \$0\.900", stdout), console
+    assert "\x1b[" not in stdout, "no terminal, no escape codes"
     assert not PREFECT_LINE.search(console) and "Generating:" not in console, console
-    logged = _log_file(piped.stdout).read_text()
+    logged = _log_file(stdout).read_text()
     assert "prefect.task_runs 'beats[1]'" in logged and "Generating: 25%" in logged, logged
-
-    verbose = subprocess.run(
-        [*command, "--verbose"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
-    )
-    assert verbose.returncode == 0, verbose.stdout + verbose.stderr
-    assert PREFECT_LINE.search(verbose.stdout + verbose.stderr), verbose.stdout + verbose.stderr
-    assert re.search(r" opening +cached", verbose.stdout), verbose.stdout
