@@ -184,7 +184,9 @@ async def build(home: Path, emulator: EmulatorAdmin) -> Home:
         temp(home / "journal" / "ab" / f".{'ab' * 32}.json.1-2-deadbeef.tmp", hours=2),
         temp(home / "claims" / ".k.claim.1-2-deadbeef.tmp", hours=2),
         temp(home / "ledger" / ".run-x.parquet.1-2-deadbeef.tmp", hours=2),
+        temp(home / "runs" / ".run-4242-1764000000000000000.log", hours=2),  # a killed run's log
     }
+    made.kept.add(temp(home / "runs" / ".run-4343-1764000000000000000.log", hours=0))  # a run logging now
     scratch = tmp / "tmpkilledscratch"
     temp(scratch / "final_cut.mp4", hours=5)
     made.removed.add(age(scratch, 5 / 24))
@@ -208,7 +210,7 @@ async def build(home: Path, emulator: EmulatorAdmin) -> Home:
 
 
 def kind_of(home: Path, path: Path) -> str:
-    if path.parent.name == "tmp" or path.name.endswith(".tmp"):
+    if path.parent.name == "tmp" or path.name.endswith(".tmp") or path.name.startswith(".run-"):
         return "temp files"
     if path.is_relative_to(home / "claims"):
         return "claim files"

@@ -10,7 +10,8 @@ default 30 days back):
 * **claim files** (``<home>/claims``) no live claim holds: an expired lease, a holder process
   that is gone, or the lock file of a claim released long ago;
 * **temporary files** a killed writer left: ``store/tmp`` downloads and scratch folders, and the
-  hidden ``.*.tmp`` files of an atomic write in the journal, the claims and the ledger folder.
+  hidden ``.*.tmp`` files of an atomic write in the journal, the claims and the ledger folder, and
+  the log of a ``klingflow run`` killed before it moved it into its run folder (``runs/.run-*.log``).
 
 What is kept, and why:
 
@@ -216,6 +217,7 @@ def _temps(home: Path, store: Store, sweep: _Sweep, *, floor: float) -> None:
         *sorted((home / "journal").glob("*/.*.tmp")),
         *sorted((home / "claims").glob(".*.tmp")),
         *sorted((home / "ledger").glob(".*.tmp")),
+        *sorted((home / "runs").glob(".run-*.log")),  # a killed `klingflow run`'s log, never moved
     ]
     for path in leftovers:
         with contextlib.suppress(FileNotFoundError):
