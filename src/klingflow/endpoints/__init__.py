@@ -1,35 +1,37 @@
-"""Pydantic models of fal's Kling v1 endpoints and a registry of what each one takes, gives and costs.
+"""Every Kling endpoint fal serves, typed from fal's own schemas: validate, price, media, outputs.
 
-Endpoints (fal id, alias): ``fal-ai/kling-video/v1/standard/{text-to-video,image-to-video,ai-avatar,
-effects}`` and ``fal-ai/kling-video/v1/tts``. Every field, default, enum and limit follows fal's schema
-(``design/kling-schema.md``); checking them here means a typo costs nothing instead of a paid request.
+Where the facts come from: ``klingflow/data/fal-endpoints.json``, a snapshot of fal's input and output
+JSON Schemas and prices for 78 Kling endpoint ids (made by ``scripts/vendor_endpoints.py``; each entry
+names its source, date and sha256), or a copy refreshed from fal's platform API into
+``KLINGFLOW_HOME/endpoints`` (``klingflow endpoints refresh``), which wins when present. Models are built
+from the schema on first use (``_schema.py``); cross-field rules the schemas do not carry are overlays
+(``_overlays.py``); prices are rules (``_pricing.py``).
+
+Names. ``uses:`` takes any known fal endpoint id. The seed's five short names stay what they were:
+``text-to-video``, ``image-to-video``, ``ai-avatar``, ``effects`` (Kling v1 standard) and ``tts``
+(:data:`ALIASES`).
 
 Enums. An unknown value is refused with the closest known one, e.g. ``'hugg' is not a known
-effect_scene; did you mean 'hug'?``. ``duration`` also takes the ints 5 and 10 (YAML writes ``5``) and
-turns them into fal's strings ``"5"`` and ``"10"``. Each enum field's JSON schema lists its values as
-``enum``, so forms can show drop-downs.
+effect_scene; did you mean 'hug'?``. A duration enum of digit strings also takes ints (YAML writes
+``5``) and sends fal's string. Each enum field's JSON schema lists its values, so forms show drop-downs.
 
-Growing enums (this is where the setting is documented). fal adds effect scenes and voices over time
-(effect scenes went from 5 to 198 in 18 months). To use a value newer than klingflow's list:
+Growing enums (this is where the setting is documented). fal adds effect scenes, voices and shot types
+over time. To use a value newer than klingflow's list:
 
 - set ``KLINGFLOW_EXTRA_ENUM_VALUES="effect_scene=new_scene,other_scene;voice_id=new_voice"``, or
 - call ``allow_enum_values("effect_scene", ["new_scene"])``; ``reset_enum_values()`` undoes the calls.
 
-Both are read at validation time and apply to ``effect_scene`` and ``voice_id``. An added effect scene
-takes one or two images, since klingflow cannot know which.
+Both are read at validation time and apply to ``effect_scene``, ``voice_id`` and ``shot_type`` of every
+endpoint. An added effect scene takes one or two images, since klingflow cannot know which.
 
-Effect images. Pair scenes (:data:`DUAL_IMAGE_SCENES`: hug, kiss, heart_gesture, ...) take exactly two
-``input_image_urls``, other known scenes exactly one. The count is checked only when the list is given,
-because fal marks it optional and fal's quick-start sends ``{"effect_scene": "hug"}`` alone.
+Input files. fal's ``x-fal`` file limits (size, sides, aspect ratio) are checked on local files before
+anything is uploaded or paid for, by ``klingflow.spec.check``; Kling v1 image fields, whose schema has
+none, are held to Kling's documented limits (:data:`IMAGE_LIMITS`).
 
-Input images. Kling takes JPEG or PNG, at most 10 MB, sides of at least 300 pixels and an aspect ratio
-between 1:2.5 and 2.5:1 (:data:`IMAGE_LIMITS`). fal's schema only says "URL", so the limits are checked
-where the image can be seen: on local files, by ``klingflow.spec.check``.
-
-Prices. fal's public prices: $0.045 per second of video (text-to-video, image-to-video, effects),
-$0.0562 per second for ai-avatar, $0.007 per TTS request. Override them per call (``prices=``) or with
-``KLINGFLOW_PRICES='{"text-to-video": 0.05}'`` (alias or id keys). An ai-avatar estimate made before
-the output length is known assumes ``assumed_seconds`` (default :data:`AVATAR_ASSUMED_SECONDS`, 10 s).
+Prices. Each endpoint's rule: per second (audio on/off and voice-control variants), per second with a
+5 s minimum, per input second rounded up, per image, per request. An endpoint without a known price
+estimates as None (plans show ``unknown``, never $0). Override base rates per call (``prices=``) or with
+``KLINGFLOW_PRICES='{"text-to-video": 0.05}'`` (alias or id keys).
 
 Example::
 
@@ -42,6 +44,17 @@ Example::
 
 from __future__ import annotations
 
+from klingflow.endpoints._catalog import (
+    REFRESH_TTL,
+    EndpointRecord,
+    drop_refreshed,
+    record_of,
+    refreshed_dir,
+    schema_sha256,
+    snapshot_ids,
+    snapshot_meta,
+    store_refreshed,
+)
 from klingflow.endpoints._enums import (
     EXTENSIBLE_ENUMS,
     EXTRA_ENUM_VALUES_ENV,
@@ -51,48 +64,42 @@ from klingflow.endpoints._enums import (
     reset_enum_values,
     suggest,
 )
-from klingflow.endpoints._models import (
+from klingflow.endpoints._overlays import (
     DUAL_IMAGE_SCENES,
     EFFECT_SCENES,
     IMAGE_LIMITS,
     TTS_VOICES,
-    AiAvatarInput,
-    AiAvatarOutput,
-    CameraControl,
-    DynamicMask,
-    EffectsInput,
-    FalInput,
-    FalOutput,
-    File,
     ImageLimits,
-    ImageToVideoInput,
-    TextToVideoInput,
-    Trajectory,
-    TtsInput,
-    TtsOutput,
-    VideoOutput,
     scene_image_counts,
 )
+from klingflow.endpoints._pricing import AVATAR_ASSUMED_SECONDS, PriceRule, PriceUnit, PriceVariant
 from klingflow.endpoints._registry import (
-    AVATAR_ASSUMED_SECONDS,
+    ALIASES,
     ENDPOINTS,
     PRICES_ENV,
     EndpointInfo,
+    MediaInput,
     MediaKind,
-    PriceUnit,
+    ValueOutput,
+    billed_cost,
     canonical_arguments,
     estimate_cost,
     estimate_seconds,
+    forget_endpoint,
     get_endpoint,
     is_url,
     media_inputs,
+    media_limits,
+    output_files,
     parse_output,
     set_media_input,
     unit_price,
     validate_input,
 )
+from klingflow.endpoints._schema import FalInput, FalOutput, model_from_schema
 
 __all__ = [
+    "ALIASES",
     "AVATAR_ASSUMED_SECONDS",
     "DUAL_IMAGE_SCENES",
     "EFFECT_SCENES",
@@ -101,39 +108,45 @@ __all__ = [
     "EXTRA_ENUM_VALUES_ENV",
     "IMAGE_LIMITS",
     "PRICES_ENV",
+    "REFRESH_TTL",
     "TTS_VOICES",
-    "AiAvatarInput",
-    "AiAvatarOutput",
-    "CameraControl",
-    "DynamicMask",
-    "EffectsInput",
     "EndpointInfo",
+    "EndpointRecord",
     "FalEnum",
     "FalInput",
     "FalOutput",
-    "File",
     "ImageLimits",
-    "ImageToVideoInput",
+    "MediaInput",
     "MediaKind",
+    "PriceRule",
     "PriceUnit",
-    "TextToVideoInput",
-    "Trajectory",
-    "TtsInput",
-    "TtsOutput",
-    "VideoOutput",
+    "PriceVariant",
+    "ValueOutput",
     "allow_enum_values",
+    "billed_cost",
     "canonical_arguments",
+    "drop_refreshed",
     "estimate_cost",
     "estimate_seconds",
     "extra_enum_values",
+    "forget_endpoint",
     "get_endpoint",
     "is_url",
     "media_inputs",
+    "media_limits",
+    "model_from_schema",
+    "output_files",
     "parse_output",
-    "set_media_input",
+    "record_of",
+    "refreshed_dir",
     "reset_enum_values",
     "scene_image_counts",
+    "schema_sha256",
+    "set_media_input",
+    "snapshot_ids",
+    "snapshot_meta",
+    "store_refreshed",
+    "suggest",
     "unit_price",
     "validate_input",
-    "suggest",
 ]

@@ -43,9 +43,10 @@ __all__ = [
 EXTRA_ENUM_VALUES_ENV = "KLINGFLOW_EXTRA_ENUM_VALUES"
 """Environment variable, e.g. ``effect_scene=new_scene,other_scene;voice_id=new_voice``."""
 
-EXTENSIBLE_ENUMS = frozenset({"effect_scene", "voice_id"})
-"""The enums fal keeps growing. The fixed ones (duration, aspect_ratio, ...) change only with a new model
-version, which gets new endpoint ids and new models here."""
+EXTENSIBLE_ENUMS = frozenset({"effect_scene", "voice_id", "shot_type"})
+"""The enums fal keeps growing (``shot_type`` gained ``intelligent`` after the vendored schemas). The
+fixed ones (duration, aspect_ratio, ...) change only with a new model version, which gets new endpoint
+ids; a refresh (``klingflow endpoints refresh``) picks up any other change."""
 
 _allowed_by_call: dict[str, set[str]] = {}
 
