@@ -132,7 +132,8 @@ class _Builder:
             return bool, False
         if kind == "array":
             item: Any = self.annotation(field, node.get("items", {}))[0] if node.get("items") else Any
-            return self._constrained(list[item], node,  # type: ignore[valid-type] min_length="minItems", max_length="maxItems"), False
+            listed: Any = list[item]  # type: ignore[valid-type]
+            return self._constrained(listed, node, min_length="minItems", max_length="maxItems"), False
         if kind == "object" or "properties" in node:
             if node.get("properties"):
                 return self.object_model(_python_name(field).title().replace("_", ""), node), False
