@@ -43,9 +43,11 @@ from pydantic import BaseModel, ConfigDict
 from klingflow.backends.handles import BackendConfig, QueueEvent, RequestHandle
 from klingflow.cache import OutputRecord, Store, StoredFile
 from klingflow.endpoints import (
+    canonical_arguments,
     get_endpoint,
     is_url,
     media_inputs,
+    output_files,
     parse_output,
     set_media_input,
     validate_input,
@@ -100,15 +102,21 @@ class EndpointResult(BaseModel):
     raw: dict[str, Any]
     output: BaseModel
     files: dict[str, StoredFile]
+    """Every output file by name: ``video``, ``audio``, ``images[0]``, ..."""
+    urls: dict[str, str] = {}
+    """Where fal served each of them."""
 
     def output_records(self) -> dict[str, OutputRecord]:
         """What the journal keeps of each stored output: enough to find and verify it later."""
         return {
-            name: OutputRecord(
-                sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=getattr(self.output, name).url
-            )
+            name: OutputRecord(sha256=f.sha256, suffix=f.path.suffix, bytes=f.bytes, url=self.urls[name])
             for name, f in self.files.items()
         }
+
+    def values(self) -> dict[str, Any]:
+        """The output's values that are not files (``duration``, ``voice_id``), as fal sent them."""
+        info = get_endpoint(self.handle.endpoint)
+        return {name: self.raw.get(name) for name in info.values if self.raw.get(name) is not None}
 
 
 def _detail(message: Any) -> str:
@@ -278,7 +286,7 @@ class FalBackend:
         """Validate arguments and upload local media files; return the JSON body to submit."""
         info = get_endpoint(endpoint)
         model = validate_input(info.id, arguments)
-        body = model.model_dump(mode="json", exclude_none=True)
+        body = canonical_arguments(model)
         for path, value, _kind in media_inputs(info.id, model):
             if is_url(value):
                 continue
@@ -466,14 +474,15 @@ class FalBackend:
         info = get_endpoint(handle.endpoint)
         output = parse_output(info.id, result)
         files: dict[str, StoredFile] = {}
-        for field in info.produces:
-            file = getattr(output, field)
+        urls: dict[str, str] = {}
+        for name, _field, file in output_files(info.id, output):
             suffix = Path(file.file_name or urlparse(file.url).path).suffix
             try:
-                files[field] = await self.store.download(
+                files[name] = await self.store.download(
                     file.url, self._download_client(), suffix=suffix, expected_size=file.file_size
                 )
             except BackendError as exc:
                 exc.endpoint, exc.request_id = info.id, handle.request_id
                 raise
-        return EndpointResult(handle=handle, raw=result, output=output, files=files)
+            urls[name] = file.url
+        return EndpointResult(handle=handle, raw=result, output=output, files=files, urls=urls)

@@ -110,7 +110,7 @@ class RunView:
         """Every execution the run has, in order, with what the plan expects it to cost."""
         for step in plan.steps:
             label = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
-            self.executions[label] = _Execution(label, step.step_id, estimate=step.estimated_cost_usd)
+            self.executions[label] = _Execution(label, step.step_id, estimate=step.estimated_cost_usd or 0.0)
         self.changed(None)
 
     def start(self, label: str) -> None:
@@ -133,7 +133,7 @@ class RunView:
         execution = self._execution(record.step_label)
         execution.state, execution.ended = Status(record.status), self.clock()
         execution.started = execution.started or execution.ended
-        execution.cost = record.estimated_cost_usd
+        execution.cost = record.estimated_cost_usd or 0.0
         execution.note = record.error.splitlines()[0] if record.error else ""
         self.changed(execution)
 

@@ -81,9 +81,13 @@ def plan_table(plan: Plan) -> Table:
     for step in plan.steps:
         name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
         seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
-        table.add_row(name, step.uses, step.status, f"${step.estimated_cost_usd:.3f}", seconds)
+        cost = "unknown" if step.estimated_cost_usd is None else f"${step.estimated_cost_usd:.3f}"
+        table.add_row(name, step.uses, step.status, cost, seconds)
+    unknown = len(plan.unknown_cost)
     table.caption = (
-        f"to spend: ${plan.total_cost_usd:.3f} ({plan.count('run')} generations to run, "
+        f"to spend: ${plan.total_cost_usd:.3f}"
+        + (f" plus {unknown} generation(s) at an unknown price" if unknown else "")
+        + f" ({plan.count('run')} generations to run, "
         f"{plan.count('cached')} cached, {plan.count('recoverable')} recoverable; "
         f"{plan.operations} local operations, free)"
     )
@@ -124,6 +128,10 @@ def run(
     max_cost: Annotated[
         float | None, typer.Option(help="Refuse to start if the uncached estimate exceeds USD.")
     ] = None,
+    allow_unknown_cost: Annotated[
+        bool,
+        typer.Option(help="With --max-cost: start even if some step's price is unknown to klingflow."),
+    ] = False,
     credentials: Annotated[str | None, typer.Option(help="Name of a FalCredentials block to use.")] = None,
     defaults: Annotated[str | None, typer.Option(help="Name of a KlingDefaults block to use.")] = None,
     out_dir: Annotated[
@@ -187,6 +195,7 @@ def run(
         concurrency=concurrency,
         refresh=refresh or None,
         max_cost_usd=max_cost,
+        allow_unknown_cost=allow_unknown_cost or None,
         out_dir=out_dir,
         on_ambiguous_submit=ambiguous_submit_policy(on_ambiguous_submit),
         cancel_queued=cancel_queued or None,
@@ -379,7 +388,7 @@ def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url
 
 
 def _print_final(console: Console, result: RunResult, ui: str | None, log: Path | None = None) -> None:
-    spent = sum(r.estimated_cost_usd for r in result.records)
+    spent = sum(r.estimated_cost_usd or 0.0 for r in result.records)
     console.print(
         f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend ${spent:.3f} "
         f"(run {result.run_id})"

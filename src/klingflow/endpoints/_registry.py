@@ -177,6 +177,12 @@ class EndpointInfo:
         return frozenset(self._schemas()[0].get("properties", {}))
 
     @cached_property
+    def defaults(self) -> dict[str, Any]:
+        """The input's top-level defaults, as the schema states them."""
+        properties = self._schemas()[0].get("properties", {})
+        return {name: node["default"] for name, node in properties.items() if "default" in node}
+
+    @cached_property
     def required(self) -> frozenset[str]:
         """The input's required fields."""
         return frozenset(self._schemas()[0].get("required", []))
@@ -535,18 +541,20 @@ def estimate_cost(
 
 
 def billed_cost(
-    endpoint: str, arguments: Mapping[str, Any], units: float, fal_unit_price: float | None = None
+    endpoint: str, arguments: Mapping[str, Any] | None, units: float, fal_unit_price: float | None = None
 ) -> float | None:
     """What fal billed: its billable units times the unit price of the variant the input selected.
 
     ``fal_unit_price`` (fal's pricing API) replaces the rule's base rate; a variant's rate (audio on,
-    4K) comes from the rule, since fal's pricing API states one price per endpoint.
+    4K) comes from the rule, since fal's pricing API states one price per endpoint. Without the
+    ``arguments`` (``klingflow recover`` knows only a request id), the schema's defaults stand in.
     """
     info = get_endpoint(endpoint)
     rule = info.price
     if rule is None:
         return None if fal_unit_price is None else round(units * fal_unit_price, 6)
-    return round(units * rule.rate(dict(arguments), base=fal_unit_price), 6)
+    given = dict(arguments) if arguments is not None else info.defaults
+    return round(units * rule.rate(given, base=fal_unit_price), 6)
 
 
 def is_url(value: str) -> bool:

@@ -132,7 +132,7 @@ class _Builder:
             return bool, False
         if kind == "array":
             item: Any = self.annotation(field, node.get("items", {}))[0] if node.get("items") else Any
-            listed: Any = list[item]  # type: ignore[valid-type]
+            listed: Any = list[item]
             return self._constrained(listed, node, min_length="minItems", max_length="maxItems"), False
         if kind == "object" or "properties" in node:
             if node.get("properties"):

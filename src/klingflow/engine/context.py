@@ -29,7 +29,7 @@ from klingflow.cache import (
     canonical_json,
     new_owner,
 )
-from klingflow.endpoints import unit_price
+from klingflow.endpoints import EndpointInfo, unit_price
 from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest
 from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
 from klingflow.errors import BackendError, ConfigError
@@ -79,7 +79,7 @@ class StepContext:
     """Requests this run submitted or resumed, by cache key (what a stop may leave running at fal)."""
     _backend: FalBackend | None = None
     _limiter: asyncio.Semaphore | None = None
-    _fal_prices: dict[str, float] = field(default_factory=dict)
+    _fal_prices: dict[str, float | None] = field(default_factory=dict)
     _verified: set[tuple[str, str]] = field(default_factory=set)
 
     @property
@@ -112,16 +112,18 @@ class StepContext:
             self._limiter = asyncio.Semaphore(self.concurrency)
         return self._limiter
 
-    async def unit_price(self, endpoint: str) -> float:
-        """USD per billable unit: fal's pricing API when it answers (once per run), else klingflow's table."""
+    async def unit_price(self, endpoint: str) -> float | None:
+        """USD per billable unit: fal's pricing API when it answers (once per run), else the endpoint's
+        price rule (or ``KLINGFLOW_PRICES``); None when neither knows a price."""
         from klingflow.backends.platform import unit_prices
 
         if endpoint not in self._fal_prices:
             try:
                 self._fal_prices.update(await unit_prices(self.backend, [endpoint]))
             except BackendError:
-                pass  # unreachable or unknown to fal: klingflow's table (or KLINGFLOW_PRICES) below
-            self._fal_prices.setdefault(endpoint, unit_price(endpoint, self.prices))
+                pass  # unreachable or unknown to fal: the price rule (or KLINGFLOW_PRICES) below
+            if endpoint not in self._fal_prices:
+                self._fal_prices[endpoint] = unit_price(endpoint, self.prices)
         return self._fal_prices[endpoint]
 
     def secrets(self) -> list[SecretStr]:
@@ -177,12 +179,13 @@ class StepContext:
         return candidate
 
     def fill_cached(self, lookup: CacheLookup, record: StepRecord, kinds: Mapping[str, str]) -> None:
-        """Fill ``record`` from a ``cached`` lookup: its files, media columns and request id."""
+        """Fill ``record`` from a ``cached`` lookup: its files, media columns, values and request id."""
         assert lookup.entry is not None and lookup.files is not None
         entry = lookup.entry
         for name, stored in lookup.files.items():
-            describe_output(record, stored, kinds[name], duration=entry.values.get("duration"))
-            record.output_url = entry.outputs[name].url
+            describe_output(record, stored, kinds[_field(name)], duration=entry.values.get("duration"))
+            record.output_url = record.output_url or entry.outputs[name].url
+        record.outputs = {**record.outputs, **_outputs_by_name(lookup.files, entry.values, kinds)}
         record.status, record.request_id = Status.CACHED, entry.request_id
 
 
@@ -199,13 +202,50 @@ class CacheLookup:
     files: dict[str, StoredFile] | None = None
 
 
+def _field(name: str) -> str:
+    """The output field of a file name: ``images[1]`` -> ``images``."""
+    return name.partition("[")[0]
+
+
+def _outputs_by_name(
+    files: Mapping[str, StoredFile], values: Mapping[str, Any], kinds: Mapping[str, str]
+) -> dict[str, Any]:
+    outputs: dict[str, Any] = {}
+    for name, stored in files.items():
+        field = _field(name)
+        if field == name:
+            outputs[name] = stored.path
+        else:
+            outputs.setdefault(field, []).append(stored.path)
+            outputs.setdefault(field.removesuffix("s"), stored.path)
+    for name, value in values.items():
+        if name not in kinds and value is not None:
+            outputs[name] = value
+    return outputs
+
+
+def step_outputs(
+    info: EndpointInfo, files: Mapping[str, StoredFile], values: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What a generation gives the steps after it, by output name: every file (``video``, ``audio``,
+    ``images`` and its first as ``image``), ``duration``, and the output's other values (``voice_id``)."""
+    outputs = _outputs_by_name(files, values, info.produces)
+    outputs.setdefault("duration", values.get("duration"))
+    return outputs
+
+
 def describe_output(
     record: StepRecord, stored: StoredFile, kind: str, *, duration: float | None = None
 ) -> None:
-    """Fill the record's file and media columns from the stored file (probed, not assumed)."""
-    record.output_path, record.sha256, record.bytes = str(stored.path), stored.sha256, stored.bytes
-    record.outputs[kind] = stored.path
-    if kind == "image":
+    """Fill the record's file and media columns from the stored file (probed, not assumed).
+
+    The columns describe the step's first file (a video before its audio track's own file); every
+    file is kept in ``record.outputs`` by name.
+    """
+    if record.output_path is None:
+        record.output_path, record.sha256, record.bytes = str(stored.path), stored.sha256, stored.bytes
+    record.outputs.setdefault(kind, stored.path)
+    if kind == "image" or record.duration_s is not None:
         return
     info = probe(stored.path)
     record.duration_s = duration if duration is not None else info.duration
@@ -245,8 +285,15 @@ def shown_arguments(body: dict[str, Any]) -> str:
 
 
 def prompt_of(body: dict[str, Any]) -> str | None:
-    """The text a person recognises a generation by: its prompt, TTS text or effect scene."""
+    """The text a person recognises a generation by: its prompt, its shots' prompts (``multi_prompt``),
+    TTS text or effect scene."""
     for name in ("prompt", "text", "effect_scene"):
         if isinstance(body.get(name), str):
             return body[name]
+    shots = body.get("multi_prompt")
+    if isinstance(shots, list):
+        texts = [
+            shot["prompt"] for shot in shots if isinstance(shot, dict) and isinstance(shot.get("prompt"), str)
+        ]
+        return " | ".join(texts) or None
     return None

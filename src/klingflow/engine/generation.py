@@ -38,6 +38,7 @@ from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.backends.platform import payload_digest
 from klingflow.cache import JournalEntry, generation_key, media_digest
 from klingflow.endpoints import (
+    billed_cost,
     canonical_arguments,
     estimate_cost,
     get_endpoint,
@@ -54,6 +55,7 @@ from klingflow.engine.context import (
     plain,
     prompt_of,
     shown_arguments,
+    step_outputs,
 )
 from klingflow.engine.interrupts import OpenRequest, finish_despite_stop
 from klingflow.engine.options import AmbiguousSubmitPolicy
@@ -113,6 +115,7 @@ async def run_generation(
         item_index=item_index,
         kind="endpoint",
         endpoint=info.id,
+        schema_sha256=info.sha256,
         backend=backend_id,
         arguments=shown_arguments(body),
         prompt=prompt_of(body),
@@ -161,8 +164,12 @@ async def run_generation(
                             await generation.run(entry, may_submit=True)
                         generation.price(model)
                         if record.billable_units is not None and generation.healed is None:
-                            price = await ctx.unit_price(info.id)
-                            record.cost_usd = round(record.billable_units * price, 6)
+                            record.cost_usd = billed_cost(
+                                info.id,
+                                canonical_arguments(model),
+                                record.billable_units,
+                                await ctx.unit_price(info.id),
+                            )
                 finally:
                     ctx.claims.release(key, ctx.owner)
         if held:
@@ -259,7 +266,11 @@ class _Generation:
             )
             return
         record.estimated_cost_usd = estimate_cost(
-            self.endpoint, model, output_seconds=record.duration_s, prices=self.ctx.prices
+            self.endpoint,
+            model,
+            output_seconds=record.duration_s,
+            input_seconds=record.duration_s,  # a lipsync's output is as long as its input video
+            prices=self.ctx.prices,
         )
 
     def fail(self, error: str, cause: BaseException | None = None) -> StepFailed:
@@ -391,18 +402,25 @@ class _Generation:
         if record.queue_seconds is None:
             record.queue_seconds = time.monotonic() - started
         record.billable_units = fetched.billable_units
-        duration = getattr(done.output, "duration", None)
+        values = done.values()
+        duration = values.get("duration")
         for name, stored in done.files.items():
             # probing opens the file (milliseconds): off the event loop, where other steps poll
-            await asyncio.to_thread(describe_output, record, stored, self.kinds[name], duration=duration)
-            record.output_url = getattr(done.output, name).url
+            kind = self.kinds[name.partition("[")[0]]
+            await asyncio.to_thread(describe_output, record, stored, kind, duration=duration)
+            record.output_url = record.output_url or done.urls[name]
+        info = get_endpoint(self.endpoint)
+        record.outputs = {
+            **record.outputs,
+            **step_outputs(info, done.files, {**values, "duration": record.duration_s}),
+        }
         ctx.journal.record_done(
             self.key,
             endpoint=self.endpoint,
             backend=record.backend,
             request_id=handle.request_id,
             submitted_at=record.submitted_at,
-            values={"duration": record.duration_s},
+            values={**values, "duration": record.duration_s},
             outputs=done.output_records(),
         )
 

@@ -108,6 +108,10 @@ class RunOptions(BaseModel):
     concurrency: int | None = Field(default=None, ge=1)
     refresh: bool | None = None
     max_cost_usd: float | None = Field(default=None, ge=0)
+    allow_unknown_cost: bool | None = Field(
+        default=None,
+        description="With max_cost_usd: start even when a step's price is unknown (counted as $0 then).",
+    )
     out_dir: Path | None = None
     retry: RetryPolicy | None = None
     store: Store | None = None
@@ -148,6 +152,7 @@ FLOW_OPTIONS: tuple[str, ...] = (
     "concurrency",
     "refresh",
     "max_cost_usd",
+    "allow_unknown_cost",
     "out_dir",
     "on_ambiguous_submit",
     "cancel_queued",

@@ -11,8 +11,10 @@ Walking the steps in order, each one is classified without submitting anything:
 * ``run``: it will be generated and costs its endpoint's price.
 
 A step downstream of one that will run cannot know its inputs yet, so it is planned as ``run``
-(its own arguments still give the price). Media operations are local and free. The budget check
-(``max_cost_usd``) compares the total of ``run`` steps with the limit and refuses to start.
+(its own arguments still give the price). Media operations are local and free. A step whose price
+klingflow does not know plans as ``unknown`` (None), never $0. The budget check (``max_cost_usd``)
+compares the total of ``run`` steps with the limit and refuses to start, and refuses a run with
+unknown prices unless ``allow_unknown_cost`` is set.
 """
 
 from __future__ import annotations
@@ -23,13 +25,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from klingflow.endpoints import estimate_cost, estimate_seconds, validate_input
-from klingflow.engine.context import StepContext, plain
+from klingflow.endpoints import estimate_cost, estimate_seconds, is_url, media_inputs, validate_input
+from klingflow.engine.context import StepContext, plain, step_outputs
 from klingflow.engine.generation import generation_key_for
 from klingflow.engine.operation import operation_key_for, operation_output
 from klingflow.errors import BudgetError
 from klingflow.media import probe
-from klingflow.spec import ValidatedPipeline, merged_arguments, resolve, step_endpoint
+from klingflow.spec import (
+    ValidatedPipeline,
+    many_outputs,
+    merged_arguments,
+    output_kinds,
+    resolve,
+    step_endpoint,
+    target_of,
+)
 
 __all__ = ["Plan", "PlanStatus", "PlannedStep", "check_budget", "fully_cached", "make_plan"]
 
@@ -37,6 +47,7 @@ PlanStatus = Literal["cached", "recoverable", "run"]
 """What a run will do with a step: reuse it, collect a request already paid for, or pay for it."""
 
 _PENDING = Path("/pending")
+_SUFFIXES = {"video": "mp4", "audio": "mp3", "image": "png"}
 
 
 class PlannedStep(BaseModel):
@@ -47,9 +58,14 @@ class PlannedStep(BaseModel):
     uses: str
     kind: str = "endpoint"
     status: PlanStatus
-    estimated_cost_usd: float = 0.0
+    estimated_cost_usd: float | None = 0.0
+    """None: unknown (the endpoint has no known price, or its count needs a length not known yet)."""
     estimated_seconds: float | None = None
     cache_key: str | None = None
+    endpoint: str | None = None
+    """The fal endpoint id a generation calls."""
+    schema_source: str | None = None
+    """Where its schema and price come from (``snapshot 2026-05-12 (...)`` or ``refreshed ...``)."""
 
 
 class Plan(BaseModel):
@@ -60,8 +76,13 @@ class Plan(BaseModel):
 
     @property
     def total_cost_usd(self) -> float:
-        """What the steps that will run are expected to cost."""
-        return round(sum(s.estimated_cost_usd for s in self.steps if s.status == "run"), 6)
+        """What the steps that will run are expected to cost, counting only the known prices."""
+        return round(sum(s.estimated_cost_usd or 0.0 for s in self.steps if s.status == "run"), 6)
+
+    @property
+    def unknown_cost(self) -> list[PlannedStep]:
+        """The steps that will run at a price klingflow does not know."""
+        return [s for s in self.steps if s.status == "run" and s.estimated_cost_usd is None]
 
     @property
     def operations(self) -> int:
@@ -73,17 +94,17 @@ class Plan(BaseModel):
         return sum(1 for s in self.steps if s.status == status and s.kind == kind)
 
 
-def _placeholder_outputs(kind: str) -> dict[str, Any]:
-    return (
-        {
-            "video": _PENDING / "video.mp4",
-            "audio": _PENDING / "audio.mp3",
-            "image": _PENDING / "image.png",
-            "duration": None,
-        }
-        if kind
-        else {}
-    )
+def _placeholder_outputs(uses: str) -> dict[str, Any]:
+    """Stand-ins for the outputs of a step that has not run yet, by name (a list for ``images``)."""
+    target = target_of(uses)
+    if target is None:
+        return {}
+    listed = many_outputs(target)
+    placeholders: dict[str, Any] = {}
+    for name, kind in output_kinds(target).items():
+        pending = None if kind in ("number", "text") else _PENDING / f"{name}.{_SUFFIXES[kind]}"
+        placeholders[name] = [pending] if name in listed else pending
+    return placeholders
 
 
 def _plan_one(
@@ -106,19 +127,21 @@ def _plan_one(
     )
     if endpoint is None:
         key = operation_key_for(ctx, step.uses, arguments) if known else None
-        kind = operation_output(step.uses)
     else:
         model = validate_input(endpoint.id, body)
         key = generation_key_for(ctx, endpoint.id, body)[1] if known else None
-        audio = arguments.get("audio_url")
-        seconds = None
-        if isinstance(audio, Path) and audio.is_file():
-            seconds = probe(audio).duration
+        planned.endpoint, planned.schema_source = endpoint.id, endpoint.record.provenance()
+        # a length that follows an input (avatar: its audio; lipsync: its video), when it is a local file
+        lengths = {
+            kind: probe(value).duration
+            for _, value, kind in reversed(media_inputs(endpoint.id, model))
+            if not is_url(value) and Path(value).is_absolute() and Path(value).is_file()
+        }
+        seconds = lengths.get("audio", lengths.get("video"))
         planned.estimated_seconds = estimate_seconds(endpoint.id, model) or seconds
         planned.estimated_cost_usd = estimate_cost(
-            endpoint.id, model, output_seconds=seconds, prices=ctx.prices
+            endpoint.id, model, output_seconds=seconds, input_seconds=lengths.get("video"), prices=ctx.prices
         )
-        kind = next(iter(endpoint.produces.values()))
     planned.cache_key = key
     if key is None:
         return planned, None
@@ -126,8 +149,12 @@ def _plan_one(
     lookup = ctx.look_up(key, regenerate=not step.cache or step.refresh or ctx.refresh)
     if lookup.state == "cached" and lookup.files and lookup.entry:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
-        outputs: dict[str, Any] = {kind: next(iter(lookup.files.values())).path}
-        outputs["duration"] = lookup.entry.values.get("duration")
+        if endpoint is None:
+            kind = operation_output(step.uses)
+            outputs: dict[str, Any] = {kind: next(iter(lookup.files.values())).path}
+            outputs["duration"] = lookup.entry.values.get("duration")
+        else:
+            outputs = step_outputs(endpoint, lookup.files, lookup.entry.values)
         return planned, outputs
     if lookup.state in ("recoverable", "refetch"):
         planned.status, planned.estimated_cost_usd = "recoverable", 0.0
@@ -176,9 +203,23 @@ def fully_cached(pipeline: ValidatedPipeline, ctx: StepContext) -> bool:
     return all(planned.status == "cached" for planned in _walk(pipeline, ctx))
 
 
-def check_budget(plan: Plan, max_cost_usd: float | None) -> None:
-    """Refuse to start (BudgetError) when the uncached estimate exceeds ``max_cost_usd``."""
-    if max_cost_usd is not None and plan.total_cost_usd > max_cost_usd:
+def check_budget(plan: Plan, max_cost_usd: float | None, *, allow_unknown: bool = False) -> None:
+    """Refuse to start (BudgetError) when the uncached estimate exceeds ``max_cost_usd``, or when a
+    step that will run has an unknown price and ``allow_unknown`` is not set: a limit that counted an
+    unknown price as $0 would not be a limit."""
+    if max_cost_usd is None:
+        return
+    unknown = plan.unknown_cost
+    if unknown and not allow_unknown:
+        names = ", ".join(sorted({f"{s.step_id} ({s.endpoint or s.uses})" for s in unknown}))
+        raise BudgetError(
+            f"a budget of ${max_cost_usd:.3f} was set, but klingflow knows no price for: {names}",
+            context=f"pipeline '{plan.pipeline}'",
+            hint="pass --allow-unknown-cost (allow_unknown_cost=True) to start anyway, or set the price"
+            " with KLINGFLOW_PRICES='{\"ENDPOINT_ID\": USD_PER_UNIT}'; `klingflow endpoints show ID` shows"
+            " what klingflow knows",
+        )
+    if plan.total_cost_usd > max_cost_usd:
         raise BudgetError(
             f"this run would spend an estimated ${plan.total_cost_usd:.3f}, "
             f"over the limit of ${max_cost_usd:.3f}",

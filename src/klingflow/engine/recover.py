@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from klingflow.backends.handles import RequestHandle
 from klingflow.backends.platform import find_request
 from klingflow.cache import JournalEntry
+from klingflow.endpoints import billed_cost
 from klingflow.engine.context import StepContext
 from klingflow.errors import BackendError, RequestFailed, RequestGone
 
@@ -101,15 +102,16 @@ async def recover_entry(ctx: StepContext, entry: JournalEntry) -> Recovered:
         return result
     result.billable_units = fetched.billable_units
     if fetched.billable_units is not None:
-        result.cost_usd = round(fetched.billable_units * await ctx.unit_price(entry.endpoint), 6)
-    duration = getattr(done.output, "duration", None)
+        price = await ctx.unit_price(entry.endpoint)
+        result.cost_usd = billed_cost(entry.endpoint, None, fetched.billable_units, price)
+    values = done.values()
     ctx.journal.record_done(
         entry.key,
         endpoint=entry.endpoint,
         backend=entry.backend,
         request_id=request_id,
         submitted_at=entry.submitted_at,
-        values={"duration": duration} if duration is not None else {},
+        values=values,
         outputs=done.output_records(),
     )
     result.outcome = "recovered"

@@ -133,7 +133,7 @@ async def arun(
     hooks.on_run_start()
     validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
     plan = make_plan(validated, ctx)  # its cache checks are the run's own: each file is hashed once
-    check_budget(plan, resolved.max_cost_usd)
+    check_budget(plan, resolved.max_cost_usd, allow_unknown=bool(resolved.allow_unknown_cost))
     hooks.on_plan(plan)
     sheet = SheetRows()  # the contact sheet's rows, made while the other steps still run
     finished = hooks.on_finish

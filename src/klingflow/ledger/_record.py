@@ -65,6 +65,8 @@ class StepRecord(BaseModel):
     item_index: int | None = None
     kind: str
     endpoint: str
+    schema_sha256: str | None = None
+    """The sha256 of the endpoint schema the step's arguments were checked against (a generation)."""
     backend: str
     request_id: str | None = None
     status: Status = Status.COMPLETED
@@ -75,7 +77,8 @@ class StepRecord(BaseModel):
     finished_at: datetime | None = None
     queue_seconds: float | None = None
     run_seconds: float | None = None
-    estimated_cost_usd: float = 0.0
+    estimated_cost_usd: float | None = 0.0
+    """None: the endpoint's price is unknown (never counted as $0 by a budget)."""
     billable_units: float | None = None
     cost_usd: float | None = None
     billing_note: str | None = None

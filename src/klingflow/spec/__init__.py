@@ -51,8 +51,11 @@ from klingflow.spec._arguments import (
     ValueKind,
     is_url,
     local_path,
+    many_outputs,
     merged_arguments,
+    output_kinds,
     step_endpoint,
+    target_of,
 )
 from klingflow.spec._check import check
 from klingflow.spec._graph import ValidatedPipeline
@@ -98,9 +101,12 @@ __all__ = [
     "is_url",
     "load_pipeline",
     "local_path",
+    "many_outputs",
     "merged_arguments",
+    "output_kinds",
     "parse_pipeline",
     "parse_reference",
     "resolve",
     "step_endpoint",
+    "target_of",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from klingflow.endpoints import ENDPOINTS, EndpointInfo, is_url
+from klingflow.endpoints import ALIASES, ENDPOINTS, EndpointInfo, get_endpoint, is_url
+from klingflow.errors import SpecError
 from klingflow.spec._models import PipelineSpec, StepSpec
 from klingflow.spec._operations import OPERATIONS, OperationInfo
 from klingflow.spec._problems import DocPath
@@ -21,6 +22,7 @@ __all__ = [
     "ValueKind",
     "is_url",
     "local_path",
+    "many_outputs",
     "merged_arguments",
     "merged_with_origin",
     "output_kinds",
@@ -30,28 +32,31 @@ __all__ = [
     "target_names",
 ]
 
-ValueKind = Literal["video", "image", "audio", "number"]
-"""What a step output is: a media file of a kind, or a number (``duration``)."""
+ValueKind = Literal["video", "image", "audio", "number", "text"]
+"""What a step output is: a media file of a kind, a number (``duration``) or a text (``voice_id``)."""
 
 MEDIA_KINDS: frozenset[str] = frozenset({"video", "image", "audio"})
 Target = EndpointInfo | OperationInfo
 
-_BY_NAME: dict[str, Target] = {
-    **ENDPOINTS,
-    **{info.alias: info for info in ENDPOINTS.values()},
-    **OPERATIONS,
-}
 _EXTENSIONS = {"video": "mp4", "image": "png", "audio": "mp3"}
 
 
 def target_of(uses: str) -> Target | None:
-    """The endpoint (by alias or fal id) or media operation that ``uses`` names, or None."""
-    return _BY_NAME.get(uses)
+    """The endpoint (by alias or fal id, looked up in the registry now) or media operation ``uses``
+    names, or None."""
+    if uses in OPERATIONS:
+        return OPERATIONS[uses]
+    if uses in ALIASES or uses in ENDPOINTS:
+        try:
+            return get_endpoint(uses)
+        except SpecError:
+            return None
+    return None
 
 
 def target_names() -> list[str]:
     """Every name ``uses`` accepts, short ones first (aliases before fal ids), for suggestions."""
-    return sorted(_BY_NAME, key=lambda name: (name.count("/"), name))
+    return sorted([*ALIASES, *ENDPOINTS, *OPERATIONS], key=lambda name: (name.count("/"), name))
 
 
 def _step(spec: PipelineSpec, step: StepSpec | str) -> StepSpec:
@@ -97,17 +102,32 @@ def merged_arguments(spec: PipelineSpec, step: StepSpec | str) -> dict[str, Any]
 
 
 def output_kinds(target: Target) -> dict[str, ValueKind]:
-    """Each output a step of ``target`` gives; a video or audio output also gives its ``duration``."""
+    """Each output a step of ``target`` gives, by name: its files (``video``, ``audio``, ``images``
+    and the first of them as ``image``), its other values (``voice_id``), and for a video or audio
+    output its ``duration``."""
     kinds: dict[str, ValueKind] = dict(target.produces)
+    if isinstance(target, EndpointInfo):
+        for name in target.many:
+            kinds.setdefault(name.removesuffix("s"), target.produces[name])
+        kinds.update(
+            {name: ("number" if kind == "number" else "text") for name, kind in target.values.items()}
+        )
     if any(kind in ("video", "audio") for kind in target.produces.values()):
         kinds["duration"] = "number"
     return kinds
+
+
+def many_outputs(target: Target) -> frozenset[str]:
+    """The outputs of ``target`` that hold a list (``images``), not one value."""
+    return target.many if isinstance(target, EndpointInfo) else frozenset()
 
 
 def placeholder(kind: ValueKind | None) -> Any:
     """A stand-in value of ``kind`` used to validate arguments before any output exists."""
     if kind == "number":
         return 5.0
+    if kind == "text":
+        return "placeholder"
     if kind in _EXTENSIONS:
         return f"https://klingflow.invalid/ref.{_EXTENSIONS[kind]}"
     return "placeholder"

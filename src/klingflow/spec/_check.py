@@ -23,14 +23,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from klingflow.endpoints import ENDPOINTS, IMAGE_LIMITS, EndpointInfo, validate_input
+from klingflow.endpoints import ALIASES, IMAGE_LIMITS, EndpointInfo, ImageLimits, validate_input
 from klingflow.errors import SpecError
+from klingflow.media import probe
 from klingflow.spec._arguments import (
     MEDIA_KINDS,
     Target,
     ValueKind,
     is_url,
     local_path,
+    many_outputs,
     merged_with_origin,
     output_kinds,
     placeholder,
@@ -54,8 +56,8 @@ from klingflow.spec._references import Found, Reference, resolve, scan
 
 __all__ = ["check"]
 
-_A = {"video": "a video", "image": "an image", "audio": "audio", "number": "a number"}
-_MANY = {"video": "videos", "image": "images", "audio": "audio files", "number": "numbers"}
+_A = {"video": "a video", "image": "an image", "audio": "audio", "number": "a number", "text": "a text"}
+_MANY = {"video": "videos", "image": "images", "audio": "audio files", "number": "numbers", "text": "texts"}
 
 
 @dataclass(frozen=True)
@@ -183,8 +185,8 @@ class _Checker:
                 f"unknown endpoint or operation {step.uses!r}{did_you_mean(step.uses, target_names())}",
                 ("steps", i, "uses"),
                 i,
-                hint=f"endpoints: {', '.join(info.alias for info in ENDPOINTS.values())};"
-                f" operations: {', '.join(OPERATIONS)}",
+                hint=f"short endpoint names: {', '.join(ALIASES)}; or any fal endpoint id"
+                f" (`klingflow endpoints list`); operations: {', '.join(OPERATIONS)}",
             )
         if step.foreach is not None:
             self._check_foreach(i, step)
@@ -235,6 +237,8 @@ class _Checker:
         kind = kinds[output]
         if self.spec.steps[self.index[name]].foreach is not None:
             return _Value(kind, True, f"a list of {_MANY[kind]} (step {name!r} runs foreach)")
+        if output in many_outputs(target):
+            return _Value(kind, True, f"a list of {_MANY[kind]} (output {output!r} of step {name!r})")
         return _Value(kind, False, _A[kind])
 
     def _check_foreach(self, i: int, step: StepSpec) -> None:
@@ -350,9 +354,10 @@ class _Checker:
             items = self._item_list(i) if self.spec.steps[i].foreach else None
             count = 1 if items is None else len(items)
             many = self.spec.steps[i].foreach is not None
+            listed = many_outputs(target)
             outputs[step_id] = _Fallback(
                 {
-                    name: [placeholder(kind)] * count if many else placeholder(kind)
+                    name: [placeholder(kind)] * count if many or name in listed else placeholder(kind)
                     for name, kind in output_kinds(target).items()
                 },
                 placeholder(None),
@@ -392,13 +397,18 @@ class _Checker:
                         continue
                     slot = _slot(path)
                     wanted = target.consumes[slot]
-                    # Kling's image limits hold for the pictures it animates, not for motion-brush masks.
-                    limited = isinstance(target, EndpointInfo) and wanted == "image" and "mask" not in slot
-                    self._check_content(i, file, wanted, limited, where)
+                    self._check_content(i, file, wanted, where)
+                    media = target.media.get(slot) if isinstance(target, EndpointInfo) else None
+                    if media is not None and wanted in self._contents[file].kinds:
+                        image = media.image_limits(target.id, slot)  # type: ignore[union-attr]
+                        if image is not None:
+                            self._check_image(i, file, image, where)
+                        elif media.limits:
+                            self._check_media_limits(i, file, wanted, media.limits, where)
 
-    def _check_content(self, i: int, file: Path, wanted: str, limited: bool, where: DocPath) -> None:
-        """Refuse a local file whose content is not the media its field takes (or, for an image that
-        Kling animates, breaks Kling's image limits): looked at before anything is uploaded."""
+    def _check_content(self, i: int, file: Path, wanted: str, where: DocPath) -> None:
+        """Refuse a local file whose content is not the media its field takes: looked at before
+        anything is uploaded."""
         if file not in self._contents:
             try:
                 self._contents[file] = sniff(file)
@@ -413,11 +423,13 @@ class _Checker:
                 hint="klingflow looks at what a file holds, not at its name; re-export or re-download it"
                 " (a failed download often saves an error page or a JSON error under the media's name)",
             )
-            return
-        if not limited:
-            return
-        limits = IMAGE_LIMITS
-        if content.format is not None and content.format not in limits.formats:
+
+    def _check_image(self, i: int, file: Path, limits: ImageLimits, where: DocPath) -> None:
+        """Refuse a local image that breaks the limits of the field it is for (Kling v1's documented
+        ones, or fal's ``x-fal`` file limits), before it is uploaded."""
+        content = self._contents[file]
+        who = "Kling" if limits is IMAGE_LIMITS else "this endpoint"
+        if limits.formats and content.format is not None and content.format not in limits.formats:
             self.add(
                 f"local image {file} is {content.label}; Kling takes {' or '.join(limits.formats)}",
                 where,
@@ -425,9 +437,9 @@ class _Checker:
                 hint="convert it, e.g. ffmpeg -i IN OUT.png",
             )
         size = file.stat().st_size
-        if size > limits.max_bytes:
+        if limits.max_bytes is not None and size > limits.max_bytes:
             self.add(
-                f"local image {file} is {size / 2**20:.1f} MB; Kling takes at most"
+                f"local image {file} is {size / 2**20:.1f} MB; {who} takes at most"
                 f" {limits.max_bytes / 2**20:.0f} MB",
                 where,
                 i,
@@ -436,23 +448,96 @@ class _Checker:
         if content.size is None:
             return
         width, height = content.size
-        if min(width, height) < limits.min_side:
+        low = [
+            (side, value, least)
+            for side, value, least in (
+                ("each side", min(width, height), limits.min_side),
+                ("width", width, limits.min_width),
+                ("height", height, limits.min_height),
+            )
+            if least is not None and value < least
+        ]
+        high = [
+            (side, value, most)
+            for side, value, most in (
+                ("width", width, limits.max_width),
+                ("height", height, limits.max_height),
+            )
+            if most is not None and value > most
+        ]
+        ratio = width / height
+        lowest = (
+            limits.min_aspect_ratio
+            if limits.min_aspect_ratio is not None
+            else (1 / limits.max_aspect if limits.max_aspect else None)
+        )
+        highest = limits.max_aspect_ratio if limits.max_aspect_ratio is not None else limits.max_aspect
+        if low:
+            side, _, least = low[0]
             self.add(
-                f"local image {file} is {width}x{height} pixels; Kling needs at least"
-                f" {limits.min_side} pixels on each side",
+                f"local image {file} is {width}x{height} pixels; {who} needs at least {least} pixels"
+                f" {'on ' + side if side == 'each side' else 'of ' + side}",
                 where,
                 i,
                 hint="use a larger original (upscaling a thumbnail also works, at a loss of detail)",
             )
-        elif max(width, height) / min(width, height) > limits.max_aspect:
-            ratio = max(width, height) / min(width, height)
-            shape = f"{ratio:.3g}:1" if width >= height else f"1:{ratio:.3g}"
+        elif high:
+            side, _, most = high[0]
             self.add(
-                f"local image {file} is {width}x{height} pixels, an aspect ratio of {shape}; Kling needs"
-                f" between 1:{limits.max_aspect:g} and {limits.max_aspect:g}:1",
+                f"local image {file} is {width}x{height} pixels; {who} takes at most {most} pixels of {side}",
+                where,
+                i,
+                hint="scale it down, e.g. ffmpeg -i IN -vf scale=-2:1080 OUT.png",
+            )
+        elif (lowest is not None and ratio < lowest) or (highest is not None and ratio > highest):
+            longest = max(width, height) / min(width, height)
+            shape = f"{longest:.3g}:1" if width >= height else f"1:{longest:.3g}"
+            if limits is IMAGE_LIMITS:
+                span = f"between 1:{limits.max_aspect:g} and {limits.max_aspect:g}:1"
+            else:
+                span = f"a width/height ratio between {lowest:g} and {highest:g}"
+            self.add(
+                f"local image {file} is {width}x{height} pixels, an aspect ratio of {shape};"
+                f" {who} needs {span}",
                 where,
                 i,
                 hint="crop it closer to the video's aspect ratio (16:9, 9:16 or 1:1)",
+            )
+
+    def _check_media_limits(
+        self, i: int, file: Path, kind: str, limits: dict[str, Any], where: DocPath
+    ) -> None:
+        """Refuse a local video or audio file over fal's ``x-fal`` limits (size, length, sides, fps)."""
+        size = file.stat().st_size
+        most = limits.get("max_file_size")
+        if isinstance(most, int | float) and size > most:
+            self.add(
+                f"local {kind} {file} is {size / 2**20:.1f} MB; this endpoint takes at most"
+                f" {most / 2**20:.0f} MB",
+                where,
+                i,
+            )
+            return
+        info = probe(file)
+        for what, value, unit in (
+            ("duration", info.duration, " s"),
+            ("width", info.width, " pixels"),
+            ("height", info.height, " pixels"),
+            ("fps", info.fps, " fps"),
+        ):
+            least, highest = limits.get(f"min_{what}"), limits.get(f"max_{what}")
+            if value is None:
+                continue
+            if least is not None and value < least:
+                bound = f"at least {least:g}{unit}"
+            elif highest is not None and value > highest:
+                bound = f"at most {highest:g}{unit}"
+            else:
+                continue
+            self.add(
+                f"local {kind} {file} has a {what} of {value:g}{unit}; this endpoint takes {bound}",
+                where,
+                i,
             )
 
     def _check_arguments(self, i: int, step: StepSpec, target: Target, outputs: dict[str, Any]) -> None:
@@ -491,8 +576,9 @@ def check(spec: PipelineSpec, inputs: Mapping[str, Any] | None = None) -> Valida
     ``inputs`` are this run's values (strings from ``--set`` are read as the input's type); missing
     ones take their defaults. Every problem is collected and one ``SpecError`` lists them all, sorted
     by line, each naming ``file:line``, the step and the field. Only local media files are looked at:
-    they must exist, hold the media their field takes (judged by content, not name) and, for images
-    Kling animates, meet Kling's image limits (``klingflow.endpoints.IMAGE_LIMITS``).
+    they must exist, hold the media their field takes (judged by content, not name) and meet the
+    field's file limits: fal's ``x-fal`` limits from the endpoint's schema, or for the images Kling v1
+    animates, Kling's documented ones (``klingflow.endpoints.IMAGE_LIMITS``).
 
     Example::
 
