@@ -142,6 +142,40 @@ EXPECTED: dict[str, list[Problem]] = {
     ),
     "unknown_step_key.yaml": one(6, "opening", "timout", "unknown field", "did you mean 'timeout'?"),
     "unknown_with_field.yaml": one(8, "teaser", "aspect", "unknown field", "did you mean 'aspect_ratio'?"),
+    # every Kling model, typed from fal's schemas: one mistake per family
+    "v26_enum_aspect_ratio.yaml": one(
+        8, "teaser", "aspect_ratio", "'16:10' is not a known aspect_ratio", "did you mean '16:9'?"
+    ),
+    "v3_prompt_and_multi_prompt.yaml": one(
+        8, "story", "multi_prompt", "give prompt or multi_prompt, not both"
+    ),
+    "v3_duration_out_of_range.yaml": one(
+        8, "take", "duration", "'20' is not a known duration", "Allowed values: '3' to '15'"
+    ),
+    "o3_missing_image.yaml": one(
+        6, "portrait", "image_url", "required field is missing", "o3/pro/image-to-video needs it"
+    ),
+    "v21_standard_tail_image.yaml": one(
+        9,
+        "door",
+        "tail_image_url",
+        "v2.1/standard/image-to-video takes no 'tail_image_url'",
+        "v2.1/pro/image-to-video",
+    ),
+    "v26_start_image_too_small.yaml": one(
+        8,
+        "wake",
+        "start_image_url",
+        "assets/thumb.png is 120x120 pixels",
+        "needs at least 300 pixels of width",
+    ),
+    "lipsync_missing_audio.yaml": one(6, "dubbed", "audio_url", "required field is missing"),
+    "kling_image_resolution.yaml": one(
+        8, "still", "resolution", "'4k' is not a known resolution", "did you mean '4K'?"
+    ),
+    "unknown_endpoint_version.yaml": one(
+        5, "teaser", "uses", "did you mean 'fal-ai/kling-video/v2.6/pro/text-to-video'?"
+    ),
     "video_into_audio_field.yaml": one(
         16, "scored", "audio", "expects audio", "${steps.music.video} is a video"
     ),

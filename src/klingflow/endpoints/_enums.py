@@ -160,6 +160,10 @@ class FalEnum:
         message = f"{value!r} is not a known {self.field}" + (f"; did you mean {guess!r}?" if guess else ".")
         if len(allowed) <= 10:
             message += " Allowed values: " + ", ".join(map(repr, allowed)) + "."
+        elif all(v.isdigit() for v in allowed) and [int(v) for v in allowed] == list(
+            range(int(allowed[0]), int(allowed[0]) + len(allowed))
+        ):
+            message += f" Allowed values: {allowed[0]!r} to {allowed[-1]!r}."
         if self.field in EXTENSIBLE_ENUMS:
             message += (
                 f" If fal added it after klingflow's list, allow it with"

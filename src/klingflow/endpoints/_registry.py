@@ -38,6 +38,7 @@ __all__ = [
     "ValueOutput",
     "billed_cost",
     "canonical_arguments",
+    "endpoints_with_field",
     "estimate_cost",
     "estimate_seconds",
     "forget_endpoint",
@@ -364,6 +365,24 @@ def get_endpoint(name: str) -> EndpointInfo:
         hint="short names: " + ", ".join(ALIASES) + "; `klingflow endpoints list` shows every fal endpoint id"
         f" klingflow knows, and `klingflow endpoints refresh {name}` fetches one it has not vendored",
     )
+
+
+def endpoints_with_field(endpoint: str, field: str) -> list[str]:
+    """Other endpoints of ``endpoint``'s family and mode whose input has ``field`` (an end frame that
+    only the pro tier takes, say), for an error that says where the field is supported."""
+    info = get_endpoint(endpoint)
+    found = []
+    for other in ENDPOINTS:
+        record = record_of(other, klingflow_home())
+        if (
+            other != info.id
+            and record is not None
+            and record.family == info.record.family
+            and record.mode == info.record.mode
+            and field in (record.input or {}).get("properties", {})
+        ):
+            found.append(other)
+    return found
 
 
 def validate_input(endpoint: str, arguments: Mapping[str, Any]) -> BaseModel:

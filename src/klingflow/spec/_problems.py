@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from klingflow.endpoints import suggest
+from klingflow.endpoints import ALIASES, ENDPOINTS, endpoints_with_field, suggest
 from klingflow.errors import SpecError
 
 __all__ = [
@@ -136,6 +136,13 @@ def field_names(model: type[BaseModel]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
 
+def _supported_elsewhere(owner: str, key: str) -> list[str]:
+    """Endpoints of ``owner``'s family and mode that take ``key`` (none when ``owner`` is no endpoint)."""
+    if owner not in ENDPOINTS and owner not in ALIASES:
+        return []
+    return endpoints_with_field(owner, key)
+
+
 def _message(error: Any, model: type[BaseModel], owner: str) -> tuple[str, str]:
     """A readable message and hint for one pydantic error dict."""
     kind, loc, value = error["type"], tuple(error["loc"]), error.get("input")
@@ -146,6 +153,9 @@ def _message(error: Any, model: type[BaseModel], owner: str) -> tuple[str, str]:
         names = field_names(where) if where else []
         key = str(loc[-1])
         hint = _UNKNOWN_KEY_HINTS.get(key) or ("allowed fields: " + ", ".join(names) if names else "")
+        elsewhere = _supported_elsewhere(owner, key) if len(loc) == 1 else []
+        if elsewhere:
+            return f"unknown field: {owner} takes no {key!r}", f"{key} is taken by {', '.join(elsewhere)}"
         return "unknown field" + did_you_mean(key, names), hint
     message = error["msg"].removeprefix("Value error, ")
     if kind == "string_too_long" and isinstance(value, str):
