@@ -71,7 +71,7 @@ from klingflow.emulator.state import EmulatorState
 from klingflow.emulator.webhooks import error_body
 from klingflow.endpoints import ENDPOINTS, EndpointRecord, openapi_document
 
-__all__ = ["ModelChange", "add_models_routes", "add_platform_routes", "changed_price", "iso", "merge_patch"]
+__all__ = ["ModelChange", "add_models_routes", "add_platform_routes", "iso"]
 
 _DEFAULT_WINDOW = timedelta(hours=24).total_seconds()
 _STATUS_CLASSES = {"success": range(200, 300), "user_error": range(400, 500), "error": range(500, 600)}
@@ -192,15 +192,10 @@ def add_platform_routes(app: FastAPI, state: EmulatorState) -> None:
         wanted = _many(request, "endpoint_id")
         if not wanted:
             return error(422, _detail("endpoint_id", "Field required"))
-        unknown = [name for name in wanted if name not in ENDPOINTS]
+        unknown = [name for name in wanted if not _known(state, name)]
         if unknown:
             return error(404, f"Unknown endpoint id(s): {', '.join(unknown)}")
-        rules = {name: ENDPOINTS[name].price for name in dict.fromkeys(wanted)}
-        prices = [
-            {"endpoint_id": name, "unit_price": rule.usd, "unit": rule.unit, "currency": "USD"}
-            for name, rule in rules.items()
-            if rule is not None
-        ]
+        prices = [entry for name in dict.fromkeys(wanted) if (entry := _price(state, name)) is not None]
         return JSONResponse({"prices": prices, "next_cursor": None, "has_more": False})
 
 
@@ -218,7 +213,7 @@ class ModelChange(BaseModel):
     metadata: dict[str, Any] = {}
 
 
-def merge_patch(target: Any, patch: Any) -> Any:
+def _merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386: objects merge key by key, ``null`` removes a key, anything else replaces."""
     if not isinstance(patch, dict):
         return patch
@@ -227,11 +222,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
         if value is None:
             merged.pop(key, None)
         else:
-            merged[key] = merge_patch(merged.get(key), value)
+            merged[key] = _merge_patch(merged.get(key), value)
     return merged
 
 
-def changed_price(state: EmulatorState, endpoint_id: str) -> tuple[float, str] | None:
+def _changed_price(state: EmulatorState, endpoint_id: str) -> tuple[float, str] | None:
     """(unit price, unit) a test set for ``endpoint_id`` with ``POST /_emulator/models``, if any."""
     change = state.model_changes.get(endpoint_id) or {}
     if change.get("unit_price") is None:
@@ -241,6 +236,17 @@ def changed_price(state: EmulatorState, endpoint_id: str) -> tuple[float, str] |
     return float(change["unit_price"]), str(unit)
 
 
+def _price(state: EmulatorState, endpoint_id: str) -> dict[str, Any] | None:
+    """One ``prices`` entry: a test's changed price, else the registry's rule; None when neither is known."""
+    changed = _changed_price(state, endpoint_id)
+    if changed is None:
+        info = ENDPOINTS.get(endpoint_id)
+        if info is None or info.price is None:
+            return None
+        changed = info.price.usd, info.price.unit
+    return {"endpoint_id": endpoint_id, "unit_price": changed[0], "unit": changed[1], "currency": "USD"}
+
+
 def _known(state: EmulatorState, endpoint_id: str) -> bool:
     return endpoint_id in state.model_changes or endpoint_id in ENDPOINTS
 
@@ -248,7 +254,7 @@ def _known(state: EmulatorState, endpoint_id: str) -> bool:
 def _schema(record: EndpointRecord | None, patch: dict[str, Any] | None, name: str) -> dict[str, Any] | None:
     """The registry's input or output schema with a test's merge patch applied."""
     base: dict[str, Any] | None = getattr(record, name) if record is not None else None
-    return base if patch is None else merge_patch(base or {}, patch)
+    return base if patch is None else _merge_patch(base or {}, patch)
 
 
 def _model(state: EmulatorState, endpoint_id: str, expand: bool) -> dict[str, Any]:

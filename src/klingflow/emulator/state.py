@@ -58,6 +58,8 @@ class EmulatorState:
         self.submits: Counter[str] = Counter()
         self.runs: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
+        self.model_changes: dict[str, dict[str, Any]] = {}
+        """Schema and price changes the platform API answers (``POST /_emulator/models``; tests)."""
 
     def stats(self) -> dict[str, Any]:
         """Counters tests read to prove what the emulator received."""
@@ -80,7 +82,9 @@ class EmulatorState:
         }
 
     def reset(self) -> None:
-        """Zero the counters and put back the options the server started with (requests and files stay)."""
+        """Zero the counters, put back the options the server started with and drop the model changes
+        (requests and files stay)."""
+        self.model_changes.clear()
         self.submits.clear()
         self.runs.clear()
         self.counts.clear()
