@@ -13,3 +13,5 @@ PIPELINES = Path(__file__).resolve().parent / "pipelines"
 story = pipeline_flow_for(PIPELINES / "story.yaml")
 avatar = pipeline_flow_for(PIPELINES / "avatar.yaml")
 continuation = pipeline_flow_for(PIPELINES / "continue.yaml")
+story_v26 = pipeline_flow_for(PIPELINES / "story-v26.yaml")
+character = pipeline_flow_for(PIPELINES / "character.yaml")
