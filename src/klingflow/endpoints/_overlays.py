@@ -1,6 +1,6 @@
 """What fal's schemas do not say, beside the registry: cross-field rules, newer enum values, image limits.
 
-Each overlay names its source and has a test (``tests/test_endpoint_overlays.py``). They are applied after
+Each overlay names its source and has a test (``tests/test_endpoint_registry.py``). They are applied after
 the schema's own model has validated an input (:func:`check_overlays`), and their errors are pydantic
 errors with a ``loc`` like the schema's, so a pipeline's mistake is reported at its field either way.
 
