@@ -25,7 +25,6 @@ from pydantic import ValidationError
 
 from klingflow.endpoints import ALIASES, IMAGE_LIMITS, EndpointInfo, ImageLimits, validate_input
 from klingflow.errors import SpecError
-from klingflow.media import probe
 from klingflow.spec._arguments import (
     MEDIA_KINDS,
     Target,
@@ -518,6 +517,8 @@ class _Checker:
                 i,
             )
             return
+        from klingflow.media import probe  # PyAV costs a tenth of a second to import: only when needed
+
         info = probe(file)
         for what, value, unit in (
             ("duration", info.duration, " s"),
@@ -585,4 +586,7 @@ def check(spec: PipelineSpec, inputs: Mapping[str, Any] | None = None) -> Valida
         validated = check(load_pipeline("story.yaml"), {"shots": "[dawn, storm]"})
         validated.order   # ['opening', 'shots', 'still', 'sparkle', 'final_cut']
     """
+    from klingflow.spec._fetch import fetch_unknown_endpoints
+
+    fetch_unknown_endpoints(spec)  # fal ids klingflow has not vendored: fetched once (never offline)
     return _Checker(spec, inputs or {}).run()
