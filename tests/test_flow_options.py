@@ -97,6 +97,16 @@ def _budget(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_pat
     assert emulator.stats()["total_submits"] == 0
 
 
+UNPRICED = "fal-ai/kling-video/v1.6/standard/text-to-video"  # fal's catalog states no price for it
+
+
+@case("allow_unknown_cost", True)
+def _unknown_cost(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    # the pipeline sets a budget and calls an endpoint without a known price: refused without the option
+    assert state == "COMPLETED" and isinstance(value, RunResult), value
+    assert [(r.endpoint, r.estimated_cost_usd) for r in value.records] == [(UNPRICED, None)]
+
+
 @case("out_dir", "exported")
 def _out_dir(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
     assert state == "COMPLETED" and (tmp_path / "exported" / "one.mp3").is_file()
@@ -125,6 +135,14 @@ def test_an_option_given_as_a_flow_parameter_reaches_the_engine(
     if option == "refresh":
         _run(path)  # cached first, so refresh has something to regenerate
     emulator.reset()
+    if option == "allow_unknown_cost":
+        path.write_text(
+            f"name: unpriced\nmax_cost_usd: 1\nsteps:\n  - id: one\n    uses: {UNPRICED}\n"
+            "    with: {prompt: 'a price nobody published', duration: 5}\n"
+        )
+        state, result = _run(path)
+        assert state == "FAILED" and "knows no price for: one" in _message(result), result
+        assert emulator.stats()["total_submits"] == 0
     if option == "on_ambiguous_submit":
         emulator.faults(script=["lost"])
     parameter = str(tmp_path / value) if option == "out_dir" else value
