@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default="",
         description="Newer enum values to accept: field=value,value;field=value.",
     )
+    offline: bool = Field(
+        default=False,
+        description="Never fetch an endpoint's schema or price from fal's platform API: a pipeline naming "
+        "an endpoint klingflow has neither vendored nor refreshed is refused instead (--offline).",
+    )
     cancel_queued: bool = Field(
         default=False,
         description="On Ctrl-C or SIGTERM, cancel the run's requests still waiting in fal's queue "

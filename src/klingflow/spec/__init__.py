@@ -58,6 +58,7 @@ from klingflow.spec._arguments import (
     target_of,
 )
 from klingflow.spec._check import check
+from klingflow.spec._fetch import fetch_unknown_endpoints, looks_like_fal_id
 from klingflow.spec._graph import ValidatedPipeline
 from klingflow.spec._models import (
     InputSpec,
@@ -97,10 +98,12 @@ __all__ = [
     "ValidatedPipeline",
     "ValueKind",
     "check",
+    "fetch_unknown_endpoints",
     "find_references",
     "is_url",
     "load_pipeline",
     "local_path",
+    "looks_like_fal_id",
     "many_outputs",
     "merged_arguments",
     "output_kinds",
