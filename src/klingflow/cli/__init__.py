@@ -3,6 +3,7 @@
 * :mod:`~klingflow.cli.run`: ``validate``, ``plan``, ``run``;
 * :mod:`~klingflow.cli.ledger`: ``ledger``, ``ledger summary``, ``report``;
 * :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
+* :mod:`~klingflow.cli.endpoints`: ``endpoints list | show | refresh`` (fal's schemas and prices);
 * :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``;
 * :mod:`~klingflow.cli.server`: ``server start | status | stop`` (the local Prefect server);
 * :mod:`~klingflow.cli.verify`: ``verify [--repair]`` (the stored outputs, hashed; mended from fal);
@@ -19,6 +20,7 @@ import typer
 
 from klingflow.cli._errors import friendly_errors
 from klingflow.cli.emulator import emulator_app
+from klingflow.cli.endpoints import endpoints_app
 from klingflow.cli.housekeeping import add_housekeeping_commands
 from klingflow.cli.ledger import add_ledger_commands
 from klingflow.cli.prefect import add_prefect_commands
@@ -36,6 +38,7 @@ app = typer.Typer(
 add_run_commands(app)
 add_ledger_commands(app, friendly_errors)
 app.add_typer(emulator_app, name="emulator")
+app.add_typer(endpoints_app, name="endpoints")
 add_prefect_commands(app)
 app.add_typer(server_app, name="server")
 add_verify_commands(app)

@@ -50,6 +50,19 @@ BackendOpt = Annotated[
     str | None,
     typer.Option(help="emulator or fal (default: fal when FAL_KEY is set, else the embedded emulator)."),
 ]
+OfflineOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Never fetch an endpoint's schema or price from fal: a fal id klingflow has neither vendored "
+        "nor refreshed is refused (same as KLINGFLOW_OFFLINE=1)."
+    ),
+]
+
+
+def _go_offline(offline: bool) -> None:
+    """``--offline`` as the setting, so the check, the engine and a flow's own process all see it."""
+    if offline:
+        os.environ["KLINGFLOW_OFFLINE"] = "1"
 
 
 def parse_sets(values: list[str]) -> dict[str, str]:
@@ -94,9 +107,11 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def validate(file: FileArg, set_: SetOpt = None) -> None:
+def validate(file: FileArg, set_: SetOpt = None, offline: OfflineOpt = False) -> None:
     """Check a pipeline completely, without running or spending anything."""
     from klingflow.spec import check, load_pipeline
+
+    _go_offline(offline)
 
     validated = check(load_pipeline(file), parse_sets(set_ or []))
     out().print(f"[green]ok[/] {file}: {len(validated.order)} steps, order: {' -> '.join(validated.order)}")
@@ -107,14 +122,20 @@ def plan(
     set_: SetOpt = None,
     backend: BackendOpt = None,
     refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total."""
     from klingflow.backends import backend_kind
+    from klingflow.cli.endpoints import stale_note
     from klingflow.engine import RunOptions, plan_pipeline
 
+    _go_offline(offline)
     options = RunOptions(backend=backend_kind(backend), refresh=refresh or None)
     result = plan_pipeline(file, parse_sets(set_ or []), options)
     Console().print(plan_table(result))
+    note = stale_note(step.uses for step in result.steps)
+    if note:
+        stderr().print(note, markup=False, highlight=False)
 
 
 def run(
@@ -169,6 +190,7 @@ def run(
             "KLINGFLOW_CANCEL_QUEUED). Running requests are left to finish, collected by a re-run."
         ),
     ] = False,
+    offline: OfflineOpt = False,
 ) -> None:
     """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths.
 
@@ -180,6 +202,7 @@ def run(
     from klingflow.backends import backend_kind, check_backend
     from klingflow.spec import check, load_pipeline
 
+    _go_offline(offline)
     inputs = parse_sets(set_ or [])
     spec = load_pipeline(file)
     check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
