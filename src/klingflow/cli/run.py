@@ -102,9 +102,21 @@ def plan_table(plan: Plan) -> Table:
         + (f" plus {unknown} generation(s) at an unknown price" if unknown else "")
         + f" ({plan.count('run')} generations to run, "
         f"{plan.count('cached')} cached, {plan.count('recoverable')} recoverable; "
-        f"{plan.operations} local operations, free)"
+        f"{plan.operations} local operations, free)" + _schema_line(plan)
     )
     return table
+
+
+def _schema_line(plan: Plan) -> str:
+    """Which copy of each endpoint's schema and price the plan used (vendored or refreshed, and when)."""
+    sources = {
+        step.endpoint: step.schema_source for step in plan.steps if step.endpoint and step.schema_source
+    }
+    if not sources:
+        return ""
+    if len(set(sources.values())) == 1:
+        return f"\nschemas and prices: {next(iter(sources.values()))}"
+    return "\nschemas and prices: " + "; ".join(f"{e}: {source}" for e, source in sorted(sources.items()))
 
 
 def validate(file: FileArg, set_: SetOpt = None, offline: OfflineOpt = False) -> None:
