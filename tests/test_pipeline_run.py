@@ -14,8 +14,10 @@ import pytest
 
 from faultproxy import Fault, FaultProxy
 from klingflow.cache import Journal, JournalEntry
+from klingflow.endpoints import get_endpoint
 from klingflow.engine import RetryPolicy, RunOptions, arun, plan_pipeline
 from klingflow.errors import BudgetError
+from klingflow.ledger import load_manifest
 from klingflow.spec import parse_pipeline
 from moneyhelpers import EngineProcess, exchange_log
 
@@ -61,6 +63,10 @@ async def test_fan_out_then_full_cache_hit(options: RunOptions, emulator) -> Non
     assert list(ledger["status"]) == ["cached"] * 4
     assert ledger["estimated_cost_usd"].sum() == 0
     assert str(ledger["finished_at"].dtype) == "datetime64[us, UTC]"
+    # each row names the schema its arguments were checked against; the manifest says which copy it was
+    assert set(ledger["schema_sha256"]) == {get_endpoint(T2V).sha256, get_endpoint(TTS).sha256}
+    schemas = load_manifest(second.run_id).schemas
+    assert schemas[T2V] == f"snapshot 2026-05-12 (fal-ai/fal-js), sha256 {get_endpoint(T2V).sha256}"
 
 
 async def test_edit_reruns_only_the_changed_step_and_its_dependants(options: RunOptions, emulator) -> None:

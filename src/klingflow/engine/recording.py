@@ -51,7 +51,7 @@ from klingflow.ledger import (
 )
 from klingflow.media import contact_sheet, contact_sheet_row
 from klingflow.report import media_kind, write_report
-from klingflow.spec import ValidatedPipeline
+from klingflow.spec import ValidatedPipeline, step_endpoint
 
 __all__ = ["FLOW_RUN_PARAMETERS", "SHEET_ROWS", "SheetRows", "link_flow_run", "record_run", "recorded_run"]
 
@@ -219,6 +219,11 @@ def record_run(
         item_by_item=item_by_item(pipeline),
         kinds={step: pipeline.kind(step) for step in pipeline.order},
         uses={step: pipeline.step(step).uses for step in pipeline.order},
+        schemas={
+            info.id: f"{info.record.provenance()}, sha256 {info.sha256}"
+            for step in pipeline.order
+            if (info := step_endpoint(pipeline.spec, step)) is not None
+        },
         final={name: str(path) for name, path in result.final.items()},
         final_sources=_sources(result),
         failures={step: redact(reason, hidden) or "" for step, reason in result.failures.items()},

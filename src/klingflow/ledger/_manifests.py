@@ -51,6 +51,8 @@ class RunManifest(BaseModel):
     item_by_item: dict[str, str] = {}
     kinds: dict[str, str]
     uses: dict[str, str] = {}
+    schemas: dict[str, str] = {}
+    """Per endpoint id the run called: which copy of its schema and price it used (snapshot or refresh)."""
     final: dict[str, str] = {}
     final_sources: dict[str, str] = {}
     failures: dict[str, str] = {}
