@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,9 @@ from klingflow.endpoints import (
     snapshot_ids,
     validate_input,
 )
-from klingflow.endpoints._schema import resolve
 from klingflow.engine.plan import Plan, PlannedStep, check_budget
 from klingflow.errors import BudgetError, SpecError
+from klingflow.media import ffmpeg_executable
 from klingflow.spec import check, load_pipeline, parse_pipeline
 
 WITH_SCHEMA = [i for i in snapshot_ids() if ENDPOINTS[i].record.input is not None]
@@ -40,7 +41,8 @@ WITH_SCHEMA = [i for i in snapshot_ids() if ENDPOINTS[i].record.input is not Non
 
 def sample(node: dict[str, Any], defs: dict[str, Any], name: str) -> Any:
     """A value of the schema ``node`` for a property called ``name`` (media fields get URLs)."""
-    node = resolve(node, defs)
+    if "$ref" in node:
+        node = defs[node["$ref"].removeprefix("#/$defs/")]
     if "anyOf" in node:
         return sample(next(o for o in node["anyOf"] if o.get("type") != "null"), defs, name)
     if "const" in node:
@@ -359,3 +361,32 @@ def test_models_are_built_only_for_the_endpoints_used() -> None:
     check(spec)
     built = [info.id for info in _registry._infos.values() if "input_model" in vars(info)]
     assert built == ["fal-ai/kling-video/v2.5-turbo/pro/text-to-video"]
+
+
+def test_a_local_video_outside_fals_length_and_size_limits_is_refused(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    subprocess.run(
+        [
+            ffmpeg_executable(),
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=320x240:rate=25:duration=1",
+            "-pix_fmt",
+            "yuv420p",
+            str(clip),
+        ],
+        check=True,
+    )
+    (tmp_path / "p.yaml").write_text(
+        "name: edit\nsteps:\n  - id: restyle\n    uses: fal-ai/kling-video/o3/pro/video-to-video/edit\n"
+        "    with:\n      prompt: make it winter\n      video_url: clip.mp4\n"
+    )
+    with pytest.raises(SpecError) as caught:
+        check(load_pipeline(tmp_path / "p.yaml"))
+    problems = " | ".join(caught.value.problems)
+    # O3's video edit takes 3 to 10 s of video of at least 720 pixels a side (fal's x-fal limits)
+    assert "field 'video_url': local video" in problems and "has a duration of 1 s" in problems
+    assert "takes at least 3 s" in problems and "a width of 320 pixels" in problems, problems
