@@ -572,7 +572,10 @@ class _Checker:
 
 
 def check(spec: PipelineSpec, inputs: Mapping[str, Any] | None = None) -> ValidatedPipeline:
-    """Check ``spec`` completely for a run with ``inputs`` and return its DAG; nothing is run or fetched.
+    """Check ``spec`` completely for a run with ``inputs`` and return its DAG; nothing is run.
+
+    The one thing that may be fetched is the schema of a fal endpoint id klingflow has not vendored,
+    once, into the home (:func:`~klingflow.spec.fetch_unknown_endpoints`; never in offline mode).
 
     ``inputs`` are this run's values (strings from ``--set`` are read as the input's type); missing
     ones take their defaults. Every problem is collected and one ``SpecError`` lists them all, sorted
