@@ -287,7 +287,9 @@ def test_refresh_says_what_changed_and_an_old_copy_is_stale_in_show_and_plan(
     assert "schema unchanged" in lines[V3_T2V]
     assert "not refreshed: fal has no OpenAPI document" in lines["fal-ai/kling-video/v3/pro/elements"]
     assert "75 of 78 refreshed from emulator" in every.stdout and "1 with a changed schema" in every.stdout
-    assert "(stale: run `klingflow endpoints refresh`) from emulator" in shown.stdout, shown.stdout
+    assert "(stale: run `klingflow endpoints refresh`) from emulator, 8.0 days old" in shown.stdout, (
+        shown.stdout
+    )
     assert "cfg_scale: number; optional; default 0.5; >= 0; <= 2" in shown.stdout
     assert planned.returncode == 0, planned.stderr
     assert "stale: " in planned.stderr and f"{V26} (8 days)" in planned.stderr

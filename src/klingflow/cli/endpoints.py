@@ -142,7 +142,7 @@ def list_endpoints(
         title=f"{len(rows)} fal endpoints", caption="`klingflow endpoints show ID` for one's inputs"
     )
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
     for row in rows:
         table.add_row(*(escape(cell) for cell in row))
     console.print(table)
@@ -190,11 +190,9 @@ def show(
     line(f"  {record.title}" + ("" if record.live else " (fal no longer lists it)"))
     line(f"  family {record.family or '-'}, mode {record.mode or '-'}, tier {record.tier or '-'}")
     line(f"  price: {_price(record)}")
-    via = (
-        f" from {record.source['backend']}"
-        if record.origin == "refreshed" and record.source.get("backend")
-        else ""
-    )
+    via = ""
+    if record.origin == "refreshed":
+        via = f" from {record.source.get('backend', 'fal')}, {record.age_days() or 0:.1f} days old"
     line(f"  schema: {record.provenance()}{via}" + (f", sha256 {record.sha256}" if record.sha256 else ""))
     if record.input is None or record.output is None:
         line(f"  no schema is known: `klingflow endpoints refresh {info.id}` fetches it, if fal serves it")
