@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import ValidationError
 
+from klingflow.cache import generation_key
 from klingflow.endpoints import (
     DUAL_IMAGE_SCENES,
     EFFECT_SCENES,
@@ -538,7 +539,9 @@ def test_media_inputs_lists_every_url_including_nested() -> None:
 
 
 def test_media_inputs_refuses_another_endpoints_model() -> None:
-    with pytest.raises(TypeError, match="effects takes KlingVideoV1StandardEffectsInput, not KlingVideoV1TtsInput"):
+    with pytest.raises(
+        TypeError, match="effects takes KlingVideoV1StandardEffectsInput, not KlingVideoV1TtsInput"
+    ):
         media_inputs("effects", validate_input("tts", {"text": "x"}))
 
 
@@ -638,3 +641,48 @@ def test_bad_price_overrides_are_refused(
     monkeypatch.setenv("KLINGFLOW_PRICES", env)
     with pytest.raises(ConfigError, match=message.replace("?", r"\?")):
         estimate_cost("tts", SEED_TTS, prices=prices)
+
+
+# Cache keys computed by klingflow before its models were generated from fal's schemas (the
+# hand-written v1 models, commit 069ea16): a cache a user filled then must still be hit now, or every
+# cached clip would be paid for again.
+KEYS_BEFORE_THE_SCHEMA_REGISTRY = [
+    ("text-to-video", {"prompt": "a fox", "duration": 10}, "1ce176300ed0f6475f2bd378952fff79"),
+    (
+        "text-to-video",
+        {
+            "prompt": "a fox",
+            "camera_control": "down_back",
+            "advanced_camera_control": {"movement_type": "pan", "movement_value": 3},
+        },
+        "a73da2b598f580e27d1acdcc53011942",
+    ),
+    (
+        "image-to-video",
+        {
+            "prompt": "x",
+            "image_url": "https://a/b.png",
+            "tail_image_url": "https://a/c.png",
+            "dynamic_masks": [{"mask_url": "https://m", "trajectories": [{"x": 1, "y": 2}]}],
+        },
+        "6eea8bb89045c9b611640524fbfafb78",
+    ),
+    (
+        "ai-avatar",
+        {"image_url": "https://a/b.png", "audio_url": "https://a/c.mp3"},
+        "fb4ddef6186d240add987f5325f9957f",
+    ),
+    (
+        "effects",
+        {"effect_scene": "hug", "input_image_urls": ["https://a", "https://b"]},
+        "0f2d9130c28718486d0cf8e8dec6339e",
+    ),
+    ("tts", {"text": "hello", "voice_speed": 1.5}, "050d2eb4ff289461bd94d78cfcce32e1"),
+    ("tts", {"text": "hello"}, "f1f45bafe2af0e7a15d3fa3365c7b808"),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "arguments", "key"), KEYS_BEFORE_THE_SCHEMA_REGISTRY)
+def test_cache_keys_of_the_seeds_endpoints_did_not_change(endpoint: str, arguments: dict, key: str) -> None:
+    keyed = canonical_arguments(validate_input(endpoint, arguments))
+    assert generation_key(get_endpoint(endpoint).id, keyed, "emulator").startswith(key)
