@@ -13,7 +13,14 @@ import numpy as np
 
 from klingflow.emulator.labels import seed_of
 
-__all__ = ["SPEECH_RATE", "TTS_CHARS_PER_SECOND", "speech_pcm", "speech_seconds", "tone_pcm"]
+__all__ = [
+    "SPEECH_RATE",
+    "TTS_CHARS_PER_SECOND",
+    "filled_speech_pcm",
+    "speech_pcm",
+    "speech_seconds",
+    "tone_pcm",
+]
 
 SPEECH_RATE = 24_000
 TTS_CHARS_PER_SECOND = 14.0
@@ -84,6 +91,12 @@ def speech_pcm(text: str, voice_id: str, voice_speed: float) -> bytes:
     samples = np.pad(samples[:target], (0, max(0, target - samples.size)))
     peak = float(np.max(np.abs(samples))) or 1.0
     return (samples / peak * 0.6 * 32767).astype("<i2").tobytes()
+
+
+def filled_speech_pcm(text: str, voice_id: str, seconds: float) -> bytes:
+    """Speech-like samples of ``text`` spoken at the pace that makes them last ``seconds`` (at least 1 s)."""
+    spoken = text.strip() or "."
+    return speech_pcm(spoken, voice_id, len(spoken) / (TTS_CHARS_PER_SECOND * max(seconds, 1e-3)))
 
 
 def tone_pcm(label: str, seconds: float, rate: int) -> bytes:

@@ -40,7 +40,7 @@ from klingflow.emulator.responses import (
 from klingflow.emulator.state import EmulatorState
 from klingflow.emulator.storage import add_storage_routes, lifecycle_seconds
 from klingflow.emulator.webhooks import error_body
-from klingflow.endpoints import ENDPOINTS, validate_input
+from klingflow.endpoints import ENDPOINTS, canonical_arguments, validate_input
 
 __all__ = ["EmulatorState", "create_app"]
 
@@ -204,17 +204,19 @@ def create_app(state: EmulatorState) -> FastAPI:
         if not authorised(request):
             return unauthorised()
         endpoint_id = path.strip("/")
-        if endpoint_id not in ENDPOINTS:
+        info = ENDPOINTS.get(endpoint_id)
+        if info is None or info.record.input is None or info.record.output is None:
+            # no schema, no model to run: fal no longer serves the retired ids either
             return error(404, f"Application '{endpoint_id}' not found")
         direct = request.scope["server"][1] in state.run_ports
         (state.runs if direct else state.submits)[endpoint_id] += 1
-        fault = state.faults.choose(endpoint_id, ENDPOINTS[endpoint_id].alias)
+        fault = state.faults.choose(endpoint_id, info.alias)
         if fault in SUBMIT_FAULTS:
             return fault_response(str(fault), state.faults.plan.retry_after)
         invalid: list[dict[str, Any]] | None = None
         try:
             raw = await request.json()
-            arguments = validate_input(endpoint_id, raw).model_dump(mode="json", exclude_none=True)
+            arguments = canonical_arguments(validate_input(endpoint_id, raw))
         except ValidationError as exc:
             invalid = validation_detail(exc)
             if direct or state.options.validation == "submit":

@@ -99,6 +99,10 @@ class InputFetcher:
             path = self.inputs_dir / f"placeholder-{digest}.mp3"
             if not path.is_file():
                 render.placeholder_audio(label=url, out=path)
+        elif kind == "video":
+            path = self.inputs_dir / f"placeholder-{digest}.mp4"
+            if not path.is_file():
+                render.placeholder_video(label=url, out=path)
         else:
             path = self.inputs_dir / f"placeholder-{digest}.png"
             if not path.is_file():

@@ -4,7 +4,9 @@ Nobody here can reach fal, so the emulator renders media that honours each reque
 pipeline relies on: the clip length, Kling's output size for the aspect ratio, 30 fps H.264 with no
 audio track (as Kling v1 delivers), image-to-video starting from the image and ending on the tail
 image, ai-avatar as long as its audio with that audio muxed in, TTS length following the text and
-the voice speed. Every frame carries a banner saying it is an emulator render.
+the voice speed, a video input re-shot at the output size (video-to-video, lipsync, video-to-audio).
+Every frame carries a banner saying it is an emulator render. Which function renders which endpoint,
+and at what length and size, is decided from the endpoint's schema by :mod:`klingflow.emulator.outputs`.
 
 The contract every function keeps:
 
@@ -33,7 +35,7 @@ import ffmpeg
 from PIL import Image
 
 from klingflow._files import atomic_path
-from klingflow.emulator._render_audio import SPEECH_RATE, speech_pcm, tone_pcm
+from klingflow.emulator._render_audio import SPEECH_RATE, filled_speech_pcm, speech_pcm, tone_pcm
 from klingflow.emulator._render_camera import (
     CANVAS_SCALE,
     FPS,
@@ -58,7 +60,10 @@ __all__ = [
     "placeholder_image",
     "render_ai_avatar",
     "render_effects",
+    "placeholder_video",
+    "render_from_video",
     "render_image_to_video",
+    "render_soundtrack",
     "render_stock_clip",
     "render_text_to_video",
     "render_tts",
@@ -137,7 +142,7 @@ def _write_video(video: Any, *, frames: int, out: Path, context: str, audio: Any
 def render_text_to_video(
     *,
     prompt: str,
-    duration: int,
+    duration: float,
     aspect_ratio: str,
     camera_control: str | None,
     advanced_camera_control: Mapping[str, Any] | None,
@@ -172,20 +177,22 @@ def render_text_to_video(
 def render_image_to_video(
     *,
     prompt: str,
-    duration: int,
+    duration: float,
     image: Path,
     tail_image: Path | None,
     dynamic_masks: list[dict[str, Any]] | None,
     out: Path,
+    size: tuple[int, int] | None = None,
 ) -> None:
     """A slow Ken Burns move over the image, at the Kling size nearest the image's aspect.
 
     With ``tail_image`` the clip crossfades into the tail image, which zooms out to land exactly
     on its full frame at the end, so the last frame is the tail image (as Kling's end frame is).
-    Motion-brush trajectories are drawn as markers travelling along their paths.
+    Motion-brush trajectories are drawn as markers travelling along their paths. ``size`` overrides
+    the image's aspect where the endpoint takes an ``aspect_ratio`` (elements, reference-to-video).
     """
     source_size = image_size(image)
-    size = nearest_size(*source_size)
+    size = size or nearest_size(*source_size)
     frames = _frame_count(duration)
     seed = seed_of("image-to-video", prompt, duration)
     drift = CameraMotion(
@@ -233,7 +240,34 @@ def render_stock_clip(*, title: str, prompt: str, size: tuple[int, int], frames:
         _write_video(video, frames=frames, out=out, context=f"{title} stock render {out}")
 
 
-def render_effects(*, effect_scene: str, duration: int, images: list[Path], out: Path) -> None:
+def render_from_video(
+    *, title: str, prompt: str, video: Path, size: tuple[int, int], frames: int, restyle: bool, out: Path
+) -> None:
+    """The input video's frames at ``size`` (scaled to fill, centre-cropped), 30 fps, ``frames`` long.
+
+    A shorter input holds its last frame; a longer one is cut. ``restyle`` shifts the colours, so an
+    edit or a new shot in the input's style (video-to-video) is visibly not the input, while lipsync
+    and video-to-audio keep the picture as it was. The result is silent: sound is muxed in after.
+    """
+    with tempfile.TemporaryDirectory(prefix="klingflow-render-") as tmp_name:
+        tmp = Path(tmp_name)
+        width, height = size
+        moving = (
+            ffmpeg.input(str(video))
+            .video.filter("fps", FPS)
+            .filter("scale", width, height, force_original_aspect_ratio="increase")
+            .filter("crop", width, height)
+            .filter("setsar", 1)
+            .filter("tpad", stop_mode="clone", stop=frames)
+            .filter("format", "yuv420p")
+        )
+        if restyle:
+            moving = moving.filter("hue", h=seed_of("restyle", prompt) % 300 + 30, s=1.25)
+        moving = _labelled(moving, tmp, size, title=title, prompt=prompt)
+        _write_video(moving, frames=frames, out=out, context=f"{title} render {out}")
+
+
+def render_effects(*, effect_scene: str, duration: float, images: list[Path], out: Path) -> None:
     """The image(s) with a procedural effect: one image pulses or swirls, two move toward each other.
 
     The size is the Kling size nearest the first image's aspect. With no images (fal's quick start
@@ -323,10 +357,33 @@ def render_tts(*, text: str, voice_id: str, voice_speed: float, out: Path) -> fl
     return probe(out).duration
 
 
+def render_soundtrack(*, text: str, voice_id: str, seconds: float, out: Path) -> None:
+    """Speech-like MP3 spoken from ``text`` at whatever pace fills ``seconds``: the sound of a video
+    whose endpoint generates audio (a prompt's dialogue, lipsync's text, video-to-audio's effects)."""
+    _write_mp3(
+        filled_speech_pcm(text, voice_id, seconds),
+        rate=SPEECH_RATE,
+        title=f"KLING EMULATOR RENDER: generated audio {voice_id}",
+        out=out,
+        context=f"soundtrack render {out}",
+    )
+
+
 def placeholder_image(*, label: str, out: Path, size: tuple[int, int] = (1024, 1024)) -> None:
     """A PNG standing in for an image input that could not be fetched, labelled PLACEHOLDER + label."""
     with atomic_path(out) as partial:
         placeholder_picture(label, size).save(partial, format="PNG")
+
+
+def placeholder_video(*, label: str, out: Path, seconds: float = 5.0) -> None:
+    """A silent 360p clip of the placeholder picture, standing in for a video input that could not be
+    fetched; the picture says PLACEHOLDER and what it stands for."""
+    frames = _frame_count(seconds)
+    size = (640, 360)
+    with tempfile.TemporaryDirectory(prefix="klingflow-render-") as tmp_name:
+        still = _still(placeholder_picture(label, size), Path(tmp_name), "placeholder")
+        video = loop_still(still.filter("format", "yuv420p"), frames)
+        _write_video(video, frames=frames, out=out, context=f"placeholder video {out}")
 
 
 def placeholder_audio(*, label: str, out: Path, seconds: float = 3.0) -> None:
