@@ -3,8 +3,8 @@
 Pure Pillow, deterministic like the video renders: a text-to-image picture is the prompt's scene
 (:func:`~klingflow.emulator._render_scene.scene_canvas`, a different variation per image of the
 request), an edit is the first input image filling the frame with its colours turned, a try-on is the
-person with the garment pinned beside them. Each carries the emulator banner along the bottom, as
-every video frame does, so it is recognisable as fake at a glance.
+person as they are with the garment pinned beside them. Each carries the emulator banner along the
+bottom, as every video frame does, so it is recognisable as fake at a glance.
 """
 
 from __future__ import annotations
@@ -52,14 +52,14 @@ def picture_for(
     the garment is pinned at the right of the person (virtual try-on)."""
     if source is None:
         picture = scene_canvas(f"{prompt} #{index}" if index else prompt, size)
-    else:
+    elif garment is None:
         picture = _turned(fitted_image(source, size), seed_of("edit", prompt, index) % 300 + 30)
+    else:  # the person stays who they are; only the garment is new
+        picture = fitted_image(source, size)
     if garment is not None:
         side = max(16, min(size) // 3)
-        inset = ImageOps.pad(fitted_image(garment, (side, side)), (side, side), color=(255, 255, 255))
-        picture.paste(
-            ImageOps.expand(inset, border=max(2, side // 40), fill=(255, 255, 255)), (size[0] - side - 8, 8)
-        )
+        card = ImageOps.expand(fitted_image(garment, (side, side)), border=max(2, side // 40), fill="white")
+        picture.paste(card, (size[0] - card.width - 8, 8))
     return _bannered(picture, title=title, prompt=prompt)
 
 
