@@ -37,8 +37,9 @@ def prefect_server():
 def test_every_option_is_a_parameter_of_every_flow() -> None:
     fixed = {"pipeline", "inputs", "credentials", "defaults"}
     assert set(pipeline_flow.parameters.properties) == fixed | set(FLOW_OPTIONS)
-    preset = pipeline_flow_for(REPO / "deployments" / "pipelines" / "story.yaml")
-    assert set(preset.parameters.properties) == (fixed - {"pipeline"}) | set(FLOW_OPTIONS)
+    for path in sorted((REPO / "deployments" / "pipelines").glob("*.yaml")):
+        preset = pipeline_flow_for(path)
+        assert set(preset.parameters.properties) == (fixed - {"pipeline"}) | set(FLOW_OPTIONS), path.name
 
 
 def _pipeline(tmp_path: Path, name: str) -> Path:
