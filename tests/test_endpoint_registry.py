@@ -226,6 +226,13 @@ def test_growing_enums_take_values_fal_added_after_the_snapshot() -> None:
             {},
             0.896,
         ),
+        # a multi-shot video: the larger of its duration and its shots' total (5 + 8 s here)
+        (
+            "fal-ai/kling-video/v3/standard/text-to-video",
+            {"multi_prompt": [{"prompt": "a", "duration": "5"}, {"prompt": "b", "duration": "8"}]},
+            {},
+            13 * 0.126,
+        ),
         # 4K: one rate with or without audio
         ("fal-ai/kling-video/v3/4k/text-to-video", {"prompt": "x", "duration": 3}, {}, 1.26),
         # the first five seconds as a base, then per second

@@ -3,8 +3,9 @@
 A rule is data in the endpoint snapshot (``scripts/vendor_endpoints.py`` makes it from fal's catalog
 text) or in a refreshed copy (fal's pricing API). Its ``unit`` says what is counted:
 
-- ``second``: seconds of output video, the requested ``duration``; ``minimum_units`` covers "the first
-  5 s, then per additional second" (v2, v2.1, v2.5 turbo bill at least five seconds);
+- ``second``: seconds of output video, the requested ``duration`` (for a multi-shot request the larger
+  of it and the shots' total); ``minimum_units`` covers "the first 5 s, then per additional second"
+  (v2, v2.1, v2.5 turbo bill at least five seconds);
 - ``output-second``: seconds of output whose length follows an input (ai-avatar follows its audio); an
   estimate made before that length is known assumes :data:`AVATAR_ASSUMED_SECONDS`;
 - ``input-second``: seconds of an input video, rounded up to ``round_up_to`` (lipsync: 5 s steps);
@@ -90,6 +91,11 @@ class PriceRule(BaseModel):
         if self.unit == "second":
             duration = arguments.get("duration")
             seconds = float(duration) if duration is not None else output_seconds
+            shots = _shots_seconds(arguments.get("multi_prompt"))
+            if shots is not None:
+                # fal's docs do not say whether a multi-shot video bills its duration or its shots'
+                # total; the larger of the two errs high, never low
+                seconds = max(seconds or 0.0, shots)
             if seconds is None:
                 return None
             return max(seconds, self.minimum_units)
@@ -118,6 +124,13 @@ class PriceRule(BaseModel):
             when = ", ".join(f"{k}={_shown(v)}" for k, v in variant.when.items())
             text += f"; ${variant.usd:g}{short} with {when}"
         return text
+
+
+def _shots_seconds(shots: Any) -> float | None:
+    """The total length of a ``multi_prompt``'s shots, or None without shots."""
+    if not isinstance(shots, list) or not shots:
+        return None
+    return sum(float(shot.get("duration") or 0) for shot in shots if isinstance(shot, dict))
 
 
 def _shown(value: Any) -> str:
