@@ -244,7 +244,8 @@ class EndpointInfo:
         """Whether a call with these (defaults-filled) arguments makes a video with sound."""
         if "generate_audio" in self.fields:
             return bool(arguments.get("generate_audio"))
-        return "audio" in self.produces or self.record.mode in ("ai-avatar", "lipsync", "audio-to-video")
+        # avatars speak their audio, lipsync videos their audio or text; other video endpoints are silent
+        return "audio" in self.produces or self.record.family == "lipsync" or self.record.mode == "ai-avatar"
 
 
 def _plain_type(node: dict[str, Any]) -> str | None:
