@@ -213,3 +213,22 @@ def test_a_block_with_its_own_hosts_keys_the_cache_with_that_backend(emulator, t
     )
     assert planned.returncode == 0, planned.stdout + planned.stderr
     assert "1 generations to run, 0 cached" in " ".join(planned.stdout.split()), planned.stdout
+
+
+def test_a_block_can_let_a_budgeted_run_call_an_endpoint_without_a_known_price(
+    emulator, tmp_path: Path
+) -> None:
+    unpriced = tmp_path / "unpriced.yaml"
+    unpriced.write_text(
+        "name: unpriced\nsteps:\n  - id: shot\n    uses: fal-ai/kling-video/v1.6/standard/text-to-video\n"
+        "    with: {prompt: 'a kite over the dunes'}\n"
+    )
+    options = RunOptions(
+        backend="fal", key=emulator.key, store=Store(tmp_path / "s"), journal=Journal(tmp_path / "j")
+    )
+    KlingDefaults(max_cost_usd=5.0).save("budget-only", overwrite=True)
+    with pytest.raises(BudgetError, match="knows no price for: shot"):
+        run_pipeline(unpriced, options=options, defaults="budget-only")
+    KlingDefaults(max_cost_usd=5.0, allow_unknown_cost=True).save("lenient", overwrite=True)
+    result = run_pipeline(unpriced, options=options, defaults="lenient")
+    assert [(r.status, r.estimated_cost_usd) for r in result.records] == [("completed", None)]

@@ -98,6 +98,10 @@ class KlingDefaults(Block):
     )
     concurrency: int = Field(default=4, ge=1, description="Requests in flight at once.")
     max_cost_usd: float | None = Field(default=None, ge=0, description="Refuse runs estimated above this.")
+    allow_unknown_cost: bool = Field(
+        default=False,
+        description="With max_cost_usd: still start a run that calls an endpoint without a known price.",
+    )
     output_location: str | None = Field(default=None, description="Folder the final outputs are copied to.")
 
     def run_options(self) -> RunOptions:
@@ -105,6 +109,7 @@ class KlingDefaults(Block):
         return RunOptions(
             concurrency=self.concurrency,
             max_cost_usd=self.max_cost_usd,
+            allow_unknown_cost=self.allow_unknown_cost or None,
             out_dir=Path(self.output_location) if self.output_location else None,
             arguments=self.arguments or None,
         )
