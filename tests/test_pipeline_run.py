@@ -69,6 +69,48 @@ async def test_fan_out_then_full_cache_hit(options: RunOptions, emulator) -> Non
     assert schemas[T2V] == f"snapshot 2026-05-12 (fal-ai/fal-js), sha256 {get_endpoint(T2V).sha256}"
 
 
+VOICE = "fal-ai/kling-video/create-voice"
+V26_I2V = "fal-ai/kling-video/v2.6/pro/image-to-video"
+
+
+async def test_a_voice_id_output_feeds_the_next_step_and_a_rerun_pays_for_nothing(
+    options: RunOptions, emulator
+) -> None:
+    """create-voice answers a value, no file: its cache entry is whole without one (it was refetched,
+    and after fal's hour paid again), and its voice id reaches the step that speaks with it."""
+    spec = parse_pipeline(
+        {
+            "name": "voiced",
+            "steps": [
+                {"id": "voice", "uses": VOICE, "with": {"voice_url": "https://example.com/narrator.mp3"}},
+                {
+                    "id": "scene",
+                    "uses": V26_I2V,
+                    "with": {
+                        "prompt": "<<<voice_1>>> says: the tide is turning",
+                        "start_image_url": "https://example.com/harbour.png",
+                        "voice_ids": ["${steps.voice.voice_id}"],
+                    },
+                },
+            ],
+        }
+    )
+    first = await arun(spec, None, options)
+    assert [r.status for r in first.records] == ["completed", "completed"]
+    voice_id = first.outputs["voice"]["voice_id"]
+    assert (
+        isinstance(voice_id, str) and voice_id and f'"voice_ids":["{voice_id}"]' in first.records[1].arguments
+    )
+    assert first.records[1].estimated_cost_usd == pytest.approx(5 * 0.168), "audio with voice control"
+    emulator.reset()
+    plan = plan_pipeline(spec, None, options)
+    assert [step.status for step in plan.steps] == ["cached", "cached"]
+    second = await arun(spec, None, options)
+    assert [r.status for r in second.records] == ["cached", "cached"]
+    assert second.outputs["voice"]["voice_id"] == voice_id
+    assert emulator.stats()["total_submits"] == 0
+
+
 async def test_edit_reruns_only_the_changed_step_and_its_dependants(options: RunOptions, emulator) -> None:
     data = {
         "name": "chain",

@@ -138,7 +138,8 @@ class StepContext:
     def look_up(self, key: str, *, regenerate: bool = False) -> CacheLookup:
         """The one cache decision, for a generation, a media operation and the plan alike.
 
-        * ``cached``: a ``done`` entry whose every stored file re-hashes to its record;
+        * ``cached``: a ``done`` entry whose every stored file re-hashes to its record (a generation
+          whose output is only values, such as a voice id, has no file to re-hash);
         * ``refetch``: a ``done`` generation whose stored files are missing, cut or altered: its
           request id is known, so its result is fetched from fal again (free while fal keeps it,
           1 hour after it completed) before anything is paid again;
@@ -158,7 +159,9 @@ class StepContext:
         if regenerate:
             return CacheLookup("run", entry)
         files = {name: self._stored(out) for name, out in entry.outputs.items()}
-        if entry.outputs and all(f is not None for f in files.values()):
+        # a generation may give no file at all (create-voice answers a voice id): its entry is whole
+        # as it is; a local operation always writes one, so an operation entry without it is not
+        if (entry.outputs or entry.request_id) and all(f is not None for f in files.values()):
             return CacheLookup("cached", entry, {n: f for n, f in files.items() if f is not None})
         return CacheLookup("refetch" if entry.request_id else "run", entry)
 

@@ -102,7 +102,12 @@ def _placeholder_outputs(uses: str) -> dict[str, Any]:
     listed = many_outputs(target)
     placeholders: dict[str, Any] = {}
     for name, kind in output_kinds(target).items():
-        pending = None if kind in ("number", "text") else _PENDING / f"{name}.{_SUFFIXES[kind]}"
+        if kind == "number":
+            pending: Any = None
+        elif kind == "text":
+            pending = "(pending)"  # a value such as a voice id: any text validates until it is known
+        else:
+            pending = _PENDING / f"{name}.{_SUFFIXES[kind]}"
         placeholders[name] = [pending] if name in listed else pending
     return placeholders
 
@@ -147,7 +152,7 @@ def _plan_one(
         return planned, None
     # a stored result is redone on refresh, a paid one never
     lookup = ctx.look_up(key, regenerate=not step.cache or step.refresh or ctx.refresh)
-    if lookup.state == "cached" and lookup.files and lookup.entry:
+    if lookup.state == "cached" and lookup.files is not None and lookup.entry:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
         if endpoint is None:
             kind = operation_output(step.uses)
