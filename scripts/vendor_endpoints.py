@@ -118,6 +118,17 @@ def distilled_schema(record: dict[str, Any], records: dict[str, dict[str, Any]])
     return schema
 
 
+def _voice_control_field(record: dict[str, Any]) -> str | None:
+    """Where an endpoint takes the voices that make "voice control": v2.6's ``voice_ids``, or a
+    ``voice_id`` on v3's ``elements``; None where it takes none (v3 text-to-video)."""
+    schema = record.get("input_schema") or {}
+    if "voice_ids" in schema.get("properties", {}):
+        return "voice_ids"
+    if "elements" in schema.get("properties", {}) and '"voice_id"' in json.dumps(schema.get("$defs", {})):
+        return "elements[].voice_id"
+    return None
+
+
 def price_rule(record: dict[str, Any]) -> dict[str, Any] | None:
     """klingflow's price rule from the record's hand-derived price structure, or None."""
     endpoint_id = record["endpoint_id"]
@@ -157,11 +168,12 @@ def price_rule(record: dict[str, Any]) -> dict[str, Any] | None:
         if "usd_per_second" in parts:
             return {"unit": "second", "usd": parts["usd_per_second"], "source": source}
         variants = [{"when": {"generate_audio": True}, "usd": parts["usd_per_second_audio_on"]}]
-        if "usd_per_second_audio_on_with_voice_control" in parts:
+        voice = _voice_control_field(record)
+        if "usd_per_second_audio_on_with_voice_control" in parts and voice:
             variants.insert(
                 0,
                 {
-                    "when": {"generate_audio": True, "voice_ids": "non-empty"},
+                    "when": {"generate_audio": True, voice: "non-empty"},
                     "usd": parts["usd_per_second_audio_on_with_voice_control"],
                 },
             )

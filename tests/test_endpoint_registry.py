@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from klingflow.endpoints import (
 from klingflow.engine.plan import Plan, PlannedStep, check_budget
 from klingflow.errors import BudgetError, SpecError
 from klingflow.media import ffmpeg_executable
-from klingflow.spec import check, load_pipeline, parse_pipeline
+from klingflow.spec import check, load_pipeline
 
 WITH_SCHEMA = [i for i in snapshot_ids() if ENDPOINTS[i].record.input is not None]
 
@@ -235,6 +236,16 @@ def test_growing_enums_take_values_fal_added_after_the_snapshot() -> None:
         ),
         # 4K: one rate with or without audio
         ("fal-ai/kling-video/v3/4k/text-to-video", {"prompt": "x", "duration": 3}, {}, 1.26),
+        # v3 voice control: a voice on one of its elements (fal's example: 5 s with audio and voice, $0.98)
+        (
+            "fal-ai/kling-video/v3/pro/image-to-video",
+            {
+                "start_image_url": "https://e/a.png",
+                "elements": [{"frontal_image_url": "https://e/f.png", "voice_id": "v1"}],
+            },
+            {},
+            0.98,
+        ),
         # the first five seconds as a base, then per second
         ("fal-ai/kling-video/v2.1/master/text-to-video", {"prompt": "x", "duration": 10}, {}, 2.80),
         ("fal-ai/kling-video/v2.1/master/text-to-video", {"prompt": "x"}, {}, 1.40),
@@ -248,6 +259,13 @@ def test_growing_enums_take_values_fal_added_after_the_snapshot() -> None:
         # per image, 4K at twice the price
         ("fal-ai/kling-image/o3/text-to-image", {"prompt": "x", "num_images": 2}, {}, 0.056),
         ("fal-ai/kling-image/o3/text-to-image", {"prompt": "x", "resolution": "4K"}, {}, 0.056),
+        # a series of related images is priced per image of the series
+        (
+            "fal-ai/kling-image/o3/text-to-image",
+            {"prompt": "x", "result_type": "series", "series_amount": 9},
+            {},
+            0.252,
+        ),
         # per request
         ("fal-ai/kling-video/video-to-audio", {"video_url": "https://e/v.mp4"}, {}, 0.035),
         # the seed's v1 prices
@@ -263,6 +281,33 @@ def test_growing_enums_take_values_fal_added_after_the_snapshot() -> None:
 )
 def test_every_kind_of_price_rule(endpoint_id: str, arguments: dict, lengths: dict, usd: float) -> None:
     assert estimate_cost(endpoint_id, arguments, **lengths) == pytest.approx(usd)
+
+
+@pytest.mark.parametrize(
+    ("endpoint_id", "arguments", "usd"),
+    [
+        # per second: it takes a duration (10 s at the override's $0.084), never once per call
+        (
+            "fal-ai/kling-video/o1/standard/image-to-video",
+            {"prompt": "x", "start_image_url": "https://e/a.png", "duration": "10"},
+            0.84,
+        ),
+        # an avatar: per second of output, assumed 10 s before its audio is known
+        (
+            "fal-ai/kling-video/ai-avatar/v2/pro",
+            {"image_url": "https://e/a.png", "audio_url": "https://e/a.mp3"},
+            0.84,
+        ),
+        # an image model: per image
+        ("fal-ai/kling-image/v3/text-to-image", {"prompt": "x", "num_images": 3}, 0.252),
+    ],
+)
+def test_an_override_of_an_unpriced_endpoint_takes_the_unit_its_schema_implies(
+    endpoint_id: str, arguments: dict, usd: float
+) -> None:
+    assert get_endpoint(endpoint_id).price is None
+    assert estimate_cost(endpoint_id, arguments) is None
+    assert estimate_cost(endpoint_id, arguments, prices={endpoint_id: 0.084}) == pytest.approx(usd)
 
 
 def test_an_unknown_price_is_unknown_and_a_budget_refuses_it() -> None:
@@ -349,25 +394,17 @@ def test_fals_aspect_limits_apply_where_the_schema_states_them(tmp_path: Path) -
         check(_pipeline(tmp_path, "fal-ai/kling-video/v2.6/pro/image-to-video", "start_image_url", wide))
 
 
-def test_models_are_built_only_for_the_endpoints_used() -> None:
-    from klingflow.endpoints import _registry
-
-    spec = parse_pipeline(
-        {
-            "name": "one",
-            "steps": [
-                {
-                    "id": "a",
-                    "uses": "fal-ai/kling-video/v2.5-turbo/pro/text-to-video",
-                    "with": {"prompt": "x"},
-                }
-            ],
-        }
+def test_models_are_built_only_for_the_endpoints_used(tmp_path: Path) -> None:
+    """A fresh process that checks a one-step pipeline builds one endpoint's models, not 75."""
+    program = (
+        "from klingflow.endpoints import _registry\n"
+        "from klingflow.spec import check, parse_pipeline\n"
+        "check(parse_pipeline({'name': 'one', 'steps': [{'id': 'a', 'uses': "
+        "'fal-ai/kling-video/v2.5-turbo/pro/text-to-video', 'with': {'prompt': 'a fox'}}]}))\n"
+        "print([i.id for i in _registry._infos.values() if 'input_model' in vars(i)])\n"
     )
-    _registry.forget_endpoint()
-    check(spec)
-    built = [info.id for info in _registry._infos.values() if "input_model" in vars(info)]
-    assert built == ["fal-ai/kling-video/v2.5-turbo/pro/text-to-video"]
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['fal-ai/kling-video/v2.5-turbo/pro/text-to-video']", done.stderr
 
 
 def test_a_local_video_outside_fals_length_and_size_limits_is_refused(tmp_path: Path) -> None:

@@ -55,6 +55,14 @@ from klingflow.endpoints._catalog import (
     snapshot_meta,
     store_refreshed,
 )
+from klingflow.endpoints._costs import (
+    PRICES_ENV,
+    billed_cost,
+    estimate_cost,
+    implied_unit,
+    price_rule,
+    unit_price,
+)
 from klingflow.endpoints._enums import (
     EXTENSIBLE_ENUMS,
     EXTRA_ENUM_VALUES_ENV,
@@ -64,6 +72,7 @@ from klingflow.endpoints._enums import (
     reset_enum_values,
     suggest,
 )
+from klingflow.endpoints._media import MediaInput, MediaKind, is_url, set_media_input
 from klingflow.endpoints._openapi import (
     classify_endpoint,
     json_schemas,
@@ -84,25 +93,17 @@ from klingflow.endpoints._pricing import AVATAR_ASSUMED_SECONDS, PriceRule, Pric
 from klingflow.endpoints._registry import (
     ALIASES,
     ENDPOINTS,
-    PRICES_ENV,
     EndpointInfo,
-    MediaInput,
-    MediaKind,
     ValueOutput,
-    billed_cost,
     canonical_arguments,
     endpoints_with_field,
-    estimate_cost,
     estimate_seconds,
     forget_endpoint,
     get_endpoint,
-    is_url,
     media_inputs,
     media_limits,
     output_files,
     parse_output,
-    set_media_input,
-    unit_price,
     validate_input,
 )
 from klingflow.endpoints._schema import FalInput, FalOutput, model_from_schema
@@ -142,6 +143,7 @@ __all__ = [
     "extra_enum_values",
     "forget_endpoint",
     "get_endpoint",
+    "implied_unit",
     "is_url",
     "json_schemas",
     "media_inputs",
@@ -151,6 +153,7 @@ __all__ = [
     "output_files",
     "parse_output",
     "price_from_fal",
+    "price_rule",
     "record_of",
     "refreshed_dir",
     "refreshed_record",

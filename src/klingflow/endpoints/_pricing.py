@@ -9,11 +9,12 @@ text) or in a refreshed copy (fal's pricing API). Its ``unit`` says what is coun
 - ``output-second``: seconds of output whose length follows an input (ai-avatar follows its audio); an
   estimate made before that length is known assumes :data:`AVATAR_ASSUMED_SECONDS`;
 - ``input-second``: seconds of an input video, rounded up to ``round_up_to`` (lipsync: 5 s steps);
-- ``image``: images produced (``num_images``, default 1);
+- ``image``: images produced (``num_images``, default 1; a ``series`` of ``series_amount``, at least 2);
 - ``request``: one call.
 
 ``variants`` change the rate with the input, first match wins: ``{"generate_audio": true}`` (v2.6, v3,
-O3 native audio), ``{"voice_ids": "non-empty"}`` (voice control), ``{"resolution": "4K"}`` (images). A
+O3 native audio), ``{"voice_ids": "non-empty"}`` or ``{"elements[].voice_id": "non-empty"}`` (voice
+control, v2.6 and v3), ``{"resolution": "4K"}`` (images). A
 ``when`` value is matched against the input after defaults are filled, so audio that an endpoint
 generates unless told not to is priced as audio on.
 """
@@ -42,13 +43,17 @@ class PriceVariant(BaseModel):
     usd: float
 
     def matches(self, arguments: dict[str, Any]) -> bool:
-        """Whether the (defaults-filled) input selects this variant."""
+        """Whether the (defaults-filled) input selects this variant. A name ``list[].field`` matches
+        when any item of the list does (v3's voice control is a ``voice_id`` on one of its elements)."""
         for name, wanted in self.when.items():
-            value = arguments.get(name)
-            if wanted == "non-empty":
-                if not value:
-                    return False
-            elif value != wanted:
+            listed, _, field = name.partition("[].")
+            items = arguments.get(listed) if field else None
+            values = (
+                [item.get(field) for item in items if isinstance(item, dict)]
+                if isinstance(items, list)
+                else [arguments.get(name)]
+            )
+            if not any((bool(value) if wanted == "non-empty" else value == wanted) for value in values):
                 return False
         return True
 
@@ -87,6 +92,8 @@ class PriceRule(BaseModel):
         if self.unit == "request":
             return 1.0
         if self.unit == "image":
+            if arguments.get("result_type") == "series":  # Kling Image O3: a series of related images
+                return float(arguments.get("series_amount") or 2)
             return float(arguments.get("num_images") or 1)
         if self.unit == "second":
             duration = arguments.get("duration")
@@ -121,7 +128,8 @@ class PriceRule(BaseModel):
         if self.round_up_to:
             text += f" (rounded up to {self.round_up_to:g} s)"
         for variant in self.variants:
-            when = ", ".join(f"{k}={_shown(v)}" for k, v in variant.when.items())
+            conditions = sorted(variant.when.items(), key=lambda item: item[1] == "non-empty")
+            when = ", ".join(f"{k} set" if v == "non-empty" else f"{k}={_shown(v)}" for k, v in conditions)
             text += f"; ${variant.usd:g}{short} with {when}"
         return text
 

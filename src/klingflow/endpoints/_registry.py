@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -22,42 +21,39 @@ from pydantic import BaseModel
 
 from klingflow.endpoints._catalog import EndpointRecord, record_of, refreshed_ids, snapshot_ids
 from klingflow.endpoints._enums import suggest
-from klingflow.endpoints._overlays import IMAGE_LIMITS, ImageLimits, check_overlays, overlay_names
-from klingflow.endpoints._pricing import AVATAR_ASSUMED_SECONDS, PriceRule
-from klingflow.endpoints._schema import model_from_schema, resolve
-from klingflow.errors import ConfigError, SpecError
-from klingflow.settings import klingflow_home, settings
+from klingflow.endpoints._media import (
+    MediaInput,
+    MediaKind,
+    collect_media,
+    file_target,
+    kind_from_name,
+    plain_type,
+)
+from klingflow.endpoints._overlays import ImageLimits, check_overlays, overlay_names
+from klingflow.endpoints._pricing import PriceRule
+from klingflow.endpoints._schema import model_from_schema
+from klingflow.errors import SpecError
+from klingflow.settings import klingflow_home
 
 __all__ = [
     "ALIASES",
     "ENDPOINTS",
-    "PRICES_ENV",
     "EndpointInfo",
-    "MediaInput",
-    "MediaKind",
     "ValueOutput",
-    "billed_cost",
     "canonical_arguments",
     "endpoints_with_field",
-    "estimate_cost",
     "estimate_seconds",
     "forget_endpoint",
     "get_endpoint",
-    "is_url",
+    "input_dict",
     "media_inputs",
     "media_limits",
     "output_files",
     "parse_output",
-    "set_media_input",
-    "unit_price",
     "validate_input",
 ]
 
-MediaKind = Literal["video", "image", "audio"]
 ValueOutput = Literal["number", "text"]
-
-PRICES_ENV = "KLINGFLOW_PRICES"
-"""Environment variable: a JSON object of unit-price overrides, e.g. ``{"text-to-video": 0.05}``."""
 
 _V1 = "fal-ai/kling-video/v1"
 ALIASES: dict[str, str] = {
@@ -68,56 +64,6 @@ ALIASES: dict[str, str] = {
     "tts": f"{_V1}/tts",
 }
 """The seed's short names, each a Kling v1 standard endpoint (or TTS), exactly as before the registry."""
-
-_UI_KINDS: dict[str, MediaKind] = {
-    "image": "image",
-    "image_mask": "image",
-    "video": "video",
-    "audio": "audio",
-}
-
-
-def _kind_from_name(name: str) -> MediaKind | None:
-    lowered = name.lower()
-    for word, kind in (
-        ("image", "image"),
-        ("mask", "image"),
-        ("video", "video"),
-        ("audio", "audio"),
-        ("voice", "audio"),
-    ):
-        if word in lowered:
-            return kind  # type: ignore[return-value]
-    return None
-
-
-def _media_kind(name: str, node: dict[str, Any]) -> MediaKind | None:
-    """The media kind of a string property, or None when it is not a media input."""
-    hint = node.get("_fal_ui_field") or (node.get("ui") or {}).get("field")
-    if isinstance(hint, str) and hint in _UI_KINDS:
-        return _UI_KINDS[hint]
-    if node.get("x-fal-file-input") or name.endswith(("_url", "_urls")):
-        limits = node.get("x-fal") or {}
-        return _kind_from_name(name) or ("image" if "min_width" in limits else None)
-    return None
-
-
-@dataclass(frozen=True)
-class MediaInput:
-    """One media input field: its kind and fal's file limits (``x-fal``), if the schema gives any."""
-
-    kind: MediaKind
-    limits: dict[str, Any]
-
-    def image_limits(self, endpoint_id: str, path: str) -> ImageLimits | None:
-        """The limits a local image for this field is checked against before upload, or None."""
-        if self.kind != "image":
-            return None
-        if self.limits:
-            return ImageLimits.from_fal(self.limits)
-        if endpoint_id.startswith(_V1) and "mask" not in path:
-            return IMAGE_LIMITS
-        return None
 
 
 class EndpointInfo:
@@ -193,7 +139,7 @@ class EndpointInfo:
         """Every media input by (dotted) path, with its kind and fal's limits."""
         schema = self._schemas()[0]
         found: dict[str, MediaInput] = {}
-        _collect_media(schema, schema.get("$defs", {}), "", found, depth=0)
+        collect_media(schema, schema.get("$defs", {}), "", found, depth=0)
         return found
 
     @property
@@ -208,15 +154,18 @@ class EndpointInfo:
         files: dict[str, MediaKind] = {}
         many: set[str] = set()
         values: dict[str, ValueOutput] = {}
-        for name, node in schema.get("properties", {}).items():
-            target, listed = _file_target(node, defs)
+        properties: dict[str, Any] = schema.get("properties", {})
+        order = [name for name in schema.get("x-fal-order-properties", []) if name in properties]
+        for name in order + [name for name in properties if name not in order]:
+            node = properties[name]
+            target, listed = file_target(node, defs)
             if target is not None:
-                files[name] = _kind_from_name(name) or _kind_from_name(json.dumps(target)) or "video"
+                files[name] = kind_from_name(name) or kind_from_name(json.dumps(target)) or "video"
                 if listed:
                     many.add(name)
-            elif _plain_type(node) in ("number", "integer"):
+            elif plain_type(node) in ("number", "integer"):
                 values[name] = "number"
-            elif _plain_type(node) == "string":
+            elif plain_type(node) == "string":
                 values[name] = "text"
         return files, frozenset(many), values
 
@@ -246,63 +195,6 @@ class EndpointInfo:
             return bool(arguments.get("generate_audio"))
         # avatars speak their audio, lipsync videos their audio or text; other video endpoints are silent
         return "audio" in self.produces or self.record.family == "lipsync" or self.record.mode == "ai-avatar"
-
-
-def _plain_type(node: dict[str, Any]) -> str | None:
-    if "anyOf" in node:
-        kinds = [option.get("type") for option in node["anyOf"] if option.get("type") != "null"]
-        return kinds[0] if kinds else None
-    kind = node.get("type")
-    return kind if isinstance(kind, str) else None
-
-
-def _is_file(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any] | None:
-    target = resolve(node, defs)
-    properties = target.get("properties", {})
-    return (
-        target
-        if "url" in properties and ("content_type" in properties or "file_name" in properties)
-        else None
-    )
-
-
-def _file_target(node: dict[str, Any], defs: dict[str, Any]) -> tuple[dict[str, Any] | None, bool]:
-    """The File schema a property holds and whether it is a list of them."""
-    options = node.get("anyOf", [node])
-    for option in options:
-        if option.get("type") == "array" and option.get("items"):
-            target = _is_file(option["items"], defs)
-            if target is not None:
-                return target, True
-        target = _is_file(option, defs)
-        if target is not None:
-            return {**target, "$ref": option.get("$ref", "")}, False
-    return None, False
-
-
-def _collect_media(
-    schema: dict[str, Any], defs: dict[str, Any], prefix: str, found: dict[str, MediaInput], depth: int
-) -> None:
-    if depth > 4:
-        return
-    properties: dict[str, Any] = schema.get("properties", {})
-    order = [name for name in schema.get("x-fal-order-properties", []) if name in properties]
-    for name in order + [name for name in properties if name not in order]:
-        node, path = properties[name], f"{prefix}{name}"
-        for option in node.get("anyOf", [node]):
-            if option.get("type") == "null":
-                continue
-            item = option.get("items", option) if option.get("type") == "array" else option
-            kind = _media_kind(name, item) if item.get("type") == "string" else None
-            if kind is None and option.get("type") == "string":
-                kind = _media_kind(name, option)
-            if kind is not None:
-                found[path] = MediaInput(kind, dict(item.get("x-fal") or option.get("x-fal") or {}))
-                break
-            nested = resolve(item, defs)
-            if nested.get("properties"):
-                _collect_media(nested, defs, f"{path}.", found, depth + 1)
-                break
 
 
 _infos: dict[tuple[str, str], EndpointInfo] = {}
@@ -430,7 +322,8 @@ def canonical_arguments(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
-def _input_dict(info: EndpointInfo, validated_input: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+def input_dict(info: EndpointInfo, validated_input: BaseModel | Mapping[str, Any]) -> dict[str, Any]:
+    """An input as fal receives it (a model of ``info``, or arguments validated now)."""
     if isinstance(validated_input, info.input_model):
         return canonical_arguments(validated_input)
     if isinstance(validated_input, BaseModel):
@@ -461,7 +354,7 @@ def media_inputs(
     upload local files or hash the media behind each URL and say which field a problem is in.
     """
     info = get_endpoint(endpoint)
-    data = _input_dict(info, validated_input)
+    data = input_dict(info, validated_input)
     return [
         (path, url, kind)
         for name, kind in info.consumes.items()
@@ -473,121 +366,11 @@ def media_inputs(
 def estimate_seconds(endpoint: str, validated_input: BaseModel | Mapping[str, Any]) -> float | None:
     """Expected output length: the requested ``duration``, or None where the input does not set it
     (ai-avatar and lipsync follow their inputs; TTS follows its text)."""
-    duration = _input_dict(get_endpoint(endpoint), validated_input).get("duration")
+    duration = input_dict(get_endpoint(endpoint), validated_input).get("duration")
     try:
         return None if duration is None else float(duration)
     except (TypeError, ValueError):
         return None
-
-
-def _checked_prices(prices: Mapping[str, Any], where: str) -> dict[str, float]:
-    checked: dict[str, float] = {}
-    for name, price in prices.items():
-        endpoint_id = ALIASES.get(name, name)
-        if endpoint_id not in ENDPOINTS:
-            guess = suggest(name, [*ALIASES, *ENDPOINTS])
-            raise ConfigError(
-                f"price for unknown endpoint {name!r}" + (f"; did you mean {guess!r}?" if guess else ""),
-                context=where,
-            )
-        if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
-            raise ConfigError(f"price for {name!r} must be a number >= 0, got {price!r}", context=where)
-        checked[endpoint_id] = float(price)
-    return checked
-
-
-def _env_prices() -> dict[str, float]:
-    raw = settings().prices.strip()
-    if not raw:
-        return {}
-    try:
-        table = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"not valid JSON: {exc}", context=PRICES_ENV, hint='e.g. {"tts": 0.008}') from exc
-    if not isinstance(table, dict):
-        raise ConfigError("must be a JSON object of endpoint -> unit price", context=PRICES_ENV)
-    return _checked_prices(table, PRICES_ENV)
-
-
-def unit_price(endpoint: str, prices: Mapping[str, float] | None = None) -> float | None:
-    """USD per unit for ``endpoint``'s base rate: ``prices`` (alias or id keys) first, then the JSON in
-    ``KLINGFLOW_PRICES``, then the price rule's; None when no price is known. Unknown endpoint names in
-    either raise ``ConfigError``, so a typo cannot silently keep the old price."""
-    info = get_endpoint(endpoint)
-    for table in (_checked_prices(prices or {}, "prices"), _env_prices()):
-        if info.id in table:
-            return table[info.id]
-    return None if info.price is None else info.price.usd
-
-
-def _override(info: EndpointInfo, prices: Mapping[str, float] | None) -> float | None:
-    for table in (_checked_prices(prices or {}, "prices"), _env_prices()):
-        if info.id in table:
-            return table[info.id]
-    return None
-
-
-def estimate_cost(
-    endpoint: str,
-    validated_input: BaseModel | Mapping[str, Any],
-    *,
-    output_seconds: float | None = None,
-    input_seconds: float | None = None,
-    prices: Mapping[str, float] | None = None,
-    assumed_seconds: float = AVATAR_ASSUMED_SECONDS,
-) -> float | None:
-    """Estimated fal charge in USD (rounded to a millionth of a dollar), or None when it is unknown.
-
-    Unknown means no price rule (and no override), or a count that needs a length not known yet (a
-    lipsync's input video given as a URL). Per-second endpoints are billed for the requested
-    ``duration`` (a 5 s request that returns 5.04 s costs 5 s); where the input sets no duration
-    (ai-avatar) the caller passes ``output_seconds`` once known, and ``assumed_seconds`` stands in before.
-    ``prices`` overrides base unit prices as :func:`unit_price` describes.
-    """
-    info = get_endpoint(endpoint)
-    arguments = _input_dict(info, validated_input)
-    override = _override(info, prices)
-    rule = info.price
-    if rule is None:
-        if override is None:
-            return None
-        rule = PriceRule(unit="request", usd=override)
-    units = rule.units(
-        arguments, output_seconds=output_seconds, input_seconds=input_seconds, assumed_seconds=assumed_seconds
-    )
-    if units is None:
-        return None
-    return round(rule.rate(arguments, base=override) * units, 6)
-
-
-def billed_cost(
-    endpoint: str, arguments: Mapping[str, Any] | None, units: float, fal_unit_price: float | None = None
-) -> float | None:
-    """What fal billed: its billable units times the unit price of the variant the input selected.
-
-    ``fal_unit_price`` (fal's pricing API) replaces the rule's base rate; a variant's rate (audio on,
-    4K) comes from the rule, since fal's pricing API states one price per endpoint. Without the
-    ``arguments`` (``klingflow recover`` knows only a request id), the schema's defaults stand in.
-    """
-    info = get_endpoint(endpoint)
-    rule = info.price
-    if rule is None:
-        return None if fal_unit_price is None else round(units * fal_unit_price, 6)
-    given = dict(arguments) if arguments is not None else info.defaults
-    return round(units * rule.rate(given, base=fal_unit_price), 6)
-
-
-def is_url(value: str) -> bool:
-    """Whether a media value is fetched by fal itself (http, https or a data: URI), not a local file."""
-    return value.startswith(("http://", "https://", "data:"))
-
-
-def set_media_input(document: Any, path: str, value: Any) -> None:
-    """Set ``value`` at a :func:`media_inputs` path such as ``dynamic_masks[0].mask_url`` in a JSON body."""
-    keys: list[Any] = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
-    for key in keys[:-1]:
-        document = document[key]
-    document[keys[-1]] = value
 
 
 def media_limits(endpoint: str, path: str) -> ImageLimits | None:
@@ -595,4 +378,4 @@ def media_limits(endpoint: str, path: str) -> ImageLimits | None:
     info = get_endpoint(endpoint)
     slot = re.sub(r"\[\d+\]", "", path)
     media = info.media.get(slot)
-    return None if media is None else media.image_limits(info.id, slot)
+    return None if media is None else media.image_limits(info.record.family, slot)

@@ -399,7 +399,7 @@ class _Checker:
                     self._check_content(i, file, wanted, where)
                     media = target.media.get(slot) if isinstance(target, EndpointInfo) else None
                     if media is not None and wanted in self._contents[file].kinds:
-                        image = media.image_limits(target.id, slot)  # type: ignore[union-attr]
+                        image = media.image_limits(target.record.family, slot)  # type: ignore[union-attr]
                         if image is not None:
                             self._check_image(i, file, image, where)
                         elif media.limits:
