@@ -313,7 +313,8 @@ def test_list_filters_by_family_mode_and_price() -> None:
     ]
     assert rows[2][3:] == [
         "pro",
-        "$0.112/s; $0.196/s with generate_audio=true, elements[].voice_id set; $0.168/s with generate_audio=true",
+        "$0.112/s; $0.196/s with generate_audio=true, elements[].voice_id set;"
+        " $0.168/s with generate_audio=true",
         "snapshot 2026-05-12",
     ]
     assert {row[4] for row in (line.split("\t") for line in unpriced.stdout.splitlines()[1:])} == {"unknown"}
