@@ -136,14 +136,20 @@ def _plan_one(
         model = validate_input(endpoint.id, body)
         key = generation_key_for(ctx, endpoint.id, body)[1] if known else None
         planned.endpoint, planned.schema_source = endpoint.id, endpoint.record.provenance()
-        # a length that follows an input (avatar: its audio; lipsync: its video), when it is a local file
+        requested = estimate_seconds(endpoint.id, model)
+        # a length that follows an input (avatar: its audio; lipsync: its video), when it is a local
+        # file; probed only when the request sets no duration, so a plan opens no file it need not
         lengths = {
             kind: probe(value).duration
             for _, value, kind in reversed(media_inputs(endpoint.id, model))
-            if not is_url(value) and Path(value).is_absolute() and Path(value).is_file()
+            if requested is None
+            and kind in ("audio", "video")
+            and not is_url(value)
+            and Path(value).is_absolute()
+            and Path(value).is_file()
         }
         seconds = lengths.get("audio", lengths.get("video"))
-        planned.estimated_seconds = estimate_seconds(endpoint.id, model) or seconds
+        planned.estimated_seconds = requested or seconds
         planned.estimated_cost_usd = estimate_cost(
             endpoint.id, model, output_seconds=seconds, input_seconds=lengths.get("video"), prices=ctx.prices
         )
