@@ -17,6 +17,7 @@ from klingflow import RunOptions, ledger, parse_pipeline, run_pipeline
 from klingflow.blocks import FalCredentials, KlingDefaults, register_blocks
 from klingflow.cache import Journal, Store
 from klingflow.errors import BudgetError
+from klingflow.ledger import summary
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +233,9 @@ def test_a_block_can_let_a_budgeted_run_call_an_endpoint_without_a_known_price(
     KlingDefaults(max_cost_usd=5.0, allow_unknown_cost=True).save("lenient", overwrite=True)
     result = run_pipeline(unpriced, options=options, defaults="lenient")
     assert [(r.status, r.estimated_cost_usd) for r in result.records] == [("completed", None)]
+    # wherever a spend is summed, the unknown price is counted apart, never as $0
+    runs = summary(result.ledger).runs
+    assert runs.loc[0, "unknown_price"] == 1 and runs.loc[0, "spend_usd"] == 0
+    assert result.manifest is not None and result.manifest.report is not None
+    report = Path(result.manifest.report).read_text()
+    assert "$0.000 + 1 at an unknown price" in report

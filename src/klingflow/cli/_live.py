@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from klingflow.ledger import Status, StepRecord
+from klingflow.ledger import Status, StepRecord, spend_label
 
 if TYPE_CHECKING:
     from klingflow.backends.handles import QueueEvent
@@ -75,12 +75,13 @@ class _Execution:
 
     label: str
     step_id: str
-    estimate: float = 0.0
+    estimate: float | None = 0.0
+    """None: the endpoint's price is unknown."""
     state: str = WAITING
     position: int | None = None
     started: float | None = None
     ended: float | None = None
-    cost: float = 0.0
+    cost: float | None = 0.0
     note: str = ""
 
     @property
@@ -110,7 +111,7 @@ class RunView:
         """Every execution the run has, in order, with what the plan expects it to cost."""
         for step in plan.steps:
             label = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
-            self.executions[label] = _Execution(label, step.step_id, estimate=step.estimated_cost_usd or 0.0)
+            self.executions[label] = _Execution(label, step.step_id, estimate=step.estimated_cost_usd)
         self.changed(None)
 
     def start(self, label: str) -> None:
@@ -133,7 +134,7 @@ class RunView:
         execution = self._execution(record.step_label)
         execution.state, execution.ended = Status(record.status), self.clock()
         execution.started = execution.started or execution.ended
-        execution.cost = record.estimated_cost_usd or 0.0
+        execution.cost = record.estimated_cost_usd
         execution.note = record.error.splitlines()[0] if record.error else ""
         self.changed(execution)
 
@@ -152,18 +153,19 @@ class RunView:
         counted = {state: sum(e.state == state for e in chosen) for state in _ORDER}
         return {state: n for state, n in counted.items() if n}
 
-    def spent(self) -> float:
-        return sum(e.cost for e in self.executions.values())
+    def spent(self) -> str:
+        """What the finished executions cost, an unknown price counted apart."""
+        return spend_label(e.cost for e in self.executions.values() if e.finished)
 
-    def to_spend(self) -> float:
+    def to_spend(self) -> str:
         """What the plan expects the executions not yet finished to cost."""
-        return sum(e.estimate for e in self.executions.values() if not e.finished)
+        return spend_label(e.estimate for e in self.executions.values() if not e.finished)
 
     def total_line(self) -> str:
         counts = self.counts()
         described = ", ".join(f"{n} {_plain(state)}" for state, n in counts.items()) or "nothing to run"
         return (
-            f"{described}; spent ${self.spent():.3f}, about ${self.to_spend():.3f} to go; "
+            f"{described}; spent {self.spent()}, about {self.to_spend()} to go; "
             f"{_clock(self.clock() - self.began)} elapsed"
         )
 
@@ -185,8 +187,8 @@ class PlainView(RunView):
         parts = [time.strftime("%H:%M:%S"), f"{escape(execution.label):<16}", execution.mark()]
         if execution.finished and execution.started is not None and execution.ended is not None:
             parts.append(f"{execution.ended - execution.started:.1f} s")
-            if execution.cost:
-                parts.append(f"${execution.cost:.3f}")
+            if execution.cost != 0:
+                parts.append("price unknown" if execution.cost is None else f"${execution.cost:.3f}")
         if execution.note:
             parts.append(escape(execution.note))
         if execution.finished:
@@ -246,8 +248,9 @@ class LiveView(RunView):
         if begun:
             ends = [e.ended if e.ended is not None else now for e in executions if e.started is not None]
             elapsed = _clock(max(ends) - min(begun))
-        cost = sum(e.cost for e in executions)
-        return name, state, elapsed, f"${cost:.3f}" if cost else ""
+        finished = [e.cost for e in executions if e.finished]
+        shown = spend_label(finished) if any(cost != 0 for cost in finished) else ""
+        return name, state, elapsed, shown
 
 
 def run_view(console: Console) -> RunView:

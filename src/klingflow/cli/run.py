@@ -423,9 +423,11 @@ def _record_in_prefect_later(run_id: str, parameters: dict[str, Any], server_url
 
 
 def _print_final(console: Console, result: RunResult, ui: str | None, log: Path | None = None) -> None:
-    spent = sum(r.estimated_cost_usd or 0.0 for r in result.records)
+    from klingflow.ledger import spend_label
+
+    spent = spend_label(r.estimated_cost_usd for r in result.records)
     console.print(
-        f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend ${spent:.3f} "
+        f"\n[bold]{escape(result.pipeline)}[/]: {result.status}, estimated spend {spent} "
         f"(run {result.run_id})"
     )
     for step_id, path in result.final.items():

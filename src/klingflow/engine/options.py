@@ -110,7 +110,8 @@ class RunOptions(BaseModel):
     max_cost_usd: float | None = Field(default=None, ge=0)
     allow_unknown_cost: bool | None = Field(
         default=None,
-        description="With max_cost_usd: start even when a step's price is unknown (counted as $0 then).",
+        description="With max_cost_usd: start even when a step's price is unknown (the budget then covers "
+        "the known prices only).",
     )
     out_dir: Path | None = None
     retry: RetryPolicy | None = None

@@ -50,7 +50,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
-from klingflow.ledger import RunManifest, Status, StepRecord, redact, step_label, to_records
+from klingflow.ledger import RunManifest, Status, StepRecord, redact, spend_label, step_label, to_records
 from klingflow.media import preview
 from klingflow.report import media_kind
 
@@ -133,7 +133,7 @@ def _location(path: str | None) -> str:
 def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     """The run at a glance: status, spend, cache hits, outputs, contact sheet, report, failures."""
     rows = to_records(frame)
-    spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
+    spend = spend_label(r["estimated_cost_usd"] for r in rows)
     billed = sum(r["cost_usd"] or 0.0 for r in rows)
     cached = sum(r["status"] == Status.CACHED for r in rows)
     counts = " · ".join(f"{s} {sum(r['status'] == s for r in rows)}" for s in Status)
@@ -141,7 +141,7 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     lines = [
         f"# {manifest.pipeline}: {manifest.status}",
         "",
-        f"Run `{manifest.run_id}` · {len(rows)} step runs · estimated spend **${spend:.3f}** · "
+        f"Run `{manifest.run_id}` · {len(rows)} step runs · estimated spend **{spend}** · "
         f"billed by fal **${billed:.3f}** · "
         f"cache hits {cached}/{len(rows)}"
         + (f" · queue p50 {queues.median():.1f} s" if not queues.empty else ""),

@@ -35,7 +35,14 @@ from klingflow.ledger._manifests import (
     runs_root,
     save_manifest,
 )
-from klingflow.ledger._record import COLUMNS, LEDGER_SCHEMA_VERSION, Status, StepRecord, step_label
+from klingflow.ledger._record import (
+    COLUMNS,
+    LEDGER_SCHEMA_VERSION,
+    Status,
+    StepRecord,
+    spend_label,
+    step_label,
+)
 
 if TYPE_CHECKING:
     from klingflow.ledger._dataset import (
@@ -98,6 +105,7 @@ __all__ = [
     "parse_since",
     "redact",
     "run_dir",
+    "spend_label",
     "runs_root",
     "save_manifest",
     "step_label",

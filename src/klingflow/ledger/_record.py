@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Iterable
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, Field
 
-__all__ = ["COLUMNS", "LEDGER_SCHEMA_VERSION", "ColumnDtype", "Status", "StepRecord", "step_label"]
+__all__ = [
+    "COLUMNS",
+    "LEDGER_SCHEMA_VERSION",
+    "ColumnDtype",
+    "Status",
+    "StepRecord",
+    "spend_label",
+    "step_label",
+]
 
 LEDGER_SCHEMA_VERSION = 2
 """Version of the column set, stored in each parquet file; columns are only ever added."""
@@ -134,3 +143,15 @@ COLUMNS: dict[str, ColumnDtype] = {
     name: _dtype(field.annotation) for name, field in StepRecord.model_fields.items() if not field.exclude
 }
 """Every ledger column and its pandas dtype, in order: the fields of :class:`StepRecord`."""
+
+
+def spend_label(estimates: Iterable[float | None], digits: int = 3) -> str:
+    """An estimated spend for people: ``$0.900``, or ``$0.900 + 2 at an unknown price``.
+
+    ``None`` is a generation whose price klingflow does not know (``estimated_cost_usd``); it is
+    counted apart, never shown as $0.
+    """
+    values = list(estimates)
+    known = sum(value for value in values if value is not None)
+    unknown = sum(value is None for value in values)
+    return f"${known:.{digits}f}" + (f" + {unknown} at an unknown price" if unknown else "")

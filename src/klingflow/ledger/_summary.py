@@ -1,5 +1,8 @@
 """Summaries of ledger rows: spend, cache use, failures and p50/p95 timings, per run and per pipeline.
 
+``spend_usd`` sums the known estimates; ``unknown_price`` counts the generations whose price klingflow
+does not know, so they are never read as free.
+
 A column per :class:`~klingflow.ledger.Status` is derived from the enum, so a new status shows in
 ``klingflow ledger summary`` without anyone remembering to add it.
 """
@@ -25,7 +28,9 @@ class LedgerSummary(NamedTuple):
 
 def _metrics(frame: pd.DataFrame, keys: list[str], **extra: tuple[str, str]) -> pd.DataFrame:
     marked = frame.assign(
-        **{f"_{status}": frame["status"].eq(status).fillna(False).astype(int) for status in Status}
+        **{f"_{status}": frame["status"].eq(status).fillna(False).astype(int) for status in Status},
+        # spend_usd sums the known estimates; these generations' prices are not known (not $0)
+        _unknown_price=(frame["kind"].eq("endpoint") & frame["estimated_cost_usd"].isna()).astype(int),
     )
     groups = marked.groupby(keys, sort=False, dropna=False)
     out = groups.agg(
@@ -34,6 +39,7 @@ def _metrics(frame: pd.DataFrame, keys: list[str], **extra: tuple[str, str]) -> 
         steps=("step_id", "size"),
         **{str(status): (f"_{status}", "sum") for status in Status},
         spend_usd=("estimated_cost_usd", "sum"),
+        unknown_price=("_unknown_price", "sum"),
         billed_usd=("cost_usd", "sum"),
     )
     out["cached_share"] = (out[Status.CACHED] / out["steps"]).astype("Float64")

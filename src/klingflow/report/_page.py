@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from klingflow._files import atomic_write
-from klingflow.ledger import LEDGER_SCHEMA_VERSION, RunManifest, Status, step_label, to_records
+from klingflow.ledger import LEDGER_SCHEMA_VERSION, RunManifest, Status, spend_label, step_label, to_records
 from klingflow.report._dag import STATUS_COLOURS, dag_svg, step_status
 from klingflow.report._media import media_element, media_kind, media_url
 
@@ -69,7 +69,7 @@ def _stat(value: str, label: str) -> str:
 
 
 def _header(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
-    spend = sum(r["estimated_cost_usd"] or 0.0 for r in rows)
+    spend = spend_label(r["estimated_cost_usd"] for r in rows)
     billed = [r["cost_usd"] for r in rows if r.get("cost_usd") is not None]
     cached = sum(r["status"] == Status.CACHED for r in rows)
     failed = sum(r["status"] == Status.FAILED for r in rows)
@@ -85,7 +85,7 @@ def _header(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
     stats = [
         _stat(manifest.status, "status"),
         _stat(str(len(rows)), "step runs"),
-        _stat(_money(spend), "estimated spend"),
+        _stat(spend, "estimated spend"),
         _stat(_money(sum(billed)) if billed else "–", "billed by fal"),
         _stat(f"{cached}/{len(rows)}" if rows else "0", "cache hits"),
         _stat(str(failed), "failed"),
@@ -125,9 +125,10 @@ def _dag(manifest: RunManifest, rows: list[dict[str, Any]]) -> str:
     captions = {}
     for step in manifest.order:
         items = by_step.get(step, [])
-        cost = sum(r["estimated_cost_usd"] or 0.0 for r in items)
+        estimates = [r["estimated_cost_usd"] for r in items]
         count = f"×{len(items)} " if len(items) > 1 else ""
-        price = f" · {_money(cost)}" if manifest.kinds.get(step) == "endpoint" and cost else ""
+        priced = manifest.kinds.get(step) == "endpoint" and any(e != 0 for e in estimates)
+        price = f" · {spend_label(estimates)}" if priced else ""
         captions[step] = f"{count}{manifest.uses.get(step, status[step])}{price}"
     legend = "".join(
         f'<span><i style="background:{colour}"></i>{escape(name)}</span>'
