@@ -35,7 +35,7 @@ from klingflow.endpoints import (
 from klingflow.engine.plan import Plan, PlannedStep, check_budget
 from klingflow.errors import BudgetError, SpecError
 from klingflow.media import ffmpeg_executable
-from klingflow.spec import check, load_pipeline
+from klingflow.spec import check, load_pipeline, parse_pipeline
 
 WITH_SCHEMA = [i for i in snapshot_ids() if ENDPOINTS[i].record.input is not None]
 
@@ -434,3 +434,24 @@ def test_a_local_video_outside_fals_length_and_size_limits_is_refused(tmp_path: 
     # O3's video edit takes 3 to 10 s of video of at least 720 pixels a side (fal's x-fal limits)
     assert "field 'video_url': local video" in problems and "has a duration of 1 s" in problems
     assert "takes at least 3 s" in problems and "a width of 320 pixels" in problems, problems
+
+
+def test_an_endpoint_that_cannot_be_fetched_is_reported_with_the_files_other_problems(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KLINGFLOW_OFFLINE", "1")
+    spec = parse_pipeline(
+        {
+            "name": "two",
+            "steps": [
+                {"id": "new", "uses": "fal-ai/kling-video/v9/pro/text-to-video", "with": {"prompt": "x"}},
+                {"id": "old", "uses": "text-to-video", "with": {"prompt": "x", "aspect_ratio": "4:3"}},
+            ],
+        }
+    )
+    with pytest.raises(SpecError) as caught:
+        check(spec)
+    problems = caught.value.problems
+    assert len(problems) == 2, problems
+    assert "step 'new' field 'uses'" in problems[0] and "offline mode fetches nothing" in problems[0]
+    assert "step 'old' field 'aspect_ratio'" in problems[1]

@@ -16,7 +16,7 @@ values the run will use.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,9 +99,11 @@ def _slot(path: DocPath) -> str:
 class _Checker:
     """One run of :func:`check`: walks the spec once per concern and collects :class:`Problem` s."""
 
-    def __init__(self, spec: PipelineSpec, given: Mapping[str, Any]) -> None:
+    def __init__(self, spec: PipelineSpec, given: Mapping[str, Any], fetched: Sequence[Problem] = ()) -> None:
         self.spec = spec
-        self.problems: list[Problem] = []
+        # endpoint ids that could not be fetched: reported with the rest, not instead of it
+        self.problems: list[Problem] = list(fetched)
+        self._uses_reported = {problem.order for problem in fetched if problem.field == "uses"}
         self.index: dict[str, int] = {}
         self.targets = [target_of(step.uses) for step in spec.steps]
         self.edges: dict[str, dict[str, DocPath]] = {step.id: {} for step in spec.steps}
@@ -179,7 +181,7 @@ class _Checker:
         return ValidatedPipeline(self.spec, self.inputs, order, dependencies)
 
     def _check_step(self, i: int, step: StepSpec) -> None:
-        if self.targets[i] is None:
+        if self.targets[i] is None and i not in self._uses_reported:
             self.add(
                 f"unknown endpoint or operation {step.uses!r}{did_you_mean(step.uses, target_names())}",
                 ("steps", i, "uses"),
@@ -591,5 +593,7 @@ def check(spec: PipelineSpec, inputs: Mapping[str, Any] | None = None) -> Valida
     """
     from klingflow.spec._fetch import fetch_unknown_endpoints
 
-    fetch_unknown_endpoints(spec)  # fal ids klingflow has not vendored: fetched once (never offline)
-    return _Checker(spec, inputs or {}).run()
+    fetched = fetch_unknown_endpoints(
+        spec
+    )  # fal ids klingflow has not vendored: fetched once (never offline)
+    return _Checker(spec, inputs or {}, fetched).run()

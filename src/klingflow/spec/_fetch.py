@@ -25,7 +25,7 @@ from klingflow.errors import ConfigError, KlingflowError
 from klingflow.settings import settings
 from klingflow.spec._models import PipelineSpec
 from klingflow.spec._operations import OPERATIONS
-from klingflow.spec._problems import DocPath, Problem, did_you_mean, raise_problems
+from klingflow.spec._problems import DocPath, Problem, did_you_mean
 
 __all__ = ["fetch_unknown_endpoints", "looks_like_fal_id"]
 
@@ -115,45 +115,41 @@ async def _fetch(endpoint_ids: list[str]) -> None:
         await backend.aclose()
 
 
-def fetch_unknown_endpoints(spec: PipelineSpec) -> None:
+def fetch_unknown_endpoints(spec: PipelineSpec) -> list[Problem]:
     """Make the fal endpoint ids ``spec`` names but klingflow does not know known, fetching them once.
 
-    Raises one ``SpecError`` (file, line, step, field ``uses``) for ids it may not or cannot fetch:
-    offline mode, no fal key, or fal's platform API unreachable. Ids fal does not list are left for
+    Returns a problem (file, line, step, field ``uses``) for each place naming an id it may not or
+    cannot fetch: offline mode, no fal key, or fal's platform API unreachable; :func:`check` reports
+    them with every other problem of the file. Ids fal does not list are left for
     :func:`~klingflow.spec.check` to report as unknown.
     """
     places = _unknown(spec)
     if not places:
-        return
+        return []
     if settings().offline:
-        raise_problems(
-            _problems(
-                spec,
-                places,
-                "endpoint {name!r} is neither vendored nor refreshed, and offline mode fetches nothing",
-                _MAKE_KNOWN + "; or drop --offline (KLINGFLOW_OFFLINE) to fetch it now",
-            ),
-            spec.shown,
+        return _problems(
+            spec,
+            places,
+            "endpoint {name!r} is neither vendored nor refreshed, and offline mode fetches nothing",
+            _MAKE_KNOWN + "; or drop --offline (KLINGFLOW_OFFLINE) to fetch it now",
         )
     from klingflow.backends import check_backend
 
     wanted = [name for name in places if name not in _not_listed]
     try:
         if not wanted:
-            return
+            return []
         if check_backend() is None:
             raise ConfigError(
                 "no fal key is configured, and the embedded emulator knows only vendored endpoints"
             )
         _run(_fetch(wanted))
     except KlingflowError as exc:
-        raise_problems(
-            _problems(
-                spec,
-                {name: places[name] for name in wanted},
-                "endpoint {name!r} is not vendored and could not be fetched from fal: "
-                + exc.message.replace("{", "{{").replace("}", "}}"),
-                _MAKE_KNOWN,
-            ),
-            spec.shown,
+        return _problems(
+            spec,
+            {name: places[name] for name in wanted},
+            "endpoint {name!r} is not vendored and could not be fetched from fal: "
+            + exc.message.replace("{", "{{").replace("}", "}}"),
+            _MAKE_KNOWN,
         )
+    return []
