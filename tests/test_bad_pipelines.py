@@ -170,6 +170,9 @@ EXPECTED: dict[str, list[Problem]] = {
         "needs at least 300 pixels of width",
     ),
     "lipsync_missing_audio.yaml": one(6, "dubbed", "audio_url", "required field is missing"),
+    "image_into_list_field.yaml": one(
+        12, "scene", "image_urls", "expects a list of images, but ${steps.design.image} is an image"
+    ),
     "kling_image_resolution.yaml": one(
         8, "still", "resolution", "'4k' is not a known resolution", "did you mean '4K'?"
     ),

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from klingflow.endpoints import ALIASES, IMAGE_LIMITS, EndpointInfo, ImageLimits, validate_input
-from klingflow.errors import SpecError
+from klingflow.errors import MediaError, SpecError
 from klingflow.spec._arguments import (
     MEDIA_KINDS,
     Target,
@@ -311,6 +311,15 @@ class _Checker:
                     i,
                     hint=f"loop over it: add foreach: {reference} and use ${{item}}",
                 )
+            elif (
+                not value.many and takes_list(model, slot) and not any(isinstance(p, int) for p in found.path)
+            ):
+                self.add(
+                    f"expects a list of {_MANY[wanted]}, but {reference} is {value.text}",
+                    path,
+                    i,
+                    hint=f'put it in a list: ["{reference}"]',
+                )
         elif media and str(found.path[0]) in model.model_fields:
             self.add(f"takes no media, but {reference} is {value.text}", path, i)
 
@@ -521,7 +530,11 @@ class _Checker:
             return
         from klingflow.media import probe  # PyAV costs a tenth of a second to import: only when needed
 
-        info = probe(file)
+        try:
+            info = probe(file)
+        except MediaError as exc:
+            self.add(f"local {kind} {file} cannot be read: {exc.message}", where, i)
+            return
         for what, value, unit in (
             ("duration", info.duration, " s"),
             ("width", info.width, " pixels"),
