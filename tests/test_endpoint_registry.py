@@ -185,6 +185,25 @@ def test_the_converter_keeps_every_constraint_it_reads() -> None:
         assert caught.value.errors()[0]["type"] == kind, (bad, caught.value.errors())
 
 
+def test_openapi_forms_a_refresh_may_bring_are_read_not_ignored() -> None:
+    schema = {
+        "type": "object",
+        "properties": {
+            "camera": {"allOf": [{"$ref": "#/$defs/Camera"}], "default": None, "nullable": True},
+            "seed": {"type": "integer", "nullable": True},
+            "code": {"type": "string", "pattern": "^[a-z]{3}$"},
+        },
+        "$defs": {
+            "Camera": {"type": "object", "required": ["pan"], "properties": {"pan": {"type": "integer"}}}
+        },
+    }
+    model = model_from_schema("Forms", schema)
+    assert model.model_validate({"camera": {"pan": 2}, "seed": None, "code": "abc"})
+    for bad in ({"camera": {"tilt": 1}}, {"code": "ABCD"}, {"seed": "many"}):
+        with pytest.raises(ValidationError):
+            model.model_validate(bad)
+
+
 def test_growing_enums_take_values_fal_added_after_the_snapshot() -> None:
     o3 = "fal-ai/kling-video/o3/pro/text-to-video"
     # the 2026-05 schema says const "customize"; fal's later catalog lists "intelligent" too

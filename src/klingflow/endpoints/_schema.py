@@ -8,7 +8,8 @@ always the schema klingflow says it used (its sha256 is in the ledger). Models a
 endpoint, and cached per process by the registry, so a pipeline pays only for the endpoints it uses
 (about a millisecond each).
 
-What is converted: ``type`` (string, integer, number, boolean, array, object), ``enum`` and ``const``
+What is converted: ``type`` (string, integer, number, boolean, array, object), ``pattern``, OpenAPI's
+``nullable`` and single-schema ``allOf``, ``enum`` and ``const``
 (as :class:`~klingflow.endpoints._enums.FalEnum`: did-you-mean errors, growing enums), ``anyOf`` with
 ``null`` (optional) and of several types (a union), ``default``, ``required``, ``minimum``/``maximum``
 and their exclusive forms, ``minLength``/``maxLength``, ``minItems``/``maxItems``, ``$ref`` into
@@ -35,7 +36,11 @@ class FalInput(BaseModel):
     """Base of every input model: unknown fields are refused, naming the field."""
 
     model_config = ConfigDict(
-        extra="forbid", populate_by_name=True, serialize_by_alias=True, validate_default=True
+        extra="forbid",
+        populate_by_name=True,
+        serialize_by_alias=True,
+        validate_default=True,
+        regex_engine="python-re",  # fal's patterns are Python's (its servers are pydantic)
     )
 
 
@@ -46,7 +51,9 @@ class FalOutput(BaseModel):
 
 
 def resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
-    """``node`` with a ``$ref`` into ``$defs`` followed (one level)."""
+    """``node`` with a ``$ref`` into ``$defs`` (or a single ``allOf``) followed (one level)."""
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
+        node = node["allOf"][0]
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
         return dict(defs.get(ref.removeprefix("#/$defs/"), {}))
@@ -104,6 +111,14 @@ class _Builder:
 
     def annotation(self, field: str, node: dict[str, Any]) -> tuple[Any, bool]:
         """The type of one property and whether ``null`` is allowed."""
+        if isinstance(node.get("allOf"), list) and len(node["allOf"]) == 1:
+            # OpenAPI's way to give a $ref a default or nullable: the one schema, with the siblings
+            merged = {key: value for key, value in node.items() if key != "allOf"}
+            return self.annotation(field, {**node["allOf"][0], **merged})
+        if node.get("nullable") is True:  # OpenAPI 3.0's null
+            return self.annotation(field, {key: value for key, value in node.items() if key != "nullable"})[
+                0
+            ], True
         if "anyOf" in node or "oneOf" in node:
             options = node.get("anyOf") or node.get("oneOf") or []
             nullable = any(option.get("type") == "null" for option in options)
@@ -123,7 +138,10 @@ class _Builder:
             kinds = [k for k in kind if k != "null"]
             return self.annotation(field, {**node, "type": kinds[0] if kinds else "string"})[0], nullable
         if kind == "string":
-            return self._constrained(str, node, min_length="minLength", max_length="maxLength"), False
+            text = self._constrained(str, node, min_length="minLength", max_length="maxLength")
+            if isinstance(node.get("pattern"), str):
+                text = Annotated[text, Field(pattern=node["pattern"])]
+            return text, False
         if kind == "integer":
             return self._number(int, node), False
         if kind == "number":
