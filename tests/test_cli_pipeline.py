@@ -75,7 +75,7 @@ def test_plan_prints_costs_and_totals(served) -> None:
     assert "to spend: $0.900" in done.stdout and "4 generations to run" in done.stdout
     assert "beats[1]" in done.stdout
     # which copy of the schemas and prices the plan used: here the vendored snapshot
-    assert "schemas and prices: snapshot 2026-05-12 (fal-ai/fal-js)" in " ".join(done.stdout.split())
+    assert "schemas and prices: snapshot (schema 2026-05-12, fal-ai/fal-js)" in " ".join(done.stdout.split())
 
 
 def test_run_prints_progress_and_final_paths_without_tracebacks(served, tmp_path: Path) -> None:

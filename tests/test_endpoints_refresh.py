@@ -327,7 +327,7 @@ def test_show_prints_fields_limits_media_outputs_and_where_the_schema_is_from() 
     unknown = invoke("endpoints", "show", "fal-ai/kling-video/v3/pro/image-to-vide")
 
     assert (
-        "schema: snapshot 2026-05-12 (fal-ai/fal-js), sha256 "
+        "schema: snapshot (schema 2026-05-12, fal-ai/fal-js), sha256 "
         + (get_endpoint("fal-ai/kling-video/v3/pro/image-to-video").sha256 or "?")
         in v3
     )

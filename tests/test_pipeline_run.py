@@ -66,7 +66,7 @@ async def test_fan_out_then_full_cache_hit(options: RunOptions, emulator) -> Non
     # each row names the schema its arguments were checked against; the manifest says which copy it was
     assert set(ledger["schema_sha256"]) == {get_endpoint(T2V).sha256, get_endpoint(TTS).sha256}
     schemas = load_manifest(second.run_id).schemas
-    assert schemas[T2V] == f"snapshot 2026-05-12 (fal-ai/fal-js), sha256 {get_endpoint(T2V).sha256}"
+    assert schemas[T2V] == f"snapshot (schema 2026-05-12, fal-ai/fal-js), sha256 {get_endpoint(T2V).sha256}"
 
 
 VOICE = "fal-ai/kling-video/create-voice"

@@ -79,14 +79,18 @@ class EndpointRecord(BaseModel):
         return self.fetched_at is not None and (now or time.time()) - self.fetched_at > REFRESH_TTL
 
     def provenance(self) -> str:
-        """One line: ``snapshot 2026-05-12 (fal-ai/fal-js)`` or ``refreshed 2026-12-03 08:10 UTC``."""
+        """One line: ``snapshot (schema 2026-05-12, fal-ai/fal-js)`` or ``refreshed 2026-12-03 08:10 UTC``.
+
+        A snapshot's price comes from fal's catalog text, collected apart from the schema (its source
+        is in ``price.source``); a refresh brings both from fal's platform API.
+        """
         if self.fetched_at is not None:
             when = datetime.fromtimestamp(self.fetched_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
             return f"refreshed {when}" + (
                 " (stale: run `klingflow endpoints refresh`)" if self.stale() else ""
             )
         date = str(self.source.get("date", "undated"))[:10]
-        return f"snapshot {date} ({self.source.get('repo', 'unknown source')})"
+        return f"snapshot (schema {date}, {self.source.get('repo', 'unknown source')})"
 
 
 @cache

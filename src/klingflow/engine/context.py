@@ -35,6 +35,7 @@ from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
 from klingflow.errors import BackendError, ConfigError
 from klingflow.ledger import Status, StepRecord
 from klingflow.media import probe
+from klingflow.settings import settings
 
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
@@ -119,7 +120,8 @@ class StepContext:
 
         if endpoint not in self._fal_prices:
             try:
-                self._fal_prices.update(await unit_prices(self.backend, [endpoint]))
+                if not settings().offline:  # offline: klingflow's own price, no call to the pricing API
+                    self._fal_prices.update(await unit_prices(self.backend, [endpoint]))
             except BackendError:
                 pass  # unreachable or unknown to fal: the price rule (or KLINGFLOW_PRICES) below
             if endpoint not in self._fal_prices:

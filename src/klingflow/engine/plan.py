@@ -65,7 +65,7 @@ class PlannedStep(BaseModel):
     endpoint: str | None = None
     """The fal endpoint id a generation calls."""
     schema_source: str | None = None
-    """Where its schema and price come from (``snapshot 2026-05-12 (...)`` or ``refreshed ...``)."""
+    """Where its schema and price come from (``snapshot (schema 2026-05-12, ...)`` or ``refreshed ...``)."""
 
 
 class Plan(BaseModel):
