@@ -29,6 +29,7 @@ from typing import Any
 from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
 from klingflow.endpoints._enums import EXTRA_ENUM_VALUES_ENV, load_values
+from klingflow.endpoints._pricing import shots_seconds
 
 __all__ = [
     "DUAL_IMAGE_SCENES",
@@ -121,8 +122,8 @@ def _prompt_or_multi_prompt(endpoint_id: str, data: dict[str, Any]) -> list[Init
         return [_error(("multi_prompt",), "exclusive", "give prompt or multi_prompt, not both", shots)]
     if prompt is None and shots is None and "text-to-video" in endpoint_id:
         return [_error(("prompt",), "missing", "a prompt (or multi_prompt) is required", None)]
-    if shots is not None:
-        total = sum(float(shot.get("duration") or 0) for shot in shots if isinstance(shot, dict))
+    total = shots_seconds(shots)
+    if total is not None:
         if total > MULTI_PROMPT_MAX_SECONDS:
             return [
                 _error(

@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["AVATAR_ASSUMED_SECONDS", "PriceRule", "PriceUnit", "PriceVariant"]
+__all__ = ["AVATAR_ASSUMED_SECONDS", "PriceRule", "PriceUnit", "PriceVariant", "shots_seconds"]
 
 PriceUnit = Literal["second", "output-second", "input-second", "image", "request"]
 
@@ -98,7 +98,7 @@ class PriceRule(BaseModel):
         if self.unit == "second":
             duration = arguments.get("duration")
             seconds = float(duration) if duration is not None else output_seconds
-            shots = _shots_seconds(arguments.get("multi_prompt"))
+            shots = shots_seconds(arguments.get("multi_prompt"))
             if shots is not None:
                 # fal's docs do not say whether a multi-shot video bills its duration or its shots'
                 # total; the larger of the two errs high, never low
@@ -134,7 +134,7 @@ class PriceRule(BaseModel):
         return text
 
 
-def _shots_seconds(shots: Any) -> float | None:
+def shots_seconds(shots: Any) -> float | None:
     """The total length of a ``multi_prompt``'s shots, or None without shots."""
     if not isinstance(shots, list) or not shots:
         return None

@@ -46,6 +46,7 @@ __all__ = [
     "Logger",
     "StepContext",
     "describe_output",
+    "output_field",
     "plain",
     "prompt_of",
     "shown_arguments",
@@ -188,7 +189,7 @@ class StepContext:
         assert lookup.entry is not None and lookup.files is not None
         entry = lookup.entry
         for name, stored in lookup.files.items():
-            describe_output(record, stored, kinds[_field(name)], duration=entry.values.get("duration"))
+            describe_output(record, stored, kinds[output_field(name)], duration=entry.values.get("duration"))
             record.output_url = record.output_url or entry.outputs[name].url
         record.outputs = {**record.outputs, **_outputs_by_name(lookup.files, entry.values, kinds)}
         record.status, record.request_id = Status.CACHED, entry.request_id
@@ -207,7 +208,7 @@ class CacheLookup:
     files: dict[str, StoredFile] | None = None
 
 
-def _field(name: str) -> str:
+def output_field(name: str) -> str:
     """The output field of a file name: ``images[1]`` -> ``images``."""
     return name.partition("[")[0]
 
@@ -217,7 +218,7 @@ def _outputs_by_name(
 ) -> dict[str, Any]:
     outputs: dict[str, Any] = {}
     for name, stored in files.items():
-        field = _field(name)
+        field = output_field(name)
         if field == name:
             outputs[name] = stored.path
         else:

@@ -52,6 +52,7 @@ from klingflow.engine.context import (
     Logger,
     StepContext,
     describe_output,
+    output_field,
     plain,
     prompt_of,
     shown_arguments,
@@ -406,7 +407,7 @@ class _Generation:
         duration = values.get("duration")
         for name, stored in done.files.items():
             # probing opens the file (milliseconds): off the event loop, where other steps poll
-            kind = self.kinds[name.partition("[")[0]]
+            kind = self.kinds[output_field(name)]
             await asyncio.to_thread(describe_output, record, stored, kind, duration=duration)
             record.output_url = record.output_url or done.urls[name]
         info = get_endpoint(self.endpoint)

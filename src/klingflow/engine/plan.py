@@ -32,6 +32,7 @@ from klingflow.engine.operation import operation_key_for, operation_output
 from klingflow.errors import BudgetError
 from klingflow.media import probe
 from klingflow.spec import (
+    MEDIA_SUFFIXES,
     ValidatedPipeline,
     many_outputs,
     merged_arguments,
@@ -47,7 +48,6 @@ PlanStatus = Literal["cached", "recoverable", "run"]
 """What a run will do with a step: reuse it, collect a request already paid for, or pay for it."""
 
 _PENDING = Path("/pending")
-_SUFFIXES = {"video": "mp4", "audio": "mp3", "image": "png"}
 
 
 class PlannedStep(BaseModel):
@@ -107,7 +107,7 @@ def _placeholder_outputs(uses: str) -> dict[str, Any]:
         elif kind == "text":
             pending = "(pending)"  # a value such as a voice id: any text validates until it is known
         else:
-            pending = _PENDING / f"{name}.{_SUFFIXES[kind]}"
+            pending = _PENDING / f"{name}.{MEDIA_SUFFIXES[kind]}"
         placeholders[name] = [pending] if name in listed else pending
     return placeholders
 

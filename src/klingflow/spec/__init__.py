@@ -48,6 +48,7 @@ Example::
 from __future__ import annotations
 
 from klingflow.spec._arguments import (
+    MEDIA_SUFFIXES,
     ValueKind,
     is_url,
     local_path,
@@ -81,6 +82,7 @@ from klingflow.spec._operations import (
 from klingflow.spec._references import NO_ITEM, Reference, find_references, parse_reference, resolve
 
 __all__ = [
+    "MEDIA_SUFFIXES",
     "NO_ITEM",
     "OPERATIONS",
     "ConcatSpec",

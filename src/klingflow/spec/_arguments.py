@@ -18,6 +18,7 @@ from klingflow.spec._problems import DocPath
 
 __all__ = [
     "MEDIA_KINDS",
+    "MEDIA_SUFFIXES",
     "Target",
     "ValueKind",
     "is_url",
@@ -38,7 +39,8 @@ ValueKind = Literal["video", "image", "audio", "number", "text"]
 MEDIA_KINDS: frozenset[str] = frozenset({"video", "image", "audio"})
 Target = EndpointInfo | OperationInfo
 
-_EXTENSIONS = {"video": "mp4", "image": "png", "audio": "mp3"}
+MEDIA_SUFFIXES: dict[str, str] = {"video": "mp4", "image": "png", "audio": "mp3"}
+"""The file suffix a stand-in for each kind of media output carries."""
 
 
 def target_of(uses: str) -> Target | None:
@@ -128,8 +130,8 @@ def placeholder(kind: ValueKind | None) -> Any:
         return 5.0
     if kind == "text":
         return "placeholder"
-    if kind in _EXTENSIONS:
-        return f"https://klingflow.invalid/ref.{_EXTENSIONS[kind]}"
+    if kind in MEDIA_SUFFIXES:
+        return f"https://klingflow.invalid/ref.{MEDIA_SUFFIXES[kind]}"
     return "placeholder"
 
 
