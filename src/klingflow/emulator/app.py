@@ -1,10 +1,10 @@
 """HTTP routes of fal's protocols, served by the emulator.
 
 Two listening sockets share this one app: requests arriving on the *queue* socket follow fal's
-queue protocol (submit, status with logs, result, cancel), requests on the *run* socket follow
-the direct-run protocol (``POST {run host}/{endpoint id}`` answers the output JSON). The routes
-accept both URL shapes fal_client uses: the full endpoint id, and owner/alias only
-(``fal-ai/kling-video/requests/{id}/status``).
+queue protocol (submit, status with logs, the status stream, result, cancel), requests on the
+*run* socket follow the direct-run protocol (``POST {run host}/{endpoint id}`` answers the output
+JSON). The routes accept both URL shapes fal_client uses: the full endpoint id, and owner/alias
+only (``fal-ai/kling-video/requests/{id}/status``).
 
 Besides the model routes the app serves fal's storage protocol (:mod:`~klingflow.emulator.storage`),
 the Platform API's request history and prices (:mod:`~klingflow.emulator.platform`), the files
@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import ValidationError
 
-from klingflow.emulator.faults import SUBMIT_FAULTS, FaultPlan
+from klingflow.emulator.faults import SLOW_FILE_SECONDS, SUBMIT_FAULTS, FaultPlan
 from klingflow.emulator.options import EmulatorOptions
 from klingflow.emulator.platform import add_platform_routes
 from klingflow.emulator.queue import EmulatedRequest
@@ -38,31 +38,20 @@ from klingflow.emulator.responses import (
     validation_detail,
 )
 from klingflow.emulator.state import EmulatorState
+from klingflow.emulator.status_stream import status_body, status_stream
 from klingflow.emulator.storage import add_storage_routes, lifecycle_seconds
 from klingflow.emulator.webhooks import error_body
 from klingflow.endpoints import ENDPOINTS, canonical_arguments, validate_input
 
 __all__ = ["EmulatorState", "create_app"]
 
-_REQUEST_PATH = re.compile(r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?P<action>/status|/cancel)?/?$")
+_REQUEST_PATH = re.compile(
+    r"^(?P<app>.+?)/requests/(?P<id>[^/]+)(?P<action>/status/stream|/status|/cancel)?/?$"
+)
 _TIMEOUT_HEADER = "x-fal-request-timeout"
 _TIMEOUT_TYPE_HEADER = "X-Fal-Request-Timeout-Type"
 _BILLABLE_HEADER = "x-fal-billable-units"
 _CANCEL_CODES = {"OK": 200, "CANCELLATION_REQUESTED": 202, "ALREADY_COMPLETED": 400, "NOT_FOUND": 404}
-
-
-def _status_body(state: EmulatorState, req: EmulatedRequest, base: str, with_logs: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"status": req.status, "request_id": req.id, "response_url": base}
-    if req.status == "IN_QUEUE":
-        body["queue_position"] = state.queue.position(req)
-    else:
-        body["logs"] = list(req.logs) if with_logs else None
-    if req.status == "COMPLETED":
-        started = req.started_at or req.submitted_at
-        body["metrics"] = {"inference_time": round((req.completed_at or started) - started, 3)}
-        if req.error:  # an input the model refused (422) carries no error here: the result tells
-            body["error"], body["error_type"] = req.error, req.error_type
-    return body
 
 
 def _result_response(req: EmulatedRequest) -> Response:
@@ -159,6 +148,9 @@ def create_app(state: EmulatorState) -> FastAPI:
         fault = owner.fault if owner else None
         if fault == "result_404":
             return error(404, "File not found (fault injected)")
+        if fault == "slow_file":  # once: a file slow to arrive, as from a busy CDN
+            owner.fault = None  # type: ignore[union-attr]
+            await asyncio.sleep(SLOW_FILE_SECONDS)
         if fault == "truncated":  # once: a re-download gets the whole file, as after a network hiccup
             owner.fault = None  # type: ignore[union-attr]
             data = target.read_bytes()
@@ -176,10 +168,13 @@ def create_app(state: EmulatorState) -> FastAPI:
         state.queue.refresh(req)
         if state.result_expired(req):
             return error(404, f"Request not found: {req.id} (its result expired)", req.id)
+        base = f"{base_url(request)}/{match['app']}/requests/{req.id}"
+        if match["action"] == "/status/stream":
+            return status_stream(state, req, base, logs.lower() in ("1", "true"))
         if match["action"] == "/status":
-            base = f"{base_url(request)}/{match['app']}/requests/{req.id}"
+            state.counts["status_polls"] += 1
             return JSONResponse(
-                _status_body(state, req, base, logs.lower() in ("1", "true")),
+                status_body(state, req, base, logs.lower() in ("1", "true")),
                 status_code=200 if req.status == "COMPLETED" else 202,
                 headers={"x-fal-request-id": req.id},
             )

@@ -23,6 +23,10 @@ kind                           effect
 ``runner_disconnected``        runs, then ends COMPLETED with that ``error_type``; result 503
 ``result_404``                 request completes, but its output file answers 404
 ``truncated``                  request completes, but its output file is served cut in half (once)
+``slow_file``                  request completes, but its output file is served after a pause of
+                               ``SLOW_FILE_SECONDS`` (once)
+``stream_cut``                 request runs as usual, but its first status stream is cut after its
+                               first event (once): a client must reconnect or poll
 =============================  =====================================================================
 
 The kinds down to ``lost`` act on the HTTP answer; those down to ``drop`` also act on uploads
@@ -48,6 +52,7 @@ from pydantic import BaseModel, Field, field_validator
 __all__ = [
     "FAULT_KINDS",
     "INFRA_ERRORS",
+    "SLOW_FILE_SECONDS",
     "SUBMIT_FAULTS",
     "UPLOAD_TARGET",
     "FaultKind",
@@ -73,10 +78,14 @@ FaultKind = Literal[
     "runner_disconnected",
     "result_404",
     "truncated",
+    "slow_file",
+    "stream_cut",
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 SUBMIT_FAULTS = frozenset({"429", "500", "502", "503", "ingress-502", "ingress-503", "ingress-504", "drop"})
 """Faults that answer the HTTP request themselves: the request is never accepted."""
+SLOW_FILE_SECONDS = 2.0
+"""How long the ``slow_file`` fault holds back a request's output file."""
 UPLOAD_TARGET = "upload"
 """The ``@`` target that makes a scripted fault wait for the next upload."""
 INFRA_ERRORS: dict[str, tuple[int, str]] = {
