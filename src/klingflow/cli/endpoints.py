@@ -28,7 +28,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from klingflow.cli._errors import friendly_errors, out
-from klingflow.cli._schema_view import field_rows, shown_limits
 from klingflow.errors import ConfigError, SpecError
 
 if TYPE_CHECKING:
@@ -149,6 +148,8 @@ def list_endpoints(
 
 
 def _show_fields(console: Console, info: EndpointInfo) -> None:
+    from klingflow.cli._schema_view import field_rows  # only `show` reads schemas field by field
+
     assert info.record.input is not None
     media = {path: f"{m.kind} (a URL, or a local file klingflow uploads)" for path, m in info.media.items()}
     rows = [
@@ -200,6 +201,8 @@ def show(
     if info.overlays:
         line("  cross-field rules: " + ", ".join(info.overlays))
     _show_fields(console, info)
+    from klingflow.cli._schema_view import shown_limits
+
     line("media inputs:" if info.media else "media inputs: none")
     for path, media in info.media.items():
         limits = shown_limits({"x-fal": media.limits})

@@ -44,6 +44,9 @@ Example::
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from klingflow.endpoints._catalog import (
     REFRESH_TTL,
     EndpointRecord,
@@ -73,14 +76,6 @@ from klingflow.endpoints._enums import (
     suggest,
 )
 from klingflow.endpoints._media import MediaInput, MediaKind, is_url, set_media_input
-from klingflow.endpoints._openapi import (
-    classify_endpoint,
-    json_schemas,
-    openapi_document,
-    price_from_fal,
-    refreshed_record,
-    strip_prose,
-)
 from klingflow.endpoints._overlays import (
     DUAL_IMAGE_SCENES,
     EFFECT_SCENES,
@@ -107,6 +102,37 @@ from klingflow.endpoints._registry import (
     validate_input,
 )
 from klingflow.endpoints._schema import FalInput, FalOutput, model_from_schema
+
+if TYPE_CHECKING:
+    from klingflow.endpoints._openapi import (
+        classify_endpoint,
+        json_schemas,
+        openapi_document,
+        price_from_fal,
+        refreshed_record,
+        strip_prose,
+    )
+
+# fal's OpenAPI documents are read only by a refresh and written only by the emulator: imported on use,
+# so validate and plan do not pay for them
+_LAZY = dict.fromkeys(
+    (
+        "classify_endpoint",
+        "json_schemas",
+        "openapi_document",
+        "price_from_fal",
+        "refreshed_record",
+        "strip_prose",
+    ),
+    "klingflow.endpoints._openapi",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'klingflow.endpoints' has no attribute {name!r}")
+
 
 __all__ = [
     "ALIASES",
