@@ -91,7 +91,7 @@ def test_run_prints_progress_and_final_paths_without_tracebacks(served, tmp_path
     assert done.returncode == 0, done.stderr
     output = done.stdout + done.stderr
     assert "Traceback" not in output and "CancelledError" not in output and "database is locked" not in output
-    final = tmp_path / "out" / "presenter.mp4"
+    final = tmp_path / "out" / "captioned.mp4"
     assert str(final) in output.replace("\n", "")
     assert probe(final).has_audio
     again = klingflow(
@@ -103,7 +103,7 @@ def test_run_prints_progress_and_final_paths_without_tracebacks(served, tmp_path
         "--out",
         str(tmp_path / "out"),
     )
-    assert again.returncode == 0 and "2 cached" in again.stdout
+    assert again.returncode == 0 and "3 cached" in again.stdout
 
 
 def test_budget_refusal_submits_nothing(served, tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from conftest import REPO
 from klingflow import PipelineFailed, RunOptions, RunResult, run_pipeline
+from klingflow.emulator._render_audio import speech_seconds
 from klingflow.endpoints import get_endpoint
 from klingflow.engine import RetryPolicy
 from klingflow.media import first_frame, probe
@@ -64,6 +65,7 @@ class Preset:
 
 
 V1 = "fal-ai/kling-video/v1/standard"
+AVATAR_LINE = "A presenter reads this line. The captions come from it."
 V26 = "fal-ai/kling-video/v2.6/pro"
 PRESETS = {
     "story": Preset(
@@ -89,6 +91,15 @@ PRESETS = {
         generations={"first_shot": f"{V26}/text-to-video", "second_shot": f"{V26}/image-to-video"},
         cost=2 * 5 * 0.14,  # native audio's rate
         handoff=("handoff", "second_shot"),
+    ),
+    "avatar": Preset(
+        inputs={"line": AVATAR_LINE},
+        final="captioned",
+        seconds=speech_seconds(AVATAR_LINE, 1.0),  # the avatar and its captioned copy last as long
+        audio=True,
+        steps=["voice", "presenter", "captioned"],
+        generations={"voice": "fal-ai/kling-video/v1/tts", "presenter": f"{V1}/ai-avatar"},
+        cost=round(0.007 + 0.0562 * 3.933333, 6),  # TTS per request; the avatar per second of speech
     ),
     "character": Preset(
         inputs={"character": "a fox in a red scarf"},

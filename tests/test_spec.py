@@ -330,10 +330,13 @@ def test_foreach_items_are_validated_one_by_one() -> None:
 
 
 def test_operations_describe_their_fields() -> None:
-    assert set(OPERATIONS) == {"concat", "last_frame", "mux_audio", "contact_sheet"}
+    assert set(OPERATIONS) == {"concat", "last_frame", "mux_audio", "captions", "contact_sheet"}
     concat, mux = OPERATIONS["concat"], OPERATIONS["mux_audio"]
     assert concat.consumes == {"inputs": "video"} and mux.consumes == {"video": "video", "audio": "audio"}
     assert mux.produces == {"video": "video"} and OPERATIONS["last_frame"].produces == {"image": "image"}
+    captions = OPERATIONS["captions"]
+    assert captions.consumes == {"audio": "audio", "video": "video"}
+    assert captions.produces == {"video": "video", "subtitles": "subtitles", "webvtt": "subtitles"}
 
 
 # --- one fixture per kind of mistake --------------------------------------------------------------

@@ -28,7 +28,8 @@ __all__ = [
     "set_media_input",
 ]
 
-MediaKind = Literal["video", "image", "audio"]
+MediaKind = Literal["video", "image", "audio", "subtitles"]
+"""The kinds of file a step takes or gives: fal's schemas name the first three, captions make the last."""
 
 V1_FAMILIES = frozenset({"v1", "v1.5", "v1.6"})
 """The Kling families whose image fields are held to Kling's documented limits when the schema gives none."""

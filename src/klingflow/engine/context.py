@@ -251,8 +251,8 @@ def describe_output(
     if record.output_path is None:
         record.output_path, record.sha256, record.bytes = str(stored.path), stored.sha256, stored.bytes
     record.outputs.setdefault(kind, stored.path)
-    if kind == "image" or record.duration_s is not None:
-        return
+    if kind not in ("video", "audio") or record.duration_s is not None:
+        return  # a picture or a subtitle file has no length to probe
     info = probe(stored.path)
     record.duration_s = duration if duration is not None else info.duration
     record.width, record.height, record.fps, record.has_audio = (

@@ -1,4 +1,4 @@
-"""Running the media operations of a pipeline (concat, last_frame, mux_audio, contact_sheet).
+"""Running the media operations of a pipeline (concat, last_frame, mux_audio, captions, contact_sheet).
 
 They run locally with ffmpeg on stored files, and are cached exactly like generations: the key is
 the operation, its parameters and the content sha256 of every input file; the result goes into
@@ -15,21 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from klingflow import media
-from klingflow.cache import OutputRecord, media_digest, operation_key
+from klingflow.cache import OutputRecord, StoredFile, media_digest, operation_key
 from klingflow.engine.context import Logger, StepContext, describe_output, shown_arguments
 from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import Status, StepRecord
 from klingflow.spec import OPERATIONS
 
-__all__ = ["operation_key_for", "operation_output", "run_operation"]
+__all__ = ["operation_key_for", "operation_outputs", "run_operation"]
 
-_SUFFIXES = {"video": ".mp4", "image": ".png", "audio": ".m4a"}
-"""The file format each operation writes, by the kind of media it produces."""
+_SUFFIXES = {"video": ".mp4", "image": ".png", "audio": ".m4a", "subtitles": ".srt"}
+"""The file format each operation writes, by the kind of media it produces..."""
+
+_NAMED_SUFFIXES = {"webvtt": ".vtt"}
+"""...unless the output's name says another (captions write one kind in two formats)."""
 
 
-def operation_output(operation: str) -> str:
-    """The kind of media an operation produces (from the spec's operation table)."""
-    return next(iter(OPERATIONS[operation].produces.values()))
+def _suffix(name: str, kind: str) -> str:
+    return _NAMED_SUFFIXES.get(name, _SUFFIXES[kind])
+
+
+def operation_outputs(files: dict[str, StoredFile], values: dict[str, Any]) -> dict[str, Any]:
+    """What an operation gives the steps after it: each stored file by output name, and its duration."""
+    return {**{name: stored.path for name, stored in files.items()}, "duration": values.get("duration")}
 
 
 def _keyed(value: Any, ctx: StepContext) -> Any:
@@ -55,28 +62,47 @@ def _flatten(values: Any) -> list[Path]:
     return flat
 
 
-def _execute(operation: str, arguments: dict[str, Any], labels: list[str], out: Path, context: str) -> None:
+def _execute(
+    operation: str, arguments: dict[str, Any], labels: list[str], outs: dict[str, Path], context: str
+) -> None:
+    """Write every output of ``operation`` to its path in ``outs`` (by output name)."""
     if operation == "concat":
         target = media.ConcatTarget(**arguments["target"]) if arguments.get("target") else None
         transition = media.Transition(**arguments["transition"]) if arguments.get("transition") else None
-        media.concat(
-            _flatten(arguments["inputs"]), out, target=target, transition=transition, context=context
-        )
+        videos = _flatten(arguments["inputs"])
+        media.concat(videos, outs["video"], target=target, transition=transition, context=context)
     elif operation == "last_frame":
-        media.last_frame(Path(arguments["video"]), out, context=context)
+        media.last_frame(Path(arguments["video"]), outs["image"], context=context)
     elif operation == "mux_audio":
         media.mux_audio(
             Path(arguments["video"]),
             Path(arguments["audio"]),
-            out,
+            outs["video"],
             mode=arguments.get("mode", "replace"),
             fit=arguments.get("fit", "trim"),
             context=context,
         )
-    else:
+    elif operation == "captions":
+        media.add_captions(
+            arguments["text"],
+            Path(arguments["audio"]),
+            Path(arguments["video"]),
+            outs["video"],
+            outs["subtitles"],
+            outs["webvtt"],
+            burn=bool(arguments.get("burn", False)),
+            context=context,
+        )
+    elif operation == "contact_sheet":
         videos = _flatten(arguments["inputs"])
         names = labels if len(labels) == len(videos) else [f"clip {i + 1}" for i in range(len(videos))]
-        media.contact_sheet(list(zip(names, videos, strict=True)), out, context=context)
+        media.contact_sheet(list(zip(names, videos, strict=True)), outs["image"], context=context)
+    else:
+        # The spec refuses unknown names, so this is an operation of the table that nobody taught
+        # the engine: say so instead of making some other operation's output.
+        raise KlingflowError(
+            f"operation {operation!r} has no implementation in klingflow.engine.operation", context=context
+        )
 
 
 async def run_operation(
@@ -92,8 +118,7 @@ async def run_operation(
     log: Logger = print,
 ) -> StepRecord:
     """Run (or reuse) one media operation on local files; raise StepFailed on error."""
-    kind = operation_output(operation)
-    suffix = _SUFFIXES[kind]
+    produces = OPERATIONS[operation].produces
     record = StepRecord(
         step_id=step_id,
         item_index=item_index,
@@ -113,7 +138,7 @@ async def run_operation(
     regenerate = refresh or ctx.refresh or not use_cache
     lookup = await ctx.alook_up(key, regenerate=regenerate)
     if lookup.state == "cached":
-        await asyncio.to_thread(ctx.fill_cached, lookup, record, {kind: kind})
+        await asyncio.to_thread(ctx.fill_cached, lookup, record, produces)
         record.finished_at = datetime.now(UTC)
         return record
     if lookup.entry is not None:
@@ -121,21 +146,27 @@ async def run_operation(
             log(f"{step_id}: stored output is missing or corrupt; making it again (local, free)")
         ctx.journal.forget(key)
     with tempfile.TemporaryDirectory(dir=ctx.store.tmp) as scratch:
-        out = Path(scratch) / f"{step_id}{suffix}"
+        outs = {name: Path(scratch) / f"{step_id}{_suffix(name, kind)}" for name, kind in produces.items()}
         try:
-            await asyncio.to_thread(_execute, operation, arguments, labels or [], out, context)
-            stored = ctx.store.put_file(out)
+            await asyncio.to_thread(_execute, operation, arguments, labels or [], outs, context)
+            files = {name: ctx.store.put_file(out) for name, out in outs.items()}
         except KlingflowError as exc:
             record.status, record.error = Status.FAILED, str(exc)
             raise StepFailed(record) from exc
-    describe_output(record, stored, kind)
+    for name, stored in files.items():
+        await asyncio.to_thread(describe_output, record, stored, produces[name])
+    values = {"duration": record.duration_s}
+    record.outputs = {**record.outputs, **operation_outputs(files, values)}
     ctx.journal.record_done(
         key,
         endpoint=operation,
         backend="local",
         request_id=None,
-        outputs={kind: OutputRecord(sha256=stored.sha256, suffix=suffix, bytes=stored.bytes)},
-        values={"duration": record.duration_s},
+        outputs={
+            name: OutputRecord(sha256=stored.sha256, suffix=_suffix(name, produces[name]), bytes=stored.bytes)
+            for name, stored in files.items()
+        },
+        values=values,
     )
     record.finished_at = datetime.now(UTC)
     return record

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 from klingflow.endpoints import estimate_cost, estimate_seconds, is_url, media_inputs, validate_input
 from klingflow.engine.context import StepContext, plain, step_outputs
 from klingflow.engine.generation import generation_key_for
-from klingflow.engine.operation import operation_key_for, operation_output
+from klingflow.engine.operation import operation_key_for, operation_outputs
 from klingflow.errors import BudgetError
 from klingflow.media import probe
 from klingflow.spec import (
@@ -161,9 +161,7 @@ def _plan_one(
     if lookup.state == "cached" and lookup.files is not None and lookup.entry:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
         if endpoint is None:
-            kind = operation_output(step.uses)
-            outputs: dict[str, Any] = {kind: next(iter(lookup.files.values())).path}
-            outputs["duration"] = lookup.entry.values.get("duration")
+            outputs: dict[str, Any] = operation_outputs(lookup.files, lookup.entry.values)
         else:
             outputs = step_outputs(endpoint, lookup.files, lookup.entry.values)
         return planned, outputs

@@ -1,4 +1,4 @@
-"""The one package that runs ffmpeg: probing, joining, frames, audio muxing and contact sheets.
+"""The one package that runs ffmpeg: probing, joining, frames, audio muxing, captions and contact sheets.
 
 ffmpeg comes with the install: ``imageio-ffmpeg`` bundles a static build (libx264, aac,
 libmp3lame, xfade). A system ffmpeg on PATH wins when there is one, and ``KLINGFLOW_FFMPEG``
@@ -24,8 +24,10 @@ Example:
 
 from __future__ import annotations
 
+from klingflow.media._captions import CaptionsResult, add_captions, find_pauses
 from klingflow.media._concat import concat
 from klingflow.media._concat_plan import ConcatResult, ConcatTarget, Transition
+from klingflow.media._cues import Cue
 from klingflow.media._frames import first_frame, last_frame, preview, thumbnail
 from klingflow.media._mux import mux_audio
 from klingflow.media._probe import MediaInfo, probe
@@ -33,14 +35,18 @@ from klingflow.media._run import ffmpeg_executable, run_ffmpeg
 from klingflow.media._sheet import contact_sheet, contact_sheet_row
 
 __all__ = [
+    "CaptionsResult",
     "ConcatResult",
     "ConcatTarget",
+    "Cue",
     "MediaInfo",
     "Transition",
+    "add_captions",
     "concat",
     "contact_sheet",
     "contact_sheet_row",
     "ffmpeg_executable",
+    "find_pauses",
     "first_frame",
     "last_frame",
     "mux_audio",

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import ffmpeg
@@ -43,20 +44,25 @@ def run_ffmpeg(
     *,
     context: str,
     input_bytes: bytes | None = None,
-) -> None:
+    cwd: Path | None = None,
+    loglevel: str = "error",
+) -> str:
     """Run an ffmpeg-python graph (or a ready argument list) and raise MediaError on failure.
 
     ``context`` says what was being made (e.g. the output path and step) so the error is useful.
+    Returns ffmpeg's log (stderr): filters that measure (``silencedetect``) report there, at the
+    ``info`` ``loglevel``. ``cwd`` lets a filter argument name its files relatively, so a path's
+    colons and quotes never reach the filter graph's parser.
     """
     if isinstance(graph, Sequence) and not isinstance(graph, str):
         args = [ffmpeg_executable(), *graph]
     else:
         args = ffmpeg.compile(graph, cmd=ffmpeg_executable(), overwrite_output=True)
-    args = [args[0], "-hide_banner", "-nostdin", "-loglevel", "error", *args[1:]]
+    args = [args[0], "-hide_banner", "-nostdin", "-loglevel", loglevel, *args[1:]]
     if input_bytes is not None:
         args.remove("-nostdin")
     try:
-        done = subprocess.run(args, input=input_bytes, capture_output=True, check=False)
+        done = subprocess.run(args, input=input_bytes, capture_output=True, check=False, cwd=cwd)
     except OSError as exc:
         raise MediaError(
             f"could not start ffmpeg ({args[0]})",
@@ -67,6 +73,7 @@ def run_ffmpeg(
         raise MediaError(
             f"ffmpeg exited with code {done.returncode}", context=context, stderr_tail=_tail(done.stderr)
         )
+    return done.stderr.decode("utf-8", "replace")
 
 
 def where(context: str, path: str | os.PathLike[str]) -> str:

@@ -22,14 +22,15 @@ A pipeline is short YAML (or the same data built in Python)::
 
 ``uses`` names a Kling endpoint (``text-to-video``, ``image-to-video``, ``effects``, ``ai-avatar``,
 ``tts``, or a fal id) or a media operation (:data:`OPERATIONS`: ``concat``, ``last_frame``,
-``mux_audio``, ``contact_sheet``). ``defaults`` gives arguments per endpoint under every step's ``with``.
+``mux_audio``, ``captions``, ``contact_sheet``). ``defaults`` gives arguments per endpoint under
+every step's ``with``.
 
-References. ``${inputs.NAME}``, ``${steps.ID.OUTPUT}`` (``video``, ``image``, ``audio`` and, for
-video or audio, ``duration``) and ``${item}`` (inside a ``foreach`` step). A string that is exactly
-one reference is replaced by the value itself; references inside longer text are interpolated, which
-media cannot be. A foreach step's outputs are lists, spliced into lists where they appear. The DAG comes
-from these references alone. Inside ``{ }`` or ``[ ]`` YAML needs references quoted:
-``{video: "${steps.opening.video}"}``.
+References. ``${inputs.NAME}``, ``${steps.ID.OUTPUT}`` (``video``, ``image``, ``audio``, a captions
+step's ``subtitles`` and ``webvtt`` and, for video or audio, ``duration``) and ``${item}`` (inside a
+``foreach`` step). A string that is exactly one reference is replaced by the value itself;
+references inside longer text are interpolated, which media cannot be. A foreach step's outputs are
+lists, spliced into lists where they appear. The DAG comes from these references alone. Inside
+``{ }`` or ``[ ]`` YAML needs references quoted: ``{video: "${steps.opening.video}"}``.
 
 Local media paths are relative to the pipeline file's folder; http(s) and ``data:`` URLs are fine too.
 :func:`check` looks at each local file's first bytes: a ``.png`` that is an HTML page, an ``.mp3`` that is
@@ -71,6 +72,7 @@ from klingflow.spec._models import (
 )
 from klingflow.spec._operations import (
     OPERATIONS,
+    CaptionsSpec,
     ConcatSpec,
     ContactSheetSpec,
     LastFrameSpec,
@@ -85,6 +87,7 @@ __all__ = [
     "MEDIA_SUFFIXES",
     "NO_ITEM",
     "OPERATIONS",
+    "CaptionsSpec",
     "ConcatSpec",
     "ContactSheetSpec",
     "InputSpec",

@@ -33,13 +33,13 @@ __all__ = [
     "target_names",
 ]
 
-ValueKind = Literal["video", "image", "audio", "number", "text"]
+ValueKind = Literal["video", "image", "audio", "subtitles", "number", "text"]
 """What a step output is: a media file of a kind, a number (``duration``) or a text (``voice_id``)."""
 
-MEDIA_KINDS: frozenset[str] = frozenset({"video", "image", "audio"})
+MEDIA_KINDS: frozenset[str] = frozenset({"video", "image", "audio", "subtitles"})
 Target = EndpointInfo | OperationInfo
 
-MEDIA_SUFFIXES: dict[str, str] = {"video": "mp4", "image": "png", "audio": "mp3"}
+MEDIA_SUFFIXES: dict[str, str] = {"video": "mp4", "image": "png", "audio": "mp3", "subtitles": "srt"}
 """The file suffix a stand-in for each kind of media output carries."""
 
 

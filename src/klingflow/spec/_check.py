@@ -55,8 +55,22 @@ from klingflow.spec._references import Found, Reference, resolve, scan
 
 __all__ = ["check"]
 
-_A = {"video": "a video", "image": "an image", "audio": "audio", "number": "a number", "text": "a text"}
-_MANY = {"video": "videos", "image": "images", "audio": "audio files", "number": "numbers", "text": "texts"}
+_A = {
+    "video": "a video",
+    "image": "an image",
+    "audio": "audio",
+    "subtitles": "subtitles",
+    "number": "a number",
+    "text": "a text",
+}
+_MANY = {
+    "video": "videos",
+    "image": "images",
+    "audio": "audio files",
+    "subtitles": "subtitle files",
+    "number": "numbers",
+    "text": "texts",
+}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,17 @@ _IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1", b"avif", 
 _AUDIO_BRANDS = {b"M4A ", b"M4B ", b"M4P ", b"F4A ", b"F4B "}
 _QUICKTIME_ATOMS = {b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 _AV = frozenset({"video", "audio"})
+_SRT_CUE = re.compile(rb"\s*\d+\r?\n\d{2}:\d{2}:\d{2},\d{3} --> ")
 
 
 @dataclass(frozen=True)
 class Content:
     """What :func:`sniff` found.
 
-    ``kinds`` are the media kinds the file can serve as (``image``, ``audio``, ``video``; a movie
-    container counts as both video and audio, since either may be what it carries), empty when it is
-    not media. ``label`` says what it is in words ("a PNG image", "JSON text"). ``format`` and ``size``
-    (width, height) are Pillow's, for images only.
+    ``kinds`` are the media kinds the file can serve as (``image``, ``audio``, ``video``,
+    ``subtitles``; a movie container counts as both video and audio, since either may be what it
+    carries), empty when it is not media. ``label`` says what it is in words ("a PNG image", "JSON
+    text"). ``format`` and ``size`` (width, height) are Pillow's, for images only.
     """
 
     kinds: frozenset[str]
@@ -103,6 +105,11 @@ def _container(head: bytes) -> tuple[frozenset[str], str] | None:
     if len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
         # An MPEG audio frame sync (MP3 without an ID3 tag) or an AAC ADTS header.
         return frozenset({"audio"}), "an MP3/AAC audio file"
+    text = head.removeprefix(b"\xef\xbb\xbf")
+    if text.startswith(b"WEBVTT"):
+        return frozenset({"subtitles"}), "WebVTT subtitles"
+    if _SRT_CUE.match(text):
+        return frozenset({"subtitles"}), "SRT subtitles"
     return None
 
 

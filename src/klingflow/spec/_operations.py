@@ -18,6 +18,7 @@ from klingflow.spec._problems import model_at
 
 __all__ = [
     "OPERATIONS",
+    "CaptionsSpec",
     "ConcatSpec",
     "ContactSheetSpec",
     "LastFrameSpec",
@@ -83,6 +84,15 @@ class ContactSheetSpec(_WithSpec):
     inputs: list[str] = Field(min_length=1, description="The videos to show.")
 
 
+class CaptionsSpec(_WithSpec):
+    """``captions``: subtitles of a text as spoken in an audio, attached to (or burned into) a video."""
+
+    text: str = Field(min_length=1, description="The words spoken, e.g. the TTS step's text.")
+    audio: str = Field(description="The speech the captions are timed by.")
+    video: str = Field(description="The video to caption.")
+    burn: bool = Field(False, description="Draw the captions into the picture instead of a soft track.")
+
+
 def takes_list(model: type[BaseModel], dotted: str) -> bool:
     """Whether the field ``dotted`` (``input_image_urls``, ``dynamic_masks.mask_url``) holds a list."""
     *parents, name = dotted.split(".")
@@ -138,6 +148,13 @@ OPERATIONS: dict[str, OperationInfo] = {
             with_model=MuxAudioSpec,
             consumes={"video": "video", "audio": "audio"},
             produces={"video": "video"},
+        ),
+        OperationInfo(
+            name="captions",
+            summary="SRT and WebVTT of a text timed by its speech, on a video as a track or burned in",
+            with_model=CaptionsSpec,
+            consumes={"audio": "audio", "video": "video"},
+            produces={"video": "video", "subtitles": "subtitles", "webvtt": "subtitles"},
         ),
         OperationInfo(
             name="contact_sheet",

@@ -1,0 +1,170 @@
+"""Captions: cues timed by the speech's pauses, a soft mov_text track over copied packets, burned-in
+text in the shipped font, and the avatar preset's captions step run by the engine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pysubs2
+import pytest
+
+from klingflow.engine import RunOptions, arun
+from klingflow.media import add_captions, find_pauses, probe, run_ffmpeg
+from klingflow.spec import OPERATIONS, CaptionsSpec, OperationInfo, parse_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+SPOKEN = [(0.3, 1.5), (2.3, 5.1)]
+"""Where the generated voice sounds (seconds); silence around and between the two sentences."""
+SECONDS = 5.5
+TEXT = (
+    "Hello there, friends. "  # short: a character count puts its end far before the pause
+    "This second sentence is much longer than the first one, so that it needs more than two lines."
+)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A voice-like audio (tone bursts with pauses) and a video with that sound, in a folder whose
+    name has a space, a colon and a quote (filter-graph syntax)."""
+    folder = tmp_path_factory.mktemp("captions") / "a clip: it's here"
+    folder.mkdir()
+    sounding = "+".join(f"between(t\\,{a}\\,{b})" for a, b in SPOKEN)
+    voice = f"aevalsrc='({sounding})*0.4*sin(2*PI*220*t)*(1+0.5*sin(2*PI*3*t))':s=48000:d={SECONDS}"
+    audio, video = folder / "voice: take 1.m4a", folder / "talk 'one'.mp4"
+    run_ffmpeg(["-f", "lavfi", "-i", voice, "-c:a", "aac", "-y", str(audio)], context="voice")
+    picture = f"color=c=0x336699:s=320x240:r=24:d={SECONDS}"
+    run_ffmpeg(
+        ["-f", "lavfi", "-i", picture, "-i", str(audio), "-c:v", "libx264", "-preset", "veryfast"]
+        + ["-pix_fmt", "yuv420p", "-c:a", "copy", "-shortest", "-y", str(video)],
+        context="video",
+    )
+    return audio, video
+
+
+def _packets(path: Path, kind: str) -> list[bytes]:
+    with av.open(str(path)) as container:
+        stream = getattr(container.streams, kind)[0]
+        return [bytes(packet) for packet in container.demux(stream) if packet.size]
+
+
+def _frame(path: Path, at: float) -> np.ndarray:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            if frame.time is not None and frame.time >= at:
+                return frame.to_ndarray(format="rgb24").astype(np.int16)
+    raise AssertionError(f"no frame at {at} s in {path}")
+
+
+def test_cues_fit_the_lines_and_move_to_the_pauses(clip: tuple[Path, Path], tmp_path: Path) -> None:
+    audio, video = clip
+    done = add_captions(
+        TEXT, audio, video, tmp_path / "out.mp4", tmp_path / "c: 1.srt", tmp_path / "c 1.vtt", context="t"
+    )
+    duration = probe(audio).audio_duration or 0.0
+    pauses = find_pauses(audio)
+    assert len(pauses) == 3, pauses  # before, between and after the two sentences
+    for cue in done.cues:
+        assert 0 <= cue.start < cue.end <= duration + 1e-6, cue
+        assert 1 <= len(cue.lines) <= 2 and all(len(line) <= 42 for line in cue.lines), cue
+    assert [" ".join(cue.lines) for cue in done.cues][0] == "Hello there, friends."
+    assert len(done.cues) >= 3, "the long sentence needs more than one cue of two lines"
+    boundary = done.cues[0].end
+    gap = pauses[1]
+    assert gap[0] <= boundary <= gap[1], (boundary, gap)
+    assert SPOKEN[0][1] <= boundary <= SPOKEN[1][0], "inside the real pause between the sentences"
+    assert done.cues[0].start >= SPOKEN[0][0] - 0.05 and done.cues[-1].end <= SPOKEN[1][1] + 0.05
+    for path in (done.srt, done.vtt):
+        read = pysubs2.load(str(path))
+        assert [(e.start, e.end) for e in read] == [
+            (round(c.start * 1000), round(c.end * 1000)) for c in done.cues
+        ]
+        assert [e.plaintext.split("\n") for e in read] == [list(c.lines) for c in done.cues]
+
+
+def test_soft_track_keeps_the_packets(clip: tuple[Path, Path], tmp_path: Path) -> None:
+    audio, video = clip
+    out = tmp_path / "soft: track.mp4"
+    add_captions(TEXT, audio, video, out, tmp_path / "c.srt", tmp_path / "c.vtt")
+    with av.open(str(out)) as container:
+        assert [s.codec_context.name for s in container.streams.subtitles] == ["mov_text"]
+    assert _packets(out, "video") == _packets(video, "video"), "video stream copied bit for bit"
+    assert _packets(out, "audio") == _packets(video, "audio")
+
+
+def test_burned_captions_are_drawn_in_the_shipped_font(
+    clip: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    audio, video = clip
+    # No fonts known to fontconfig, as in a bare container: only the shipped font can draw anything.
+    empty = tmp_path / "fonts.conf"
+    empty.write_text("<?xml version='1.0'?><fontconfig></fontconfig>\n")
+    monkeypatch.setenv("FONTCONFIG_FILE", str(empty))
+    out = tmp_path / "burned: in.mp4"
+    done = add_captions(TEXT, audio, video, out, tmp_path / "c.srt", tmp_path / "c.vtt", burn=True)
+    at = (done.cues[0].start + done.cues[0].end) / 2
+    plain, burned = _frame(video, at), _frame(out, at)
+    height = plain.shape[0]
+    bottom = np.abs(burned[height * 2 // 3 :] - plain[height * 2 // 3 :]).max(axis=2)
+    top = np.abs(burned[: height // 3] - plain[: height // 3]).max(axis=2)
+    assert (bottom > 100).mean() > 0.01, "white caption text on the blue picture, low in the frame"
+    assert (top > 100).mean() == 0, "nothing drawn where no caption is"
+    assert probe(out).has_audio and _packets(out, "audio") == _packets(video, "audio")
+
+
+async def test_avatar_preset_captions_its_line(options: RunOptions, emulator) -> None:
+    line = "Hello from the captions test. The words come from the line the voice speaks."
+    pipeline = REPO / "deployments/pipelines/avatar.yaml"
+    result = await arun(pipeline, {"line": line}, options)
+    assert result.status == "completed", result.failures
+    captioned = result.outputs["captioned"]
+    assert result.final == {"captioned": captioned["video"]}
+    assert captioned["subtitles"].suffix == ".srt" and captioned["webvtt"].suffix == ".vtt"
+    with av.open(str(captioned["video"])) as container:
+        assert [s.codec_context.name for s in container.streams.subtitles] == ["mov_text"]
+    assert _packets(captioned["video"], "video") == _packets(result.outputs["presenter"]["video"], "video")
+    spoken = " ".join(
+        event.plaintext.replace("\n", " ") for event in pysubs2.load(str(captioned["subtitles"]))
+    )
+    assert spoken == line
+    assert pysubs2.load(str(captioned["webvtt"]))[-1].end <= 1000 * (
+        probe(captioned["video"]).duration + 0.01
+    )
+    again = await arun(pipeline, {"line": line}, options)
+    assert {r.step_id: r.status for r in again.records} == dict.fromkeys(
+        ("voice", "presenter", "captioned"), "cached"
+    )
+    assert again.outputs["captioned"]["subtitles"] == captioned["subtitles"]
+
+
+async def test_an_operation_without_an_implementation_fails_its_step(
+    options: RunOptions, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    video = tmp_path / "v.mp4"
+    run_ffmpeg(
+        ["-f", "lavfi", "-i", "color=s=64x64:d=1", "-pix_fmt", "yuv420p", "-y", str(video)], context="v"
+    )
+    unknown = OperationInfo(
+        "subtitle_only", "not taught to the engine", CaptionsSpec, {"video": "video"}, {"video": "video"}
+    )
+    monkeypatch.setitem(OPERATIONS, unknown.name, unknown)
+    spec = parse_pipeline(
+        {
+            "name": "x",
+            "steps": [
+                {
+                    "id": "s",
+                    "uses": unknown.name,
+                    "with": {"text": "a", "audio": str(video), "video": str(video)},
+                }
+            ],
+        }
+    )
+    result = await arun(spec, None, options)
+    assert (
+        result.status == "failed"
+        and "operation 'subtitle_only' has no implementation" in result.failures["s"]
+    )
+    assert not result.final, "no other operation's output stands in for it"
