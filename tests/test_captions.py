@@ -11,6 +11,7 @@ import pysubs2
 import pytest
 
 from klingflow.engine import RunOptions, arun
+from klingflow.errors import MediaError
 from klingflow.media import add_captions, find_pauses, probe, run_ffmpeg
 from klingflow.spec import OPERATIONS, CaptionsSpec, OperationInfo, parse_pipeline
 
@@ -76,6 +77,8 @@ def test_cues_fit_the_lines_and_move_to_the_pauses(clip: tuple[Path, Path], tmp_
     assert gap[0] <= boundary <= gap[1], (boundary, gap)
     assert SPOKEN[0][1] <= boundary <= SPOKEN[1][0], "inside the real pause between the sentences"
     assert done.cues[0].start >= SPOKEN[0][0] - 0.05 and done.cues[-1].end <= SPOKEN[1][1] + 0.05
+    with pytest.raises(MediaError, match="no words to caption"):
+        add_captions(" \n ", audio, video, tmp_path / "e.mp4", tmp_path / "e.srt", tmp_path / "e.vtt")
     for path in (done.srt, done.vtt):
         read = pysubs2.load(str(path))
         assert [(e.start, e.end) for e in read] == [

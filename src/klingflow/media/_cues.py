@@ -36,12 +36,46 @@ class Cue:
     lines: tuple[str, ...]
 
 
+def _wrap(text: str) -> list[str]:
+    return textwrap.wrap(text, MAX_LINE, break_on_hyphens=False)
+
+
+def _balanced(sentence: str, count: int) -> list[tuple[str, ...]] | None:
+    """The sentence in ``count`` cues of about equal length, or None if one would need three lines."""
+    words, target = sentence.split(), len(sentence) / count
+    groups: list[list[str]] = [[]]
+    for word in words:
+        if groups[-1] and len(groups) < count and len(" ".join(groups[-1])) >= target:
+            groups.append([])
+        groups[-1].append(word)
+    cues = [_even(" ".join(group)) for group in groups]
+    return cues if all(len(cue) <= LINES_PER_CUE for cue in cues) else None
+
+
+def _even(text: str) -> tuple[str, ...]:
+    """``text`` in its fewest lines, those of about equal length (the narrowest wrap that needs no more)."""
+    fewest = len(_wrap(text))
+    for width in range(-(-len(text) // fewest), MAX_LINE):
+        lines = textwrap.wrap(text, width, break_on_hyphens=False)
+        if len(lines) == fewest:
+            return tuple(lines)
+    return tuple(_wrap(text))
+
+
 def cue_lines(text: str) -> list[tuple[str, ...]]:
-    """The text laid out as cues: per sentence, lines of at most MAX_LINE characters, two a cue."""
+    """The text laid out as cues: per sentence, lines of at most MAX_LINE characters, two a cue.
+
+    A sentence is shared out evenly over as few cues as it needs, and a cue's two lines are of about
+    equal length, so no cue ends on a stray short line.
+    """
     blocks: list[tuple[str, ...]] = []
     for sentence in _SENTENCE_END.split(" ".join(text.split())):
-        lines = textwrap.wrap(sentence, MAX_LINE, break_on_hyphens=False)
-        blocks.extend(tuple(lines[i : i + LINES_PER_CUE]) for i in range(0, len(lines), LINES_PER_CUE))
+        lines = _wrap(sentence)
+        if not lines:
+            continue
+        count = -(-len(lines) // LINES_PER_CUE)
+        chunked = [tuple(lines[i : i + LINES_PER_CUE]) for i in range(0, len(lines), LINES_PER_CUE)]
+        blocks.extend(_balanced(sentence, count) or chunked)
     return blocks
 
 
