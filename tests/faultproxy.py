@@ -10,7 +10,8 @@ whatever the client then received) and injects at most one fault per request, ch
         --https--> emulator queue host (its CA verified)
 
 * Phases, from method + path: ``upload`` (``/storage/...``, a POST/PUT under ``/files/``),
-  ``submit`` (POST to an endpoint id on the queue host), ``status``, ``result``, ``download``
+  ``submit`` (POST to an endpoint id on the queue host), ``status`` (a poll, or a GET of fal's
+  status stream), ``result``, ``download``
   (GET ``/files/...``), ``cancel``, ``run`` (POST on the run host: fal's direct-run protocol),
   ``platform`` (fal's platform API under ``/v1/``: request history, pricing) and ``other`` (admin
   routes, anything else).
@@ -92,7 +93,9 @@ CLIENT_VARIABLES = (
     "no_proxy",
 )
 
-_REQUEST_PATH = re.compile(r"^/(?P<app>.+?)/requests/(?P<id>[^/]+)(?P<action>/status|/cancel)?/?$")
+_REQUEST_PATH = re.compile(
+    r"^/(?P<app>.+?)/requests/(?P<id>[^/]+)(?P<action>/status/stream|/status|/cancel)?/?$"
+)
 _FILE_PATH = re.compile(r"^/files/(?P<id>[^/]+)/")
 _HOP_BY_HOP = frozenset(
     {
@@ -191,8 +194,8 @@ def classify(method: str, path: str, *, run_host: bool = False) -> str:
         action = match["action"]
         if action == "/cancel" and method == "PUT":
             return "cancel"
-        if action == "/status" and method == "GET":
-            return "status"
+        if action in ("/status", "/status/stream") and method == "GET":
+            return "status"  # a poll or fal's status stream: a status fault meets either
         if action is None and method == "GET":
             return "result"
         return "other"

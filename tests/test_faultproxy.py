@@ -89,6 +89,7 @@ def test_phases_are_classified_from_method_and_path() -> None:
     assert classify("POST", f"/{T2V}") == "submit"
     assert classify("POST", f"/{T2V}", run_host=True) == "run"
     assert classify("GET", f"{base}/status") == "status"
+    assert classify("GET", f"{base}/status/stream") == "status"
     assert classify("GET", base) == "result"
     assert classify("PUT", f"{base}/cancel") == "cancel"
     assert classify("GET", "/files/abc/output.mp4") == "download"
@@ -352,6 +353,7 @@ def test_a_klingflow_run_subprocess_goes_through_the_proxy(
     )
     env = fault_proxy.environment()
     env.update(session_prefect, KLINGFLOW_HOME=str(tmp_path / "home"))
+    fault_proxy.inject("status", Fault.APP_503_BEFORE, at=1)  # the status stream: refused
 
     done = subprocess.run(
         [*KLINGFLOW, "run", str(pipeline)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
@@ -361,10 +363,12 @@ def test_a_klingflow_run_subprocess_goes_through_the_proxy(
     assert len(fault_proxy.accepted_submits) == 1 == emulator.stats()["total_submits"]
     counts = fault_proxy.counts
     assert counts["result"]["seen"] == counts["download"]["forwarded"] == 1
-    # Status polls: fal answers a poll with logs with every line so far, so klingflow asks for them
-    # on its first poll, then about once a second, and on the poll that sees the request done; the
-    # polls in between (every 0.1 s at first) are small, as fal_client's own handle.get() sends.
-    polls = [exchange.path for exchange in fault_proxy.exchanges if exchange.phase == "status"]
+    # klingflow follows fal's status stream; refused (the 503 injected above), it polls instead. fal
+    # answers a poll with logs with every line so far, so klingflow asks for them on its first poll,
+    # then about once a second, and on the poll that sees the request done; the polls in between
+    # (every 0.1 s at first) are small, as fal_client's own handle.get() sends.
+    stream, *polls = [exchange.path for exchange in fault_proxy.exchanges if exchange.phase == "status"]
+    assert "/status/stream?logs=1" in stream and polls, (stream, polls)
     asked = [index for index, path in enumerate(polls) if "logs=true" in path]
     assert asked[0] == 0 and asked[-1] == len(polls) - 1, polls
     assert all("logs=false" in path for index, path in enumerate(polls) if index not in asked), polls

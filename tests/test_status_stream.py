@@ -1,17 +1,93 @@
-"""fal's status stream, as the emulator serves it (what fal-js's streaming mode reads)."""
+"""fal's status stream: COMPLETED seen at once, a cut stream falls back to polling, the cap's slot
+is freed before the download. Times come from the emulator's own clock (fal's request history)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from datetime import datetime
+from pathlib import Path
 
 import httpx
+import pytest
 
+from klingflow.backends import resolve_backend
+from klingflow.backends.fal import FalBackend, QueueEvent
+from klingflow.cache import Store
+from klingflow.engine import RunOptions, arun
+from klingflow.spec import parse_pipeline
+
+T2V = "fal-ai/kling-video/v1/standard/text-to-video"
 TTS = "fal-ai/kling-video/v1/tts"
 
 
 def _client(emulator) -> httpx.Client:
     """A plain HTTPS client of the emulator with its key: fal's routes seen from outside klingflow."""
     return httpx.Client(verify=emulator.ssl, headers={"Authorization": f"Key {emulator.key}"}, timeout=30)
+
+
+def _history(emulator, endpoint: str) -> dict[str, dict]:
+    """fal's request history of ``endpoint``, by request id (sent_at and ended_at: the emulator's clock)."""
+    with _client(emulator) as client:
+        answer = client.get(
+            f"{emulator.base}/v1/models/requests/by-endpoint", params={"endpoint_id": endpoint, "limit": 100}
+        )
+    return {item["request_id"]: item for item in answer.raise_for_status().json()["items"]}
+
+
+def _moment(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture
+def prerendered(emulator):
+    """Benchmark renders (about 0.05 s a request), so completion time is the emulator's latency."""
+    with _client(emulator) as client:
+        client.post(f"{emulator.base}/_emulator/config", json={"render": "prerendered"}).raise_for_status()
+    yield emulator
+
+
+async def test_completed_is_seen_within_a_fifth_of_a_second_of_fal_completing(prerendered, tmp_path: Path):
+    """Polls 2 s apart could not do it: only the stream can tell the moment fal completes."""
+    backend = FalBackend(
+        resolve_backend("fal", key=prerendered.key), Store(tmp_path / "store"), poll_interval=(2.0, 2.0)
+    )
+    seen: dict[str, float] = {}
+
+    def on_event(event: QueueEvent) -> None:
+        if event.status == "COMPLETED":
+            seen[event.request_id] = time.time()
+
+    async def one(n: int) -> str:
+        handle = await backend.submit(T2V, await backend.prepare(T2V, {"prompt": f"seen at once {n}"}))
+        await backend.wait(handle, on_event=on_event)
+        return handle.request_id
+
+    try:
+        ids = await asyncio.gather(*(one(n) for n in range(3)))
+    finally:
+        await backend.aclose()
+    history = _history(prerendered, T2V)
+    late = {rid: seen[rid] - _moment(history[rid]["ended_at"]) for rid in ids}
+    assert all(-0.01 <= s < 0.2 for s in late.values()), late
+    stats = prerendered.stats()
+    assert stats["status_streams"] == 3 and stats["status_polls"] == 0, stats
+
+
+async def test_a_stream_cut_mid_request_falls_back_to_polling_and_the_step_completes(
+    options: RunOptions, emulator
+) -> None:
+    emulator.faults(script=["stream_cut"])
+    spec = parse_pipeline(
+        {"name": "cut", "steps": [{"id": "line", "uses": "tts", "with": {"text": "cut mid stream"}}]}
+    )
+    result = await arun(spec, None, options)
+    [row] = result.records
+    assert row.status == "completed" and row.outputs, row
+    stats = emulator.stats()
+    assert stats["status_streams_cut"] == 1 and stats["status_polls"] >= 1, stats
+    assert stats["total_submits"] == 1 and stats["submits"] == {TTS: 1}, "no extra submit"
 
 
 def test_the_stream_answers_the_status_json_as_server_sent_events(emulator) -> None:

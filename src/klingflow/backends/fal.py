@@ -1,13 +1,13 @@
 """The one path to a Kling endpoint: ``fal_client.AsyncClient``, against real fal or the emulator.
 
-This is the only module that imports fal_client. It submits, polls status with logs (queue
-position and new log lines go to a callback), fetches the result, cancels, uploads local inputs,
-and downloads outputs into the content-addressed store. fal_client and httpx failures are
-translated here (:func:`_translated`), like httpx's ``map_httpcore_exceptions``: an HTTP status goes
-through :func:`klingflow.errors.error_for_status`, a timeout or transport error becomes
-:class:`~klingflow.errors.ConnectionLost`, each tagged with the phase it happened in (upload,
-submit, status, result, cancel). Which of them a retry may fix is decided in one place,
-:func:`klingflow.errors.is_transient`.
+This is the only module that imports fal_client. It submits, follows the status with logs (fal's
+status stream, polls when it fails; queue position and new log lines go to a callback), fetches
+the result, cancels, uploads local inputs, and downloads outputs into the content-addressed store.
+fal_client and httpx failures are translated here (:func:`_translated`), like httpx's
+``map_httpcore_exceptions``: an HTTP status goes through :func:`klingflow.errors.error_for_status`,
+a timeout or transport error becomes :class:`~klingflow.errors.ConnectionLost`, each tagged with
+the phase it happened in (upload, submit, status, result, cancel). Which of them a retry may fix
+is decided in one place, :func:`klingflow.errors.is_transient`.
 
 A submit is sent once, never resent behind our back: fal_client's own ``submit`` retries the POST
 on transport errors, read timeouts and gateway 5xx (up to 10 times, silently), and each resend
@@ -15,8 +15,11 @@ fal accepted is paid again. :meth:`FalBackend.submit` therefore posts the body i
 HTTP client fal_client configured (its key, headers and backup-domain transport; taken from a
 public request handle), and classifies the outcome: accepted (a request id), rejected (4xx:
 nothing is billed), not sent (the connection never opened), or :class:`~klingflow.errors.SubmitAmbiguous`.
-The result is fetched the same way so its ``x-fal-billable-units`` header can be read. Every
-other call (status, cancel, upload) is fal_client's own.
+The result is fetched the same way so its ``x-fal-billable-units`` header can be read, and so is
+fal's status stream (``.../status/stream``, server-sent events read with httpx-sse, fal_client's own
+dependency; fal_client 1.0 has no call for it): :meth:`FalBackend.wait` sees COMPLETED the moment
+fal sends it, and polls when the stream cannot be had or drops. Every other call (status polls,
+cancel, upload) is fal_client's own.
 
 Local files given as media inputs are uploaded first, through fal_client's own upload on both
 backends: fal's storage protocol (a token from ``rest.fal.ai``, then the upload to the URL it
@@ -38,6 +41,7 @@ from urllib.parse import urlparse
 
 import fal_client
 import httpx
+from httpx_sse import aconnect_sse
 from pydantic import BaseModel, ConfigDict
 
 from klingflow.backends.handles import BackendConfig, QueueEvent, RequestHandle
@@ -230,6 +234,83 @@ def _raise_if_failed(status: Any, handle: RequestHandle) -> None:
 
 LOGS_EVERY = 1.0
 """Seconds between status polls that ask fal for the request's log lines (see :meth:`FalBackend.wait`)."""
+STREAM_IDLE = 30.0
+"""Seconds a status stream may stay silent before it counts as dropped (fal-js gives up after 15)."""
+
+
+def _status_from(data: dict[str, Any]) -> fal_client.Status:
+    """A status stream event as the fal_client status its polls return (same JSON as a status poll)."""
+    state = data["status"]
+    if state == "IN_QUEUE":
+        return fal_client.Queued(position=int(data.get("queue_position") or 0))
+    if state == "IN_PROGRESS":
+        return fal_client.InProgress(logs=data.get("logs"))
+    if state == "COMPLETED":
+        return fal_client.Completed(
+            logs=data.get("logs"),
+            metrics=data.get("metrics") or {},
+            error=data.get("error"),
+            error_type=data.get("error_type"),
+        )
+    raise ValueError(f"unknown status {state!r}")
+
+
+class _Watch:
+    """What one wait has seen of a request: the events it forwarded, its log lines, when it ran.
+
+    Polls answer every log line so far, stream events only the new ones (as fal-js reads them):
+    lines are told apart by timestamp and text, so each is forwarded once either way.
+    """
+
+    def __init__(self, handle: RequestHandle, on_event: EventCallback | None, timeout: float | None) -> None:
+        self.handle, self.on_event, self.timeout = handle, on_event, timeout
+        self.started = time.monotonic()
+        self.began_running: float | None = None
+        self.finished: float | None = None
+        self.final: fal_client.Completed | None = None
+        self.logs_at = -LOGS_EVERY  # the first poll asks for logs
+        self._lines: set[tuple[str, str]] = set()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def remaining(self) -> float | None:
+        return None if self.timeout is None else max(0.0, self.timeout - self.elapsed())
+
+    def overdue(self) -> bool:
+        return self.timeout is not None and self.elapsed() > self.timeout
+
+    def _new_lines(self, logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        new = []
+        for line in logs:
+            key = (str(line.get("timestamp", "")), str(line.get("message", "")))
+            if key not in self._lines:
+                self._lines.add(key)
+                new.append(line)
+        return new
+
+    async def seen(self, status: fal_client.Status) -> None:
+        """Note one status (from a poll or the stream) and forward it as a :class:`QueueEvent`."""
+        request_id = self.handle.request_id
+        if isinstance(status, fal_client.Queued):
+            event = QueueEvent(request_id=request_id, status="IN_QUEUE", queue_position=status.position)
+        else:
+            self.began_running = self.began_running or time.monotonic()
+            name = "COMPLETED" if isinstance(status, fal_client.Completed) else "IN_PROGRESS"
+            logs = self._new_lines(list(getattr(status, "logs", None) or []))
+            event = QueueEvent(request_id=request_id, status=name, logs=logs)
+        if isinstance(status, fal_client.Completed):
+            self.final, self.finished = status, time.monotonic()
+        if self.on_event is not None:
+            maybe = self.on_event(event)
+            if asyncio.iscoroutine(maybe):
+                await maybe
+
+    def durations(self) -> tuple[float, float]:
+        """(seconds queued, seconds running), as fal's statuses showed them to this wait."""
+        finished = self.finished or time.monotonic()
+        began = self.began_running or finished
+        return began - self.started, finished - began
 
 
 class FalBackend:
@@ -352,54 +433,82 @@ class FalBackend:
     async def wait(
         self, handle: RequestHandle, *, on_event: EventCallback | None = None, timeout: float | None = None
     ) -> tuple[float, float]:
-        """Poll until COMPLETED, forwarding events; return (seconds queued, seconds running).
+        """Follow the request until COMPLETED, forwarding events; return (seconds queued, seconds running).
 
-        Raises :class:`~klingflow.errors.RequestFailed` (or ``RequestCancelled``) when fal finished
-        the request with an error, and ``ResultTimeout`` after ``timeout`` seconds.
+        fal's status stream tells the moment the request changes; when it cannot be opened, or drops,
+        the request is polled (:meth:`_next_poll`'s pace) and the stream opened again after each poll,
+        as long as streams of this request deliver events. Raises :class:`~klingflow.errors.RequestFailed`
+        (or ``RequestCancelled``) when fal finished the request with an error, and ``ResultTimeout``
+        after ``timeout`` seconds.
         """
         fal_handle = await self._client.get_handle(handle.endpoint, handle.request_id)
-        started = time.monotonic()
-        began_running: float | None = None
-        seen_logs = 0
-        logs_at = -LOGS_EVERY  # the first poll asks for logs
+        watch = _Watch(handle, on_event, timeout)
+        streaming, polled = True, False
         while True:
-            # fal answers a status with logs with every line so far: asked for once a second (and
-            # at the end), the polls in between stay small, as fal_client's own handle.get() polls.
-            with_logs = time.monotonic() - logs_at >= LOGS_EVERY
-            with _translated(handle.endpoint, handle.request_id, "status"):
-                status = await fal_handle.status(with_logs=with_logs)
-                if isinstance(status, fal_client.Completed) and not with_logs:
-                    status, with_logs = await fal_handle.status(with_logs=True), True
-            if with_logs:
-                logs_at = time.monotonic()
-            logs = list(getattr(status, "logs", None) or [])
-            if isinstance(status, fal_client.Queued):
-                event = QueueEvent(
-                    request_id=handle.request_id, status="IN_QUEUE", queue_position=status.position
-                )
-            else:
-                began_running = began_running or time.monotonic()
-                name = "COMPLETED" if isinstance(status, fal_client.Completed) else "IN_PROGRESS"
-                event = QueueEvent(request_id=handle.request_id, status=name, logs=logs[seen_logs:])
-                seen_logs = max(seen_logs, len(logs))
-            if on_event is not None:
-                maybe = on_event(event)
-                if asyncio.iscoroutine(maybe):
-                    await maybe
-            if isinstance(status, fal_client.Completed):
+            if streaming:
+                streaming = await self._follow_stream(fal_handle, watch)
+                if watch.final is not None:
+                    break
+            if polled and not watch.overdue():
+                await asyncio.sleep(self._next_poll(watch.elapsed()))
+            # the deadline is judged after a poll, as before streams: a request fal completed in
+            # time is kept even when the answer saying so was late
+            await self._poll(fal_handle, watch)
+            polled = True
+            if watch.final is not None:
                 break
-            if timeout is not None and time.monotonic() - started > timeout:
+            if watch.overdue():
                 raise ResultTimeout(
                     f"request did not complete within {timeout:g} s",
                     endpoint=handle.endpoint,
                     request_id=handle.request_id,
                     phase="status",
                 )
-            await asyncio.sleep(self._next_poll(time.monotonic() - started))
-        finished = time.monotonic()
-        _raise_if_failed(status, handle)
-        queue_s = (began_running or finished) - started
-        return queue_s, finished - (began_running or finished)
+        _raise_if_failed(watch.final, handle)
+        return watch.durations()
+
+    async def _follow_stream(self, fal_handle: fal_client.AsyncRequestHandle, watch: _Watch) -> bool:
+        """Read the request's status stream until COMPLETED or until it breaks; whether it delivered events.
+
+        A stream that delivered nothing (refused, not a stream, cut at once) is not worth opening again
+        for this request; one that dropped after events is opened again after the next poll.
+        """
+        delivered = False
+        try:
+            async with asyncio.timeout(watch.remaining()):
+                async with aconnect_sse(
+                    fal_handle.client,
+                    "GET",
+                    fal_handle.status_url + "/stream",
+                    params={"logs": "1"},
+                    timeout=httpx.Timeout(self.submit_timeout, read=STREAM_IDLE),
+                ) as source:
+                    if source.response.status_code != 200:
+                        return False
+                    async for event in source.aiter_sse():
+                        if not event.data:
+                            continue
+                        await watch.seen(_status_from(event.json()))
+                        delivered = True
+                        if watch.final is not None:
+                            return True
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return delivered
+        except TimeoutError:  # the wait's deadline (a silent stream is httpx's ReadTimeout): poll
+            return False
+        return delivered
+
+    async def _poll(self, fal_handle: fal_client.AsyncRequestHandle, watch: _Watch) -> None:
+        """One status poll, asking for the log lines at most once a second (and at the end)."""
+        handle = watch.handle
+        with_logs = time.monotonic() - watch.logs_at >= LOGS_EVERY
+        with _translated(handle.endpoint, handle.request_id, "status"):
+            status = await fal_handle.status(with_logs=with_logs)
+            if isinstance(status, fal_client.Completed) and not with_logs:
+                status, with_logs = await fal_handle.status(with_logs=True), True
+        if with_logs:
+            watch.logs_at = time.monotonic()
+        await watch.seen(status)
 
     def _next_poll(self, waited: float) -> float:
         """Seconds to the next status poll: fal_client's own 0.1 s at first, then 1/40 of the wait so far.
