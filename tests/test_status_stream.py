@@ -15,6 +15,7 @@ import pytest
 from klingflow.backends import resolve_backend
 from klingflow.backends.fal import FalBackend, QueueEvent
 from klingflow.cache import Store
+from klingflow.emulator.faults import SLOW_FILE_SECONDS
 from klingflow.engine import RunOptions, arun
 from klingflow.spec import parse_pipeline
 
@@ -88,6 +89,21 @@ async def test_a_stream_cut_mid_request_falls_back_to_polling_and_the_step_compl
     stats = emulator.stats()
     assert stats["status_streams_cut"] == 1 and stats["status_polls"] >= 1, stats
     assert stats["total_submits"] == 1 and stats["submits"] == {TTS: 1}, "no extra submit"
+
+
+async def test_the_next_submit_does_not_wait_for_the_download(options: RunOptions, emulator) -> None:
+    """Cap 1, two steps; the first one's output file is slow to arrive. The second request reaches
+    fal before that download ends, i.e. the cap's slot was freed when fal completed the first."""
+    emulator.faults(script=[f"slow_file@{TTS}"])
+    steps = [{"id": f"line{n}", "uses": "tts", "with": {"text": f"slot freed {n}"}} for n in range(2)]
+    result = await arun(
+        parse_pipeline({"name": "slot", "steps": steps}), None, options.model_copy(update={"concurrency": 1})
+    )
+    assert [r.status for r in result.records] == ["completed", "completed"], result.records
+    first, second = sorted(_history(emulator, TTS).values(), key=lambda item: item["sent_at"])[-2:]
+    gap = _moment(second["sent_at"]) - _moment(first["ended_at"])
+    assert gap < SLOW_FILE_SECONDS / 2, (gap, first, second)
+    assert emulator.stats()["faults_injected"] == {"slow_file": 1}
 
 
 def test_the_stream_answers_the_status_json_as_server_sent_events(emulator) -> None:

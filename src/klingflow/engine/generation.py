@@ -151,7 +151,7 @@ async def run_generation(
     while True:
         # Capacity first, then the claim: a worker claims only what it can start now, so the keys it
         # cannot reach yet stay free for another worker to generate instead of waiting behind it.
-        async with ctx.limiter:
+        async with _Slot(ctx.limiter) as slot:
             held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
             if held:
                 try:
@@ -162,7 +162,7 @@ async def run_generation(
                     else:
                         entry = generation.refetching(lookup)
                         async with _renewing(ctx, key, log):
-                            await generation.run(entry, may_submit=True)
+                            await generation.run(entry, may_submit=True, slot=slot)
                         generation.price(model)
                         if record.billable_units is not None and generation.healed is None:
                             record.cost_usd = billed_cost(
@@ -191,6 +191,36 @@ async def run_generation(
         await asyncio.sleep(0.2)  # the holder is submitting; its request id is about to appear
     record.finished_at = datetime.now(UTC)
     return record
+
+
+class _Slot:
+    """One place under the run's concurrency cap, given back the moment fal completes the request.
+
+    The cap limits requests at fal; fetching the result, downloading and probing the files need no
+    place there, so the next step's submit need not wait for them. A new submit (a retry) takes
+    the place again first.
+    """
+
+    def __init__(self, limiter: asyncio.Semaphore) -> None:
+        self._limiter = limiter
+        self._held = False
+
+    async def take(self) -> None:
+        if not self._held:
+            await self._limiter.acquire()
+            self._held = True
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            self._limiter.release()
+
+    async def __aenter__(self) -> _Slot:
+        await self.take()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.give_back()
 
 
 class _JoinedRequestEnded(Exception):
@@ -304,8 +334,12 @@ class _Generation:
                 )
                 await asyncio.sleep(wait)
 
-    async def run(self, entry: JournalEntry | None, *, may_submit: bool) -> None:
-        """Poll ``entry``'s request (or submit one, if allowed) until its outputs are stored."""
+    async def run(self, entry: JournalEntry | None, *, may_submit: bool, slot: _Slot | None = None) -> None:
+        """Poll ``entry``'s request (or submit one, if allowed) until its outputs are stored.
+
+        ``slot``, the step's place under the concurrency cap, is given back once fal completed the
+        request, and taken again before any new submit.
+        """
         ctx, record, backend = self.ctx, self.record, self.ctx.backend
         handle: RequestHandle | None = None
         if entry is not None and entry.status == "submitted" and entry.request_id:
@@ -325,6 +359,8 @@ class _Generation:
             if handle is None:
                 if not may_submit:
                     raise _JoinedRequestEnded
+                if slot is not None:
+                    await slot.take()
                 handle = await self.submit()
             record.request_id = handle.request_id
             self.opened(handle.request_id)
@@ -342,6 +378,8 @@ class _Generation:
                     self.log(
                         f"{record.step_id}: request {handle.request_id} finished before the cancel: kept"
                     )
+                if slot is not None:
+                    slot.give_back()  # completed at fal: the result and its files need no place there
                 fetched = await self.free("result", partial(backend.fetch_result, handle))
                 done = await self.free("download", partial(backend.download, handle, fetched.raw))
                 break
