@@ -15,6 +15,8 @@ whatever the client then received) and injects at most one fault per request, ch
   (GET ``/files/...``), ``cancel``, ``run`` (POST on the run host: fal's direct-run protocol),
   ``platform`` (fal's platform API under ``/v1/``: request history, pricing) and ``other`` (admin
   routes, anything else).
+* An answer is read whole before it is passed on (so a fault can cut or replace it), except an event
+  stream (fal's status stream), which is passed on event by event as it arrives.
 * The emulator writes absolute URLs with its own host:port (``response_url``, ``status_url``, file
   URLs): the proxy rewrites them in JSON/text bodies and ``Location`` headers to its own, so every
   later call (status, result, download) comes through it too.
@@ -130,6 +132,7 @@ class Fault(enum.StrEnum):
     DROP_BEFORE = "drop_before"  # connection closed, nothing forwarded
     DROP_AFTER = "drop_after"  # forwarded, then the connection closed with no answer
     TRUNCATE = "truncate"  # forwarded, headers with the full Content-Length, half the body, close
+    # (an event stream: its first event, then close)
     SLOW = "slow"  # forwarded, the answer held back `delay` seconds
 
     @property
@@ -605,12 +608,32 @@ class FaultProxy:
             payload = f"faultproxy: upstream error {exc!r}".encode()
             await _send(conn, writer, method, 502, [("content-type", "text/plain")], payload)
             return False
+        try:
+            return await self._answer(conn, writer, method, exchange, injection, upstream)
+        finally:
+            await upstream.aclose()  # an event stream is still open upstream when its client went away
+
+    async def _answer(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        method: str,
+        exchange: Exchange,
+        injection: Injection | None,
+        upstream: httpx.Response,
+    ) -> bool:
+        """Pass ``upstream``'s answer on (rewritten, with the fault an after-fault makes of it)."""
+        fault = injection.fault if injection else None
         exchange.forwarded = True
         exchange.upstream_status = upstream.status_code
         with self._lock:
             self._forwarded[exchange.phase] += 1
-        status, headers, payload = self._rewrite(route, upstream)
+        status, headers = upstream.status_code, self._rewrite_headers(upstream)
         self._record_acceptance(exchange, upstream)
+        streaming = _is_event_stream(upstream)
+        if streaming and fault in (None, Fault.SLOW, Fault.TRUNCATE):
+            return await self._stream(conn, writer, exchange, injection, status, headers, upstream)
+        payload = b"" if streaming else self._swap_hosts(upstream.content, upstream)
 
         if fault is Fault.DROP_AFTER:
             exchange.outcome = "dropped"
@@ -647,18 +670,76 @@ class FaultProxy:
             if name.decode("latin-1").lower() not in _HOP_BY_HOP
         ]
         forwarded.append(("accept-encoding", "identity"))
-        return await self._client.request(
+        outgoing = self._client.build_request(
             method, f"https://{route.upstream}{target}", headers=forwarded, content=body
         )
+        upstream = await self._client.send(outgoing, stream=True)
+        if not _is_event_stream(upstream):  # read whole, so a fault can cut or replace it
+            try:
+                await upstream.aread()
+            finally:
+                await upstream.aclose()
+        return upstream
 
-    def _rewrite(self, route: _Route, upstream: httpx.Response) -> tuple[int, list[tuple[str, str]], bytes]:
-        """The upstream answer with every emulator host:port replaced by the matching listener's."""
-        swaps = [(r.upstream, r.public) for r in self._routes.values()]
-        payload = upstream.content
+    async def _stream(
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        exchange: Exchange,
+        injection: Injection | None,
+        status: int,
+        headers: list[tuple[str, str]],
+        upstream: httpx.Response,
+    ) -> bool:
+        """Pass a server-sent event stream (fal's status stream) on event by event, as it arrives.
+
+        Read whole first, every event would reach the client only once the request completed: no
+        progress on the way, and a client's idle timeout would fire on a long request. ``SLOW``
+        holds the stream back before its first byte; ``TRUNCATE`` cuts it after its first event.
+        """
+        fault = injection.fault if injection else None
+        exchange.outcome = "truncated" if fault is Fault.TRUNCATE else f"answered {status}"
+        if fault is Fault.SLOW and injection is not None:
+            exchange.outcome = f"held {injection.delay:g}s"
+            await asyncio.sleep(injection.delay)
+            exchange.outcome = f"answered {status} late"
+        pending = b""
+        try:
+            writer.write(conn.send(_response(status, headers, None)))  # no length: chunked
+            await writer.drain()
+            async for chunk in upstream.aiter_raw():
+                pending += chunk
+                events, end, pending = pending.rpartition(b"\n\n")
+                if not end:  # no whole event yet (a host:port is only rewritten whole)
+                    pending = events
+                    continue
+                writer.write(conn.send(h11.Data(data=self._swap_hosts(events + end, upstream))))
+                await writer.drain()
+                if fault is Fault.TRUNCATE:
+                    return False
+            if pending:
+                writer.write(conn.send(h11.Data(data=self._swap_hosts(pending, upstream))))
+            writer.write(conn.send(h11.EndOfMessage()))
+            await writer.drain()
+        except httpx.HTTPError as exc:  # cut upstream: cut here too, as the client would see it
+            exchange.notes.append(f"upstream cut mid-stream: {exc!r}")
+            return False
+        except (ConnectionError, ssl.SSLError, RuntimeError):
+            exchange.outcome = "client gone"
+            return False
+        return True
+
+    def _swap_hosts(self, payload: bytes, upstream: httpx.Response) -> bytes:
+        """``payload`` (JSON or text) with every emulator host:port replaced by the matching listener's."""
         content_type = upstream.headers.get("content-type", "")
         if "json" in content_type or content_type.startswith("text/"):
-            for old, new in swaps:
-                payload = payload.replace(old.encode(), new.encode())
+            for route in self._routes.values():
+                payload = payload.replace(route.upstream.encode(), route.public.encode())
+        return payload
+
+    def _rewrite_headers(self, upstream: httpx.Response) -> list[tuple[str, str]]:
+        """The upstream answer's headers, hop-by-hop ones left out and ``Location`` pointed here."""
+        swaps = [(r.upstream, r.public) for r in self._routes.values()]
         headers = []
         for name, value in upstream.headers.multi_items():
             if name.lower() in _HOP_BY_HOP:
@@ -667,7 +748,7 @@ class FaultProxy:
                 for old, new in swaps:
                     value = value.replace(old, new)
             headers.append((name, value))
-        return upstream.status_code, headers, payload
+        return headers
 
     def _record_acceptance(self, exchange: Exchange, upstream: httpx.Response) -> None:
         if exchange.phase not in ("submit", "run") or not 200 <= upstream.status_code < 300:
@@ -710,15 +791,20 @@ async def _read_request(
             return None
 
 
-def _response(status: int, headers: list[tuple[str, str]], length: int) -> h11.Response:
+def _response(status: int, headers: list[tuple[str, str]], length: int | None) -> h11.Response:
+    """The response head; ``length`` None for a body sent as it comes (h11 chunks it)."""
     try:
         reason = http.HTTPStatus(status).phrase.encode()
     except ValueError:
         reason = b""
     headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
-    return h11.Response(
-        status_code=status, headers=[*headers, ("content-length", str(length))], reason=reason
-    )
+    if length is not None:
+        headers.append(("content-length", str(length)))
+    return h11.Response(status_code=status, headers=headers, reason=reason)
+
+
+def _is_event_stream(upstream: httpx.Response) -> bool:
+    return upstream.headers.get("content-type", "").startswith("text/event-stream")
 
 
 async def _send(

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from conftest import KLINGFLOW, EmulatorAdmin
 from faultproxy import Fault, FaultProxy, classify, running_proxy
+from klingflow.emulator.server import EmulatorServer
 
 pytestmark = pytest.mark.slow
 
@@ -255,6 +257,54 @@ def test_truncate_on_a_download_delivers_half_the_promised_bytes(fault_proxy: Fa
         "truncated",
         "answered 200",
     ]
+
+
+def _read_stream(client: httpx.Client, status_url: str, arrivals: list[tuple[float, dict[str, Any]]]) -> None:
+    """Each ``data:`` event of a request's status stream, added to ``arrivals`` with its arrival time."""
+    with client.stream("GET", f"{status_url}/stream", params={"logs": "1"}) as response:
+        assert response.headers["content-type"].startswith("text/event-stream"), response.headers
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                arrivals.append((time.time(), json.loads(line.removeprefix("data:"))))
+
+
+def test_the_status_stream_passes_through_event_by_event(tmp_path: Path) -> None:
+    """fal's status stream is not held until it ends: its first event arrives while the request still
+    runs (2 s of latency), and COMPLETED within a fifth of a second of the emulator ending the request."""
+    server = EmulatorServer(
+        port=0, latency=2.0, workers=1, fetch_remote=False, home=tmp_path, render="prerendered"
+    ).start_in_thread()
+    try:
+        with running_proxy(server) as proxy, raw_client(proxy, timeout=30) as client:
+            submitted = client.post(f"/{T2V}", json={"prompt": "streamed through"}).raise_for_status().json()
+            arrivals: list[tuple[float, dict[str, Any]]] = []
+            _read_stream(client, submitted["status_url"], arrivals)
+            history = client.get("/v1/models/requests/by-endpoint", params={"endpoint_id": T2V})
+            [item] = history.raise_for_status().json()["items"]
+            streams = [e for e in proxy.exchanges if "/status/stream" in e.path]
+    finally:
+        server.stop()
+    ended = datetime.fromisoformat(item["ended_at"].replace("Z", "+00:00")).timestamp()
+    (first_at, first), (last_at, last) = arrivals[0], arrivals[-1]
+    assert first["status"] in ("IN_QUEUE", "IN_PROGRESS") and ended - first_at > 1.0, (ended, arrivals)
+    assert last["status"] == "COMPLETED" and -0.01 <= last_at - ended < 0.2, (ended, arrivals)
+    assert all(e["response_url"].startswith(f"https://{proxy.host}/") for _, e in arrivals), arrivals
+    assert [e.outcome for e in streams] == ["answered 200"], streams
+
+
+def test_truncate_on_a_status_stream_cuts_it_after_its_first_event(fault_proxy: FaultProxy) -> None:
+    with raw_client(fault_proxy, timeout=30) as client:
+        submitted = client.post(f"/{T2V}", json={"prompt": "a cut stream"}).raise_for_status().json()
+        fault_proxy.inject("status", Fault.TRUNCATE)
+        cut: list[tuple[float, dict[str, Any]]] = []
+        again: list[tuple[float, dict[str, Any]]] = []
+        with pytest.raises(httpx.RemoteProtocolError):
+            _read_stream(client, submitted["status_url"], cut)
+        _read_stream(client, submitted["status_url"], again)
+    assert len(cut) == 1, cut
+    assert again[-1][1]["status"] == "COMPLETED", again
+    streams = [e.outcome for e in fault_proxy.exchanges if "/status/stream" in e.path]
+    assert streams == ["truncated", "answered 200"], streams
 
 
 def test_slow_answer_outlasts_the_client_timeout(fault_proxy: FaultProxy) -> None:
