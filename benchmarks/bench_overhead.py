@@ -11,6 +11,10 @@ is timed on its own).
 Scenarios:
 
 - ``n8``:     8 generations, 10 s emulator latency, cap 4;
+- ``n8long``: 8 generations, 60 s latency, cap 4 (closer to Kling's real minutes): the row's note
+  says, from fal's request history (the emulator's clock) and the ledger, how soon after fal's
+  COMPLETED each side sent the next submit (the hand-written script holds its place through the
+  download), and how soon klingflow's step had finished (result, download and probe included);
 - ``n200``:   200 generations, 1 s latency, cap 8;
 - ``zero``:   200 generations at zero latency, cap 8: (klingflow - hand-written) / 200 is the
   per-step overhead;
@@ -23,6 +27,7 @@ Scenarios:
 
     .venv/bin/python benchmarks/bench_overhead.py                  # all, 3 pairs each (~15 min)
     .venv/bin/python benchmarks/bench_overhead.py --only n8 zero --pairs 5
+    .venv/bin/python benchmarks/bench_overhead.py --only n8long --pairs 2 --latency 5   # a quick try
     .venv/bin/python benchmarks/bench_overhead.py --write          # also into docs/benchmarks.md
 
 Times are ``time.perf_counter()`` around ``subprocess.run``; CPU is the children's user+system
@@ -161,6 +166,54 @@ def _submits(env: dict[str, str]) -> int:
     return int(response.raise_for_status().json()["total_submits"])
 
 
+def _history(env: dict[str, str], since: float) -> list[dict[str, object]]:
+    """fal's request history of the text-to-video endpoint: the requests sent since ``since``
+    (``sent_at``, ``ended_at`` as epoch seconds of the emulator's clock), in the order they were sent."""
+    context = ssl.create_default_context(cafile=env["SSL_CERT_FILE"])
+    response = httpx.get(
+        f"https://{env['FAL_QUEUE_RUN_HOST']}/v1/models/requests/by-endpoint",
+        params={"endpoint_id": "fal-ai/kling-video/v1/standard/text-to-video", "limit": 100},
+        headers={"Authorization": f"Key {env['FAL_KEY']}"},
+        verify=context,
+        trust_env=False,
+    )
+    items = []
+    for item in response.raise_for_status().json()["items"]:
+        moments = {
+            k: datetime.fromisoformat(item[k].replace("Z", "+00:00")).timestamp()
+            for k in ("sent_at", "ended_at")
+        }
+        if moments["sent_at"] >= since:
+            items.append({"request_id": item["request_id"], **moments})
+    return sorted(items, key=lambda item: item["sent_at"])
+
+
+def _handoffs(items: list[dict[str, object]], cap: int) -> list[float]:
+    """Seconds from each completion that freed a place under the cap to the submit that took it:
+    the (cap + i)-th submit waited for the i-th completion."""
+    ended = sorted(float(item["ended_at"]) for item in items)  # type: ignore[arg-type]
+    return [float(items[cap + i]["sent_at"]) - ended[i] for i in range(len(items) - cap)]  # type: ignore[arg-type]
+
+
+def _finished_after(env: dict[str, str], items: list[dict[str, object]], since: float) -> list[float]:
+    """Seconds from fal's COMPLETED to the end of the step that awaited it (result, download, probe),
+    from the ledger rows of those requests."""
+    started = datetime.fromtimestamp(since, UTC).isoformat()
+    printed = subprocess.run(
+        [*KLINGFLOW, "ledger", "--since", started, "--format", "json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    finished = {
+        row["request_id"]: datetime.fromisoformat(row["finished_at"].replace("Z", "+00:00")).timestamp()
+        for row in json.loads(printed)
+        if row.get("request_id") and row.get("finished_at")
+    }
+    return [finished[str(item["request_id"])] - float(item["ended_at"]) for item in items]  # type: ignore[arg-type]
+
+
 def _fan_out(path: Path, prompts: list[str]) -> Path:
     spec = {
         "name": path.stem,
@@ -206,22 +259,34 @@ class Bench:
     def klingflow_env(self, emulator_env: dict[str, str]) -> dict[str, str]:
         return {**emulator_env, **self.client}
 
-    def race(self, name: str, n: int, latency: float, cap: int) -> None:
-        """Alternating pairs: hand-written, then klingflow, on new prompts each pair."""
+    def race(self, name: str, n: int, latency: float, cap: int, timeline: bool = False) -> None:
+        """Alternating pairs: hand-written, then klingflow, on new prompts each pair; ``timeline``: also
+        the hand-offs under the cap and klingflow's steps' end after fal's COMPLETED (the row's note)."""
         hand, kf, cpu_h, cpu_k, cpu_s = [], [], [], [], []
+        handoff_h: list[float] = []
+        handoff_k: list[float] = []
+        finished_k: list[float] = []
         with emulator(self.work, self.base, latency, cap) as env:
             kenv = self.klingflow_env(env)
             for pair in range(self.pairs):
                 prompts = [f"shot {i} of {name} pair {pair} ({self.tag})" for i in range(n)]
                 out = self.work / f"{name}-{pair}"
                 _settled_server_cpu(self.client["KLINGFLOW_HOME"])  # neither side starts on a busy server
+                since = time.time()
                 wall, cpu = _timed([*HAND, str(cap), str(out / "hand"), *prompts], env, self.work)
                 hand.append(wall), cpu_h.append(cpu)
+                if timeline:
+                    handoff_h += _handoffs(_history(env, since), cap)
                 pipeline = _fan_out(self.work / f"{name}{pair}.yaml", prompts)
                 run = [*KLINGFLOW, "run", str(pipeline), "--concurrency", str(cap), "--out", str(out / "kf")]
                 server = _settled_server_cpu(self.client["KLINGFLOW_HOME"])
+                since = time.time()
                 wall, cpu = _timed(run, kenv, self.work)
                 kf.append(wall), cpu_k.append(cpu)
+                if timeline:
+                    items = _history(env, since)
+                    handoff_k += _handoffs(items, cap)
+                    finished_k += _finished_after(kenv, items, since)
                 cpu_s.append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - server)
                 print(
                     f"{name} pair {pair}: hand-written {hand[-1]:.2f} s, klingflow {kf[-1]:.2f} s", flush=True
@@ -229,6 +294,11 @@ class Bench:
         ratios = [k / h for h, k in zip(hand, kf, strict=True)]
         per_step = [1000 * (k - h) / n for h, k in zip(hand, kf, strict=True)]
         extra = f"per step {_spread(per_step, 'ms', 0)}" if latency == 0 else ""
+        if timeline:
+            extra = (
+                f"fal's COMPLETED -> next submit: hand-written {_spread(handoff_h, 's', 2)}, klingflow "
+                f"{_spread(handoff_k, 's', 2)}; -> klingflow's step finished {_spread(finished_k, 's', 2)}"
+            )
         self.row(
             f"| {name}: N={n}, {latency:g} s latency, cap {cap} | {_spread(hand)} | {_spread(kf)} | "
             f"{_spread(ratios, '', 2)} | {statistics.median(cpu_h):.1f} / "
@@ -312,9 +382,10 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["n8", "n200", "zero", "cached", "first", "floor"],
+        choices=["n8", "n8long", "n200", "zero", "cached", "first", "floor"],
         default=["n8", "n200", "zero", "cached", "first", "floor"],
     )
+    parser.add_argument("--latency", type=float, help="The n8long race's emulator latency (default 60 s).")
     parser.add_argument("--write", action="store_true", help="Replace the results in docs/benchmarks.md.")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="klingflow-bench-"))
@@ -328,6 +399,10 @@ def main() -> None:
         for name in options.only:
             if name == "n8":
                 bench.race("n8", 8, 10.0, 4)
+            elif name == "n8long":
+                bench.race(
+                    "n8long", 8, 60.0 if options.latency is None else options.latency, 4, timeline=True
+                )
             elif name == "n200":
                 bench.race("n200", 200, 1.0, 8)
             elif name == "zero":
