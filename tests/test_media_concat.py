@@ -11,6 +11,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pysubs2
 import pytest
 from pydantic import ValidationError
 
@@ -342,3 +343,87 @@ def test_a_truncated_input_is_refused_on_the_copy_path(kling: dict[str, Path], t
         concat([kling["wide"], truncated], out, context="step 'final_cut'")
     assert "step 'final_cut'" in str(caught.value) and str(truncated) in caught.value.hint
     assert [p.name for p in tmp_path.iterdir()] == ["truncated.mp4"]
+
+
+def _captioned(clip: Path, cues: list[tuple[float, float, str]], out: Path) -> Path:
+    """The clip with ``cues`` (start, end in seconds, text) as a mov_text track, as the captions step
+    attaches them (packets copied)."""
+    subs = pysubs2.SSAFile()
+    for start, end, text in cues:
+        subs.events.append(pysubs2.SSAEvent(start=round(start * 1000), end=round(end * 1000), text=text))
+    srt = out.with_suffix(".srt")
+    subs.save(str(srt))
+    run_ffmpeg(
+        ["-i", str(clip), "-i", str(srt), "-map", "0:v", "-map", "0:a?", "-map", "1:0", "-c", "copy"]
+        + ["-c:s", "mov_text", "-y", str(out)],
+        context=str(out),
+    )
+    return out
+
+
+def _track(path: Path) -> list[tuple[float, float, str]]:
+    """The cues of the file's one subtitle stream, read back from the mp4 (not from any side file)."""
+    with av.open(str(path)) as container:
+        assert [s.codec_context.name for s in container.streams.subtitles] == ["mov_text"]
+    srt = path.with_name(path.stem + "-track.srt")
+    run_ffmpeg(["-i", str(path), "-map", "0:s:0", "-f", "srt", "-y", str(srt)], context=str(path))
+    return [(e.start / 1000, e.end / 1000, e.plaintext) for e in pysubs2.load(str(srt))]
+
+
+FIRST = [(0.2, 0.9, "First clip, first cue."), (1.0, 1.9, "First clip, last cue.")]
+SECOND = [(0.1, 0.8, "Second clip."), (1.2, 2.6, "Said as the clip ends.")]
+"""Cues of two 2 s clips; the second clip's last cue runs past its end."""
+
+
+@pytest.fixture(scope="module")
+def captioned(small: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("captioned")
+    return {
+        "first": _captioned(small["red_wide"], FIRST, folder / "first.mp4"),
+        "second": _captioned(small["blue_wide"], SECOND, folder / "second.mp4"),
+    }
+
+
+def _shifted(cues: list[tuple[float, float, str]], by: float, until: float) -> list[tuple[float, float, str]]:
+    return [(start + by, min(end + by, until), text) for start, end, text in cues if start + by < until]
+
+
+def _assert_cues(got: list[tuple[float, float, str]], expected: list[tuple[float, float, str]]) -> None:
+    assert [text for *_, text in got] == [text for *_, text in expected], got
+    for (start, end, _), (want_start, want_end, _) in zip(got, expected, strict=True):
+        assert abs(start - want_start) <= FRAME and abs(end - want_end) <= FRAME, (got, expected)
+
+
+def test_captioned_clips_give_the_cut_one_track_in_their_time(
+    captioned: dict[str, Path], small: dict[str, Path], tmp_path: Path
+) -> None:
+    inputs = [captioned["first"], captioned["second"]]
+    srt, vtt = tmp_path / "cut.srt", tmp_path / "cut.vtt"
+    result = concat(inputs, tmp_path / "cut.mp4", srt=srt, vtt=vtt)
+    assert result.path_taken == "stream_copy", result.reason
+    assert _video_packets(result.path) == [packet for clip in inputs for packet in _video_packets(clip)]
+    expected = FIRST + _shifted(SECOND, 2.0, until=4.0)  # the last cue ends with the cut
+    _assert_cues(_track(result.path), expected)
+    assert result.captions == 4 and (result.srt, result.vtt) == (srt, vtt)
+    for side in (srt, vtt):
+        _assert_cues([(e.start / 1000, e.end / 1000, e.plaintext) for e in pysubs2.load(str(side))], expected)
+    plain = concat([small["red_wide"], small["blue_wide"]], tmp_path / "plain.mp4", srt=tmp_path / "p.srt")
+    with av.open(str(plain.path)) as container:
+        assert not container.streams.subtitles, "a cut of clips without captions has no subtitle track"
+    assert plain.captions == 0 and plain.srt is None and not (tmp_path / "p.srt").exists()
+
+
+def test_captions_follow_their_clips_through_a_normalising_cut(
+    captioned: dict[str, Path], small: dict[str, Path], tmp_path: Path
+) -> None:
+    at25 = concat(
+        [captioned["first"], captioned["second"]], tmp_path / "at25.mp4", target=ConcatTarget(fps=25)
+    )
+    assert at25.path_taken == "normalised" and at25.info.frames == 100
+    _assert_cues(_track(at25.path), FIRST + _shifted(SECOND, 2.0, until=4.0))
+    # Crossfades of 0.5 s: the clips start at 0, 1.5 and 3 s; a clip's cues end when the next one
+    # begins (one cue at a time), and an uncaptioned clip between them adds its length all the same.
+    inputs = [captioned["first"], small["green_wide"], captioned["second"]]
+    faded = concat(inputs, tmp_path / "faded.mp4", transition=Transition(duration=0.5))
+    assert faded.path_taken == "normalised" and abs(faded.info.video_duration - 5.0) <= FRAME
+    _assert_cues(_track(faded.path), _shifted(FIRST, 0.0, until=1.5) + _shifted(SECOND, 3.0, until=5.0))

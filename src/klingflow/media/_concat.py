@@ -9,6 +9,8 @@ clip's padding at every join (about 35 ms for 5 s clips; twenty of them play 0.6
 end, while the container's durations hide it). Decoding, fitting each clip's audio to its video
 to the sample and encoding once takes about 4 s per 100 s of sound on two cores, a fraction of
 re-encoding the video, and keeps the sound in sync to the end (see docs/benchmarks.md).
+Captions a clip carries as a soft track are carried over too, moved to where the clip plays in
+the cut (:mod:`._concat_captions`), as the cut's one ``mov_text`` track.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import ffmpeg
 from klingflow._files import atomic_path
 from klingflow.errors import MediaError
 from klingflow.media._audio import AUDIO_ENCODE, fitted_audio, silence
+from klingflow.media._concat_captions import cut_captions, save_captions
 from klingflow.media._concat_plan import ConcatPlan, ConcatResult, ConcatTarget, Transition, plan_concat
 from klingflow.media._probe import MediaInfo, VideoFacts, inspect_video, probe
 from klingflow.media._run import run_ffmpeg, where
@@ -51,6 +54,8 @@ MP4_OPTIONS: dict[str, Any] = {
     "fflags": "+bitexact",
 }
 _AUDIO_SYNC_SECONDS = 0.05
+_CAPTION_TRACK: dict[str, Any] = {"c:s": "mov_text", "metadata:s:s:0": "handler_name=Captions"}
+"""The cut's captions as mp4's own text track, named as the captions operation names its track."""
 
 
 def _ffconcat_quoted(path: Path) -> str:
@@ -101,7 +106,15 @@ def _joined_audio(pieces: list[Any], plan: ConcatPlan) -> Any:
     return joined
 
 
-def _copy_graph(plan: ConcatPlan, scratch: Path, partial: Path) -> Any:
+def _output(streams: list[Any], options: dict[str, Any], track: Path | None, partial: Path) -> Any:
+    """The output node: the streams, and the caption track (an SRT file) as ``mov_text`` when there is one."""
+    if track is not None:
+        streams = [*streams, ffmpeg.input(str(track))["s:0"]]
+        options = {**options, **_CAPTION_TRACK}
+    return ffmpeg.output(*streams, str(partial), **options)
+
+
+def _copy_graph(plan: ConcatPlan, scratch: Path, partial: Path, track: Path | None) -> Any:
     """Video packets through the concat demuxer untouched; audio rebuilt from each clip."""
     listing = scratch / "clips.ffconcat"
     lines = ["ffconcat version 1.0"]
@@ -117,7 +130,7 @@ def _copy_graph(plan: ConcatPlan, scratch: Path, partial: Path) -> Any:
     if plan.with_audio:
         streams.append(_joined_audio(_clip_audio(plan, _sources(plan)), plan))
         options.update(AUDIO_ENCODE)
-    return ffmpeg.output(*streams, str(partial), **options)
+    return _output(streams, options, track, partial)
 
 
 def _scaled_size(clip: VideoFacts, plan: ConcatPlan) -> tuple[int, int]:
@@ -162,7 +175,7 @@ def _joined_video(pieces: list[Any], plan: ConcatPlan) -> Any:
     return joined
 
 
-def _normalise_graph(plan: ConcatPlan, partial: Path) -> Any:
+def _normalise_graph(plan: ConcatPlan, partial: Path, track: Path | None) -> Any:
     """Every clip decoded, fitted to one size, rate and format, joined, and encoded once."""
     sources = _sources(plan)
     pieces = [
@@ -174,7 +187,7 @@ def _normalise_graph(plan: ConcatPlan, partial: Path) -> Any:
     if plan.with_audio:
         streams.append(_joined_audio(_clip_audio(plan, sources), plan))
         options.update(AUDIO_ENCODE)
-    return ffmpeg.output(*streams, str(partial), **options)
+    return _output(streams, options, track, partial)
 
 
 def _checked(partial: Path, plan: ConcatPlan, *, context: str) -> MediaInfo:
@@ -205,6 +218,8 @@ def concat(
     *,
     target: ConcatTarget | None = None,
     transition: Transition | None = None,
+    srt: Path | None = None,
+    vtt: Path | None = None,
     context: str = "",
 ) -> ConcatResult:
     """Join clips end to end into one H.264 (+ AAC) mp4 at ``out``, fast when the clips allow it.
@@ -216,6 +231,9 @@ def concat(
     (``"normalised"``). A ``transition`` crossfades video and audio, so it always normalises.
     When any clip has audio, the output's AAC track is rebuilt with silence for silent clips and
     each clip's audio fitted to its video, so sound never drifts; with none, the output is silent.
+    When any clip has a text subtitle track (a soft-captioned clip), the output gets one
+    ``mov_text`` track of all their cues, each moved by its clip's start in the cut, and the same
+    cues are written to ``srt`` and ``vtt`` when given (``captions`` counts them; no cues, no files).
 
     The output lasts the sum of the clips' video durations less one overlap per transition (to
     within a frame), its audio matches its video within 50 ms, and this is checked by probing
@@ -233,25 +251,37 @@ def concat(
     _log.info(
         "%s: %s of %d clips into %s: %s", context or "concat", plan.path_taken, len(clips), out, plan.reason
     )
-    return write_concat(plan, out, context=context)
+    return write_concat(plan, out, srt=srt, vtt=vtt, context=context)
 
 
-def write_concat(plan: ConcatPlan, out: Path, *, context: str) -> ConcatResult:
+def write_concat(
+    plan: ConcatPlan, out: Path, *, srt: Path | None = None, vtt: Path | None = None, context: str
+) -> ConcatResult:
     """Carry out a plan: run ffmpeg into a partial file, check it by probing, move it to ``out``.
 
     Separate from :func:`concat` so the benchmark can send the same clips down either path.
     """
     doing = where(context, out) + f" (joining {len(plan.clips)} clips, {plan.path_taken.replace('_', ' ')})"
     with tempfile.TemporaryDirectory(prefix="klingflow-concat-") as scratch, atomic_path(out) as partial:
+        captions = cut_captions(plan, Path(scratch), context=doing)
+        track = None
+        if captions is not None:
+            track = Path(scratch) / "cut.srt"
+            captions.save(str(track), format_="srt")
         if plan.path_taken == "stream_copy":
-            graph = _copy_graph(plan, Path(scratch), partial)
+            graph = _copy_graph(plan, Path(scratch), partial, track)
         else:
-            graph = _normalise_graph(plan, partial)
+            graph = _normalise_graph(plan, partial, track)
         run_ffmpeg(graph, context=doing)
         info = _checked(partial, plan, context=doing)
+    if captions is not None:
+        save_captions(captions, srt, vtt)
     return ConcatResult(
         path=out,
         path_taken=plan.path_taken,
         reason=plan.reason,
         info=info.model_copy(update={"path": str(out)}),
+        captions=len(captions.events) if captions is not None else 0,
+        srt=srt if captions is not None else None,
+        vtt=vtt if captions is not None else None,
     )

@@ -82,12 +82,15 @@ class Transition(BaseModel):
 
 
 class ConcatResult(BaseModel):
-    """The joined file, which path made it (and why), and its probe."""
+    """The joined file, which path made it (and why), its probe, and the captions it carries."""
 
     path: Path
     path_taken: PathTaken
     reason: str = ""
     info: MediaInfo
+    captions: int = Field(0, description="Cues in the cut's caption track (0: the cut has no track).")
+    srt: Path | None = Field(None, description="The cut's cues as SRT, when asked for and there are some.")
+    vtt: Path | None = Field(None, description="The same cues as WebVTT.")
 
 
 def _ratio(aspect_ratio: str) -> Fraction:
@@ -142,6 +145,15 @@ class ConcatPlan:
     @property
     def overlap_samples(self) -> int:
         return round(Fraction(self.overlap_frames) / self.rate * self.sample_rate)
+
+    @property
+    def starts(self) -> tuple[Fraction, ...]:
+        """When each clip's first frame shows in the cut: the frames before it less one overlap per join."""
+        starts, elapsed = [], 0
+        for index, count in enumerate(self.frames):
+            starts.append(Fraction(elapsed - index * self.overlap_frames) / self.rate)
+            elapsed += count
+        return tuple(starts)
 
     @property
     def video_seconds(self) -> Fraction:

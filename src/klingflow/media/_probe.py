@@ -24,6 +24,8 @@ from klingflow.media._run import where
 __all__ = ["MediaInfo", "VideoFacts", "existing", "inspect_video", "open_video", "probe", "unreadable"]
 
 _AV_ERRORS = (av.error.FFmpegError, ValueError, ZeroDivisionError)
+_TEXT_SUBTITLES = frozenset({"mov_text", "subrip", "srt", "ass", "ssa", "webvtt", "text"})
+"""Subtitle codecs whose cues are text, which ffmpeg can write out as SRT (bitmap ones it cannot)."""
 
 
 class MediaInfo(BaseModel):
@@ -137,6 +139,8 @@ class VideoFacts:
     ``copy_key`` holds everything that must be equal for packets of two clips to be joined without
     re-encoding: codec, profile, size, pixel format and aspect, frame rate, time base, colour tags
     and the codec's extradata (H.264 SPS/PPS), which one mp4 track can hold only once.
+    ``captions`` is the index of the clip's first text subtitle stream (the captions operation's
+    soft track), which a cut carries over; None when it has none.
     """
 
     path: Path
@@ -151,6 +155,7 @@ class VideoFacts:
     has_audio: bool
     audio_start: Fraction
     copy_key: tuple[Any, ...]
+    captions: int | None = None
 
     @property
     def display_aspect(self) -> Fraction:
@@ -189,6 +194,7 @@ def inspect_video(path: str | os.PathLike[str], *, context: str) -> VideoFacts:
         if video.frames and abs(Fraction(video.frames) / rate - duration) < 1 / (2 * rate):
             duration = Fraction(video.frames) / rate
         audio = container.streams.audio[0] if container.streams.audio else None
+        texts = [s.index for s in container.streams.subtitles if s.codec_context.name in _TEXT_SUBTITLES]
         sar = Fraction(video.sample_aspect_ratio or 1)
         colour = (ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc)
         copy_key = (
@@ -218,4 +224,5 @@ def inspect_video(path: str | os.PathLike[str], *, context: str) -> VideoFacts:
             if audio
             else Fraction(0),
             copy_key=copy_key,
+            captions=texts[0] if texts else None,
         )
