@@ -337,6 +337,9 @@ def test_operations_describe_their_fields() -> None:
     captions = OPERATIONS["captions"]
     assert captions.consumes == {"audio": "audio", "video": "video"}
     assert captions.produces == {"video": "video", "subtitles": "subtitles", "webvtt": "subtitles"}
+    # a cut has subtitles only when its clips bring captions; a captioned clip always has them
+    assert concat.produces == captions.produces and concat.optional == {"subtitles", "webvtt"}
+    assert not captions.optional
 
 
 # --- one fixture per kind of mistake --------------------------------------------------------------
@@ -396,7 +399,7 @@ def test_reference_to_a_missing_output() -> None:
         ("text-to-video", {"prompt": "p"}, "video, duration"),
         ("tts", {"text": "t"}, "audio, duration"),
         ("last_frame", {"video": "${steps.shot.video}"}, "image"),
-        ("concat", {"inputs": ["${steps.shot.video}"]}, "video, duration"),
+        ("concat", {"inputs": ["${steps.shot.video}"]}, "video, subtitles, webvtt, duration"),
         ("contact_sheet", {"inputs": ["${steps.shot.video}"]}, "image"),
     ],
 )

@@ -1,9 +1,9 @@
 """Running the media operations of a pipeline (concat, last_frame, mux_audio, captions, contact_sheet).
 
 They run locally with ffmpeg on stored files, and are cached exactly like generations: the key is
-the operation, its parameters and the content sha256 of every input file; the result goes into
-the content-addressed store and the journal, and a hit is verified by re-hashing. Their ledger
-rows say backend "local" and cost 0.
+the operation, the outputs it writes, its parameters and the content sha256 of every input file;
+the result goes into the content-addressed store and the journal, and a hit is verified by
+re-hashing. Their ledger rows say backend "local" and cost 0.
 """
 
 from __future__ import annotations
@@ -50,8 +50,11 @@ def _keyed(value: Any, ctx: StepContext) -> Any:
 
 
 def operation_key_for(ctx: StepContext, operation: str, arguments: dict[str, Any]) -> str:
-    """Cache key of a media operation: its parameters with every input file keyed by content."""
-    return operation_key(operation, _keyed(arguments, ctx))
+    """Cache key of a media operation: its parameters with every input file keyed by content, and
+    the names of its outputs, so a result stored before the operation wrote another output (concat's
+    subtitles) is made again instead of reused without it."""
+    writes = sorted(OPERATIONS[operation].produces)
+    return operation_key(operation, {"with": _keyed(arguments, ctx), "writes": writes})
 
 
 def _flatten(values: Any) -> list[Path]:
@@ -70,7 +73,15 @@ def _execute(
         target = media.ConcatTarget(**arguments["target"]) if arguments.get("target") else None
         transition = media.Transition(**arguments["transition"]) if arguments.get("transition") else None
         videos = _flatten(arguments["inputs"])
-        media.concat(videos, outs["video"], target=target, transition=transition, context=context)
+        media.concat(
+            videos,
+            outs["video"],
+            target=target,
+            transition=transition,
+            srt=outs["subtitles"],
+            vtt=outs["webvtt"],
+            context=context,
+        )
     elif operation == "last_frame":
         media.last_frame(Path(arguments["video"]), outs["image"], context=context)
     elif operation == "mux_audio":
@@ -118,7 +129,7 @@ async def run_operation(
     log: Logger = print,
 ) -> StepRecord:
     """Run (or reuse) one media operation on local files; raise StepFailed on error."""
-    produces = OPERATIONS[operation].produces
+    produces, optional = OPERATIONS[operation].produces, OPERATIONS[operation].optional
     record = StepRecord(
         step_id=step_id,
         item_index=item_index,
@@ -149,7 +160,11 @@ async def run_operation(
         outs = {name: Path(scratch) / f"{step_id}{_suffix(name, kind)}" for name, kind in produces.items()}
         try:
             await asyncio.to_thread(_execute, operation, arguments, labels or [], outs, context)
-            files = {name: ctx.store.put_file(out) for name, out in outs.items()}
+            files = {
+                name: ctx.store.put_file(out)
+                for name, out in outs.items()
+                if name not in optional or out.is_file()
+            }
         except KlingflowError as exc:
             record.status, record.error = Status.FAILED, str(exc)
             raise StepFailed(record) from exc

@@ -114,8 +114,9 @@ class OperationInfo:
     """What klingflow knows about one media operation.
 
     ``consumes`` maps ``with`` fields to the media kind they take; ``produces`` maps outputs to their
-    kind. Which fields are required and which take a list (:func:`takes_list`) come from
-    ``with_model``, so they cannot disagree with it.
+    kind, and ``optional`` names the outputs written only when there is something to write (a cut
+    has subtitles only when its clips bring captions). Which fields are required and which take a
+    list (:func:`takes_list`) come from ``with_model``, so they cannot disagree with it.
     """
 
     name: str
@@ -123,6 +124,7 @@ class OperationInfo:
     with_model: type[BaseModel]
     consumes: dict[str, MediaKind] = field(hash=False)
     produces: dict[str, MediaKind] = field(hash=False)
+    optional: frozenset[str] = frozenset()
 
 
 OPERATIONS: dict[str, OperationInfo] = {
@@ -130,10 +132,12 @@ OPERATIONS: dict[str, OperationInfo] = {
     for info in (
         OperationInfo(
             name="concat",
-            summary="join videos in order, optionally brought to one format and cross-faded",
+            summary="join videos in order, optionally brought to one format and cross-faded, "
+            "their soft captions carried over",
             with_model=ConcatSpec,
             consumes={"inputs": "video"},
-            produces={"video": "video"},
+            produces={"video": "video", "subtitles": "subtitles", "webvtt": "subtitles"},
+            optional=frozenset({"subtitles", "webvtt"}),
         ),
         OperationInfo(
             name="last_frame",
