@@ -117,13 +117,32 @@ def test_burned_captions_are_drawn_in_the_shipped_font(
     assert probe(out).has_audio and _packets(out, "audio") == _packets(video, "audio")
 
 
-async def test_avatar_preset_captions_its_line(options: RunOptions, emulator) -> None:
+async def test_avatar_preset_captions_its_line(options: RunOptions, emulator, tmp_path: Path) -> None:
     line = "Hello from the captions test. The words come from the line the voice speaks."
     pipeline = REPO / "deployments/pipelines/avatar.yaml"
-    result = await arun(pipeline, {"line": line}, options)
+    out = tmp_path / "out"
+    result = await arun(pipeline, {"line": line}, options.model_copy(update={"out_dir": out}))
     assert result.status == "completed", result.failures
     captioned = result.outputs["captioned"]
-    assert result.final == {"captioned": captioned["video"]}
+    # the subtitles reach --out beside the video, under its name (players load them with it)
+    assert result.final == {
+        "captioned": out / "captioned.mp4",
+        "captioned.subtitles": out / "captioned.srt",
+        "captioned.webvtt": out / "captioned.vtt",
+    }
+    assert sorted(p.name for p in out.iterdir()) == [
+        "captioned.mp4",
+        "captioned.srt",
+        "captioned.vtt",
+        "report.html",
+    ]
+    for name, output in (
+        ("captioned", "video"),
+        ("captioned.subtitles", "subtitles"),
+        ("captioned.webvtt", "webvtt"),
+    ):
+        assert result.final[name].read_bytes() == captioned[output].read_bytes()
+        assert result.manifest is not None and result.manifest.final_sources[name] == str(captioned[output])
     assert captioned["subtitles"].suffix == ".srt" and captioned["webvtt"].suffix == ".vtt"
     with av.open(str(captioned["video"])) as container:
         assert [s.codec_context.name for s in container.streams.subtitles] == ["mov_text"]
@@ -171,3 +190,96 @@ async def test_an_operation_without_an_implementation_fails_its_step(
         and "operation 'subtitle_only' has no implementation" in result.failures["s"]
     )
     assert not result.final, "no other operation's output stands in for it"
+
+
+def _cues(path: Path) -> list[tuple[int, int, str]]:
+    return [(e.start, e.end, e.plaintext) for e in pysubs2.load(str(path))]
+
+
+def _track(video: Path, scratch: Path) -> list[tuple[int, int, str]]:
+    """The cues of the video's one subtitle stream, as the mp4 itself holds them."""
+    with av.open(str(video)) as container:
+        assert [s.codec_context.name for s in container.streams.subtitles] == ["mov_text"]
+    srt = scratch / f"{video.stem}-track.srt"
+    run_ffmpeg(["-i", str(video), "-map", "0:s:0", "-f", "srt", "-y", str(srt)], context=str(video))
+    return _cues(srt)
+
+
+def _narrated(number: int, line: str) -> list[dict[str, object]]:
+    return [
+        {"id": f"voice{number}", "uses": "tts", "with": {"text": line}},
+        {
+            "id": f"presenter{number}",
+            "uses": "ai-avatar",
+            "with": {
+                "image_url": str(REPO / "deployments/pipelines/assets/presenter.png"),
+                "audio_url": f"${{steps.voice{number}.audio}}",
+                "prompt": "A presenter talking",
+            },
+        },
+        {
+            "id": f"captioned{number}",
+            "uses": "captions",
+            "with": {
+                "text": line,
+                "audio": f"${{steps.voice{number}.audio}}",
+                "video": f"${{steps.presenter{number}.video}}",
+            },
+        },
+    ]
+
+
+async def test_a_story_of_captioned_clips_gets_one_caption_file_for_its_cut(
+    options: RunOptions, emulator, tmp_path: Path
+) -> None:
+    lines = ["The first clip says this. Then it stops.", "A second clip, later in the cut, says that."]
+    spec = parse_pipeline(
+        {
+            "name": "narrated",
+            "steps": [
+                *_narrated(1, lines[0]),
+                *_narrated(2, lines[1]),
+                {
+                    "id": "final_cut",
+                    "uses": "concat",
+                    "with": {"inputs": ["${steps.captioned1.video}", "${steps.captioned2.video}"]},
+                },
+                {
+                    "id": "plain_cut",
+                    "uses": "concat",
+                    "with": {"inputs": ["${steps.presenter1.video}", "${steps.presenter2.video}"]},
+                },
+            ],
+        }
+    )
+    out = tmp_path / "out"
+    result = await arun(spec, None, options.model_copy(update={"out_dir": out}))
+    assert result.status == "completed", result.failures
+    assert result.final == {
+        "final_cut": out / "final_cut.mp4",
+        "final_cut.subtitles": out / "final_cut.srt",
+        "final_cut.webvtt": out / "final_cut.vtt",
+        "plain_cut": out / "plain_cut.mp4",
+    }, "one caption file for the cut of captioned clips, none for the cut of plain ones"
+    first, second = (result.outputs[f"captioned{n}"] for n in (1, 2))
+    offset = round(1000 * (probe(first["video"]).video_duration or 0.0))
+    expected = _cues(first["subtitles"]) + [
+        (a + offset, b + offset, t) for a, b, t in _cues(second["subtitles"])
+    ]
+    frame = 1000 / (probe(first["video"]).fps or 1)
+    for got in (
+        _track(out / "final_cut.mp4", tmp_path),
+        _cues(out / "final_cut.srt"),
+        _cues(out / "final_cut.vtt"),
+    ):
+        assert [t for *_, t in got] == [t for *_, t in expected]
+        assert all(
+            abs(a - x) <= frame and abs(b - y) <= frame
+            for (a, b, _), (x, y, _) in zip(got, expected, strict=True)
+        )
+    with av.open(str(out / "plain_cut.mp4")) as container:
+        assert not container.streams.subtitles
+    assert "subtitles" not in result.outputs["plain_cut"]
+    again = await arun(spec, None, options.model_copy(update={"out_dir": out}))
+    assert all(r.status == "cached" for r in again.records)
+    assert again.outputs["final_cut"]["subtitles"] == result.outputs["final_cut"]["subtitles"]

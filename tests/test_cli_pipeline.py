@@ -94,6 +94,11 @@ def test_run_prints_progress_and_final_paths_without_tracebacks(served, tmp_path
     final = tmp_path / "out" / "captioned.mp4"
     assert str(final) in output.replace("\n", "")
     assert probe(final).has_audio
+    for suffix in (".srt", ".vtt"):  # the captions step's subtitles beside its video, named as it is
+        subtitles = final.with_suffix(suffix)
+        assert (
+            str(subtitles) in output.replace("\n", "") and "Hello from a CLI test." in subtitles.read_text()
+        )
     again = klingflow(
         served,
         "run",

@@ -163,10 +163,11 @@ def _sources(result: RunResult) -> dict[str, str]:
     """The store file behind each final output (the exported copy may be overwritten by a later run)."""
     sources: dict[str, str] = {}
     for name in result.final:
-        step_id, _, index = (name, "", "") if name in result.outputs else name.rpartition("-")
+        item, _, output = name.partition(".")  # a subtitles file: captioned.subtitles, cut-2.webvtt
+        step_id, _, index = (item, "", "") if item in result.outputs else item.rpartition("-")
         outputs = result.outputs.get(step_id, {})
-        for kind in ("video", "audio", "image"):
-            value = outputs.get(kind)
+        for field in (output,) if output else ("video", "audio", "image"):
+            value = outputs.get(field)
             if isinstance(value, list) and index.isdigit() and int(index) < len(value):
                 value = value[int(index)]
             if isinstance(value, Path):

@@ -101,13 +101,18 @@ def plan_pipeline(
 
 
 def export_outputs(result: RunResult, out_dir: Path) -> dict[str, Path]:
-    """Copy the final outputs (steps nothing depends on) to ``out_dir`` as ``<step id><suffix>``."""
+    """Copy the final outputs (steps nothing depends on) to ``out_dir`` as ``<step id><suffix>``.
+
+    A step's subtitles (``captioned.subtitles``, ``captioned.webvtt``) get the name of the video
+    they go with (``captioned.srt``, ``captioned.vtt`` beside ``captioned.mp4``): players load
+    subtitles that share the video's name.
+    """
     exported = {}
-    for step_id, source in result.final.items():
-        target = out_dir / f"{step_id}{source.suffix}"
+    for name, source in result.final.items():
+        target = out_dir / f"{name.partition('.')[0]}{source.suffix}"
         with atomic_path(target) as temp:
             shutil.copyfile(source, temp)
-        exported[step_id] = target
+        exported[name] = target
     return exported
 
 

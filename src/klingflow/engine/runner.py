@@ -336,6 +336,27 @@ class _Run:
         return record
 
 
+def _final_files(step_id: str, outputs: Mapping[str, Any], produces: Mapping[str, str]) -> dict[str, Path]:
+    """What a final step gives the run: its video, audio or image under the step's id (a list, of
+    images or of a foreach step's items, as ``id-0``, ``id-1``...), and the subtitles it writes as
+    ``id.output`` (``captioned.subtitles``, ``captioned-0.subtitles``), exported beside the video
+    under its name so that a player opening the one finds the other."""
+    files: dict[str, Path] = {}
+    for kind in ("video", "audio", "image"):
+        value = outputs.get(kind)
+        if isinstance(value, Path):
+            files[step_id] = value
+        elif isinstance(value, list):
+            files.update({f"{step_id}-{i}": v for i, v in enumerate(value) if isinstance(v, Path)})
+    for name in (name for name, kind in produces.items() if kind == "subtitles"):
+        value = outputs.get(name)
+        if isinstance(value, Path):
+            files[f"{step_id}.{name}"] = value
+        elif isinstance(value, list):
+            files.update({f"{step_id}-{i}.{name}": v for i, v in enumerate(value) if isinstance(v, Path)})
+    return files
+
+
 async def execute(
     pipeline: ValidatedPipeline,
     ctx: StepContext,
@@ -351,13 +372,7 @@ async def execute(
     dependants = {d for deps in pipeline.dependencies.values() for d in deps}
     final: dict[str, Path] = {}
     for step_id in (s for s in pipeline.order if s not in dependants):
-        out = run.outputs.get(step_id, {})
-        for kind in ("video", "audio", "image"):
-            value = out.get(kind)
-            if isinstance(value, Path):
-                final[step_id] = value
-            elif isinstance(value, list):
-                final.update({f"{step_id}-{i}": v for i, v in enumerate(value) if isinstance(v, Path)})
+        final.update(_final_files(step_id, run.outputs.get(step_id, {}), pipeline.produces(step_id)))
     run.records.sort(key=lambda r: (pipeline.order.index(r.step_id), r.item_index or 0))
     for record in run.records:
         record.started_at = record.started_at or started

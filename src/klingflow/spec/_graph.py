@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from klingflow.endpoints import EndpointInfo
+from klingflow.endpoints import EndpointInfo, MediaKind
 from klingflow.errors import SpecError
 from klingflow.spec._arguments import Target, target_of
 from klingflow.spec._models import PipelineSpec, StepSpec
@@ -47,6 +47,10 @@ class ValidatedPipeline:
     def kind(self, step_id: str) -> Literal["endpoint", "operation"]:
         """Whether the step calls a Kling endpoint (costs money) or runs a local media operation."""
         return "endpoint" if isinstance(self._target(step_id), EndpointInfo) else "operation"
+
+    def produces(self, step_id: str) -> dict[str, MediaKind]:
+        """The files the step writes, by output name, with their media kinds."""
+        return dict(self._target(step_id).produces)
 
 
 def find_cycle(start: str, needs: Mapping[str, list[str]]) -> list[str] | None:
