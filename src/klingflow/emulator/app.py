@@ -34,6 +34,7 @@ from klingflow.emulator.responses import (
     DroppedResponse,
     error,
     fault_response,
+    moderation_detail,
     request_error,
     validation_detail,
 )
@@ -212,6 +213,7 @@ def create_app(state: EmulatorState) -> FastAPI:
         try:
             raw = await request.json()
             arguments = canonical_arguments(validate_input(endpoint_id, raw))
+            invalid = moderation_detail(arguments)
         except ValidationError as exc:
             invalid = validation_detail(exc)
             if direct or state.options.validation == "submit":

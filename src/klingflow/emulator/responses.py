@@ -9,9 +9,11 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 
 __all__ = [
+    "FLAGGED_WORD",
     "DroppedResponse",
     "error",
     "fault_response",
+    "moderation_detail",
     "request_error",
     "validation_detail",
 ]
@@ -38,6 +40,27 @@ def request_error(status: int, detail: str, error_type: str, request_id: str | N
 def validation_detail(exc: ValidationError) -> list[dict[str, Any]]:
     """pydantic errors in fal's (FastAPI's) 422 shape: ``[{"loc": ["body", ...], "msg", "type"}]``."""
     return [{"loc": ["body", *err["loc"]], "msg": err["msg"], "type": err["type"]} for err in exc.errors()]
+
+
+FLAGGED_WORD = "flagged-by-moderation"
+"""A prompt holding this word is refused as fal refuses content its safety checker flags: the
+request is accepted, runs, and its result answers 422 with the error type
+``content_policy_violation`` (fal's documented model error). It lets a test make one row of a
+batch fail at fal with an input klingflow itself finds valid."""
+
+
+def moderation_detail(arguments: Any) -> list[dict[str, Any]] | None:
+    """fal's 422 detail for a flagged prompt, or None when the prompt passes."""
+    prompt = arguments.get("prompt") if isinstance(arguments, dict) else None
+    if isinstance(prompt, str) and FLAGGED_WORD in prompt:
+        return [
+            {
+                "loc": ["body", "prompt"],
+                "msg": "The content could not be processed because it was flagged by a content checker.",
+                "type": "content_policy_violation",
+            }
+        ]
+    return None
 
 
 class DroppedResponse(Response):
