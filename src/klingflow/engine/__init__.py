@@ -13,7 +13,8 @@
 * :mod:`~klingflow.engine.recover`: paid requests no cache entry holds, fetched while fal keeps them;
 * :mod:`~klingflow.engine.verify`: every stored output hashed; bad ones fetched again from fal;
 * :mod:`~klingflow.engine.housekeeping`: ``klingflow gc``, what no kept run and no open request needs;
-* :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record.
+* :mod:`~klingflow.engine.run`: check → plan → budget → execute → export → record (``run_checked``:
+  the last three, on a context a batch shares between its rows).
 """
 
 from klingflow.engine.context import Logger
@@ -31,7 +32,15 @@ from klingflow.engine.options import (
 from klingflow.engine.plan import Plan, PlannedStep, check_budget, fully_cached, make_plan
 from klingflow.engine.recording import FLOW_RUN_PARAMETERS, link_flow_run, recorded_run
 from klingflow.engine.recover import Recovered, recover
-from klingflow.engine.run import arun, context_for, export_outputs, plan_pipeline, prepare
+from klingflow.engine.run import (
+    arun,
+    context_for,
+    export_outputs,
+    plan_pipeline,
+    prepare,
+    run_checked,
+    with_block_arguments,
+)
 from klingflow.engine.runner import RunResult, execute, upstream_labels
 from klingflow.engine.verify import Verified, verify_store
 
@@ -68,8 +77,10 @@ __all__ = [
     "recorded_run",
     "recover",
     "resolve_options",
+    "run_checked",
     "stop_on_signals",
     "Verified",
     "upstream_labels",
     "verify_store",
+    "with_block_arguments",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -101,6 +101,17 @@ class StepContext:
                 )
             self._backend = backend
         return self._backend
+
+    def for_row(self) -> StepContext:
+        """A context for one row of a batch: this one's cache, backend, cap, prices and stop request.
+
+        Rows share one limiter (the cap is the account's, not a row's) and one backend (made on
+        first use by whichever row needs it first); only the open requests are the row's own, so
+        a stop reports each row's requests in that row. The batch closes the backend, once.
+        """
+        return replace(
+            self, backend_factory=lambda: self.backend, open_requests={}, _backend=None, _limiter=self.limiter
+        )
 
     async def aclose(self) -> None:
         """Release the backend's connections, if this run made a backend."""

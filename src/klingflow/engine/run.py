@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pydantic import SecretStr
+
 from klingflow._files import atomic_path
 from klingflow.backends import connect
 from klingflow.backends.config import planned_identity
@@ -31,10 +33,18 @@ from klingflow.spec import PipelineSpec, ValidatedPipeline, check, load_pipeline
 if TYPE_CHECKING:
     from klingflow.backends.fal import FalBackend
 
-__all__ = ["arun", "context_for", "export_outputs", "plan_pipeline", "prepare"]
+__all__ = [
+    "arun",
+    "context_for",
+    "export_outputs",
+    "plan_pipeline",
+    "prepare",
+    "run_checked",
+    "with_block_arguments",
+]
 
 
-def _with_arguments(spec: PipelineSpec, arguments: dict[str, dict[str, Any]] | None) -> PipelineSpec:
+def with_block_arguments(spec: PipelineSpec, arguments: dict[str, dict[str, Any]] | None) -> PipelineSpec:
     """The spec with a block's default arguments under its own (the pipeline's own defaults win)."""
     if not arguments:
         return spec
@@ -56,7 +66,7 @@ def prepare(
     """Load and check the pipeline (one SpecError with every problem), resolve options, build the context."""
     spec = pipeline if isinstance(pipeline, PipelineSpec) else load_pipeline(pipeline)
     resolved = resolve_options(options, block=block, pipeline=spec, fallback=fallback)
-    validated = check(_with_arguments(spec, resolved.arguments), inputs or {})
+    validated = check(with_block_arguments(spec, resolved.arguments), inputs or {})
     source = validated.spec.source
     return validated, context_for(resolved, base_dir=source.parent if source else None), resolved
 
@@ -137,8 +147,46 @@ async def arun(
     hooks = hooks or RunHooks()
     hooks.on_run_start()
     validated, ctx, resolved = prepare(pipeline, inputs, options, block=block, fallback=fallback)
-    plan = make_plan(validated, ctx)  # its cache checks are the run's own: each file is hashed once
-    check_budget(plan, resolved.max_cost_usd, allow_unknown=bool(resolved.allow_unknown_cost))
+    try:
+        plan = make_plan(validated, ctx)  # its cache checks are the run's own: each file is hashed once
+        check_budget(plan, resolved.max_cost_usd, allow_unknown=bool(resolved.allow_unknown_cost))
+        with stop_on_signals(ctx.stop):  # Ctrl-C / SIGTERM: stop submitting, keep what was paid
+            result = await run_checked(
+                validated,
+                ctx,
+                plan,
+                hooks=hooks,
+                out_dir=resolved.out_dir,
+                key=resolved.key,
+                run_id=run_id,
+                flow_run_id=flow_run_id,
+            )
+    finally:
+        await ctx.aclose()
+    if result.stopped_by is not None:
+        raise RunInterrupted(result, result.stopped_by, result.still_running, result.cancelled_at_fal)
+    return result
+
+
+async def run_checked(
+    validated: ValidatedPipeline,
+    ctx: StepContext,
+    plan: Plan,
+    *,
+    hooks: RunHooks,
+    out_dir: Path | None,
+    key: SecretStr | None = None,
+    run_id: str | None = None,
+    flow_run_id: str | None = None,
+    batch_id: str | None = None,
+    row_key: str | None = None,
+) -> RunResult:
+    """Execute, export and record one checked, planned and budgeted run on a context the caller owns.
+
+    :func:`arun` calls it for a run of its own; a batch (:mod:`klingflow.batch`) for each row, on
+    one shared context (one cache, one concurrency cap, one backend), so the caller installs the
+    signal handlers and closes the context. A stopped run is returned (``stopped_by`` set), not raised.
+    """
     hooks.on_plan(plan)
     sheet = SheetRows()  # the contact sheet's rows, made while the other steps still run
     finished = hooks.on_finish
@@ -148,17 +196,13 @@ async def arun(
         finished(record)
 
     try:
-        with stop_on_signals(ctx.stop):  # Ctrl-C / SIGTERM: stop submitting, keep what was paid
-            result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
-        result.flow_run_id = flow_run_id
-        if resolved.out_dir is not None:
-            result.final = export_outputs(result, resolved.out_dir)
-        secrets = [resolved.key, *ctx.secrets()] if resolved.key else ctx.secrets()
-        recorded = record_run(result, validated, out_dir=resolved.out_dir, secrets=secrets, sheet_rows=sheet)
+        result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
+        result.flow_run_id, result.batch_id, result.row_key = flow_run_id, batch_id, row_key
+        if out_dir is not None:
+            result.final = export_outputs(result, out_dir)
+        secrets = [key, *ctx.secrets()] if key else ctx.secrets()
+        recorded = record_run(result, validated, out_dir=out_dir, secrets=secrets, sheet_rows=sheet)
     finally:
         sheet.close()
-        await ctx.aclose()
     result.recorded(*recorded)
-    if result.stopped_by is not None:
-        raise RunInterrupted(result, result.stopped_by, result.still_running, result.cancelled_at_fal)
     return result

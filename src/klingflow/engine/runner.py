@@ -60,6 +60,9 @@ class RunResult(BaseModel):
     failures: dict[str, str]
     final: dict[str, Path]
     flow_run_id: str | None = None
+    batch_id: str | None = None
+    """The batch this run is one row of, if it is (its ledger rows carry it, and ``row_key``)."""
+    row_key: str | None = None
     manifest: RunManifest | None = None
     stopped_by: int | None = None
     """The signal that stopped the run (its unfinished steps are ``interrupted`` rows), if one did."""
@@ -80,7 +83,13 @@ class RunResult(BaseModel):
 
     def rows(self) -> list[dict[str, Any]]:
         """One ledger row per record, with the run's ids."""
-        run = {"run_id": self.run_id, "pipeline": self.pipeline, "flow_run_id": self.flow_run_id}
+        run = {
+            "run_id": self.run_id,
+            "pipeline": self.pipeline,
+            "flow_run_id": self.flow_run_id,
+            "batch_id": self.batch_id,
+            "row_key": self.row_key,
+        }
         return [{**r.model_dump(), **run} for r in self.records]
 
 

@@ -27,7 +27,7 @@ __all__ = [
     "step_label",
 ]
 
-LEDGER_SCHEMA_VERSION = 2
+LEDGER_SCHEMA_VERSION = 3
 """Version of the column set, stored in each parquet file; columns are only ever added."""
 
 
@@ -70,6 +70,10 @@ class StepRecord(BaseModel):
     run_id: str | None = None
     flow_run_id: str | None = None
     pipeline: str | None = None
+    batch_id: str | None = None
+    """The batch the run was one row of (``klingflow run --batch``), if it was."""
+    row_key: str | None = None
+    """That row's key: a hash of its resolved inputs (see :mod:`klingflow.batch`)."""
     step_id: str
     item_index: int | None = None
     kind: str
