@@ -42,6 +42,7 @@ import signal
 from typing import Any, Literal
 
 __all__ = [
+    "BatchFailed",
     "TRANSIENT",
     "BackendError",
     "BudgetError",
@@ -331,6 +332,25 @@ class PipelineFailed(KlingflowError):
             hint="fix the cause and run again: completed steps are cached and not paid twice",
         )
         self.result = result
+
+
+class BatchFailed(KlingflowError):
+    """Some rows of a batch did not complete; the others did and are kept. ``result`` is the
+    :class:`~klingflow.batch.BatchResult` (its table says which rows, at which step, why)."""
+
+    reference = "batch-failed"
+
+    def __init__(self, result: Any) -> None:
+        failed = result.failed
+        rows = ", ".join(str(n) for n in failed["row"].tolist()[:20]) + (", ..." if len(failed) > 20 else "")
+        super().__init__(
+            f"{len(failed)} of {len(result.table)} rows did not complete (rows {rows})",
+            context=f"pipeline '{result.pipeline}' (batch {result.batch_id})",
+            hint="run the same command again (completed rows are cached), or with --only-failed",
+        )
+        self.result = result
+        if result.stopped_by is not None:  # the shell's convention for a process ended by a signal
+            self.exit_code = 128 + result.stopped_by
 
 
 class RunInterrupted(KlingflowError):

@@ -107,10 +107,15 @@ class RunView:
         self.executions: dict[str, _Execution] = {}
 
     # -- the engine's hooks --------------------------------------------------------------------
-    def plan(self, plan: Plan) -> None:
-        """Every execution the run has, in order, with what the plan expects it to cost."""
+    def plan(self, plan: Plan, prefix: str = "") -> None:
+        """Every execution the run has, in order, with what the plan expects it to cost.
+
+        ``prefix`` names the run's executions apart from other runs' in one view (a batch's rows:
+        ``row-name/step``); a step's executions in every row are counted on the step's one line.
+        """
         for step in plan.steps:
             label = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
+            label = prefix + label
             self.executions[label] = _Execution(label, step.step_id, estimate=step.estimated_cost_usd)
         self.changed(None)
 
@@ -129,9 +134,9 @@ class RunView:
         execution.state, execution.position = state, event.queue_position
         self.changed(execution)
 
-    def finish(self, record: StepRecord) -> None:
-        """An execution ended with its ledger row."""
-        execution = self._execution(record.step_label)
+    def finish(self, record: StepRecord, prefix: str = "") -> None:
+        """An execution ended with its ledger row (``prefix``: as given to :meth:`plan`)."""
+        execution = self._execution(prefix + record.step_label)
         execution.state, execution.ended = Status(record.status), self.clock()
         execution.started = execution.started or execution.ended
         execution.cost = record.estimated_cost_usd
@@ -140,7 +145,7 @@ class RunView:
 
     def _execution(self, label: str) -> _Execution:
         if label not in self.executions:  # a run without a plan (a replay) lists what it meets
-            self.executions[label] = _Execution(label, label.split("[", 1)[0])
+            self.executions[label] = _Execution(label, label.rpartition("/")[2].split("[", 1)[0])
         return self.executions[label]
 
     # -- what both views show ------------------------------------------------------------------

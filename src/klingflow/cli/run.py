@@ -33,6 +33,16 @@ from rich.table import Table
 from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks, stderr
 from klingflow.cli._live import run_view
 from klingflow.cli._logs import RunLogs
+from klingflow.cli.batch import (
+    BatchOpt,
+    IgnoreExtraOpt,
+    KeyColumnOpt,
+    OnlyFailedOpt,
+    RowConcurrencyOpt,
+    batch_settings,
+    plan_batch,
+    run_batch_command,
+)
 from klingflow.errors import ConfigError, KlingflowError
 from klingflow.settings import settings
 
@@ -135,14 +145,26 @@ def plan(
     backend: BackendOpt = None,
     refresh: Annotated[bool, typer.Option(help="Plan as if every step were regenerated.")] = False,
     offline: OfflineOpt = False,
+    rows: BatchOpt = None,
+    key_column: KeyColumnOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
 ) -> None:
-    """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total."""
+    """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total.
+
+    With ``--batch``, one line per row of the table (cached rows at $0) and the batch's total.
+    """
     from klingflow.backends import backend_kind
     from klingflow.cli.endpoints import stale_note
     from klingflow.engine import RunOptions, plan_pipeline
 
     _go_offline(offline)
     options = RunOptions(backend=backend_kind(backend), refresh=refresh or None)
+    batch = batch_settings(rows, None, key_column, ignore_extra, False)
+    if batch is not None:
+        from klingflow.spec import load_pipeline
+
+        plan_batch(load_pipeline(file), parse_sets(set_ or []), batch, options)
+        return
     result = plan_pipeline(file, parse_sets(set_ or []), options)
     Console().print(plan_table(result))
     note = stale_note(step.uses for step in result.steps)
@@ -203,8 +225,17 @@ def run(
         ),
     ] = False,
     offline: OfflineOpt = False,
+    rows: BatchOpt = None,
+    row_concurrency: RowConcurrencyOpt = None,
+    key_column: KeyColumnOpt = None,
+    ignore_extra: IgnoreExtraOpt = False,
+    only_failed: OnlyFailedOpt = False,
 ) -> None:
     """Run a pipeline as a Prefect flow, showing progress, and print the final outputs' paths.
+
+    With ``--batch rows.csv``, once per row of the table: every row checked first, the whole
+    batch's estimate held against ``--max-cost``, each row a child flow run (outputs in
+    ``OUT/<row>/``), then a result table; exit 1 if a row failed.
 
     Without a configured Prefect API the run reports to klingflow's local Prefect server (started
     on first use, shared by later runs; ``klingflow server status``), and ends with its UI address.
@@ -217,7 +248,9 @@ def run(
     _go_offline(offline)
     inputs = parse_sets(set_ or [])
     spec = load_pipeline(file)
-    check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
+    batch = batch_settings(rows, row_concurrency, key_column, ignore_extra, only_failed)
+    if batch is None:
+        check(spec, inputs)  # every mistake, before Prefect starts and before anything is paid
     if not credentials:  # a block brings its own key and hosts, checked when it is loaded
         check_backend(backend)  # no key, an emulator host without its tunnel: said before anything starts
     if ephemeral:
@@ -236,6 +269,19 @@ def run(
         cancel_queued=cancel_queued or None,
     )
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
+    if batch is not None:  # its rows are checked by the batch itself, before anything is paid
+        run_batch_command(
+            spec,
+            inputs,
+            batch,
+            options,
+            fallback,
+            credentials=credentials,
+            defaults=defaults,
+            verbose=verbose,
+            debug=debug,
+        )
+        return
     console = out()
     if not (credentials or defaults):  # blocks are Prefect's: a run naming one needs Prefect
         server_url = _fully_cached_without_prefect(spec, inputs, options, fallback)

@@ -50,6 +50,7 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 
+from klingflow.batch import BatchResult
 from klingflow.ledger import RunManifest, Status, StepRecord, redact, spend_label, step_label, to_records
 from klingflow.media import preview
 from klingflow.report import media_kind
@@ -62,7 +63,9 @@ __all__ = [
     "ProgressPublisher",
     "artifact_key",
     "picture_data_uri",
+    "batch_rows",
     "publish_artifacts",
+    "publish_batch_artifacts",
     "summary_markdown",
     "table_rows",
 ]
@@ -251,6 +254,54 @@ async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> Artif
         _publish_media(manifest),
     )
     return ArtifactIds(table=table, markdown=markdown, images=images, links=links)
+
+
+def batch_rows(batch: BatchResult, ui: str | None) -> list[dict[str, Any]]:
+    """The result table's rows as a person scans them: status, cost, links to the flow run and output."""
+    rows = []
+    for row in batch.table.to_dict("records"):
+        flow_run_id = row["flow_run_id"] if isinstance(row["flow_run_id"], str) else None
+        output = row["output_path"] if isinstance(row["output_path"], str) else None
+        error = row["error"] if isinstance(row["error"], str) else None
+        rows.append(
+            {
+                "row": int(row["row"]),
+                "name": row["name"],
+                "status": row["status"],
+                "failed_step": row["failed_step"] if isinstance(row["failed_step"], str) else None,
+                "billed_usd": _round(float(row["cost_usd"]), 4),
+                "cache_hits": f"{row['cache_hits']}/{row['steps']}",
+                "flow_run": f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+                if ui and flow_run_id
+                else flow_run_id,
+                "output": Path(output).resolve().as_uri() if output else None,
+                "error": redact(error.splitlines()[0][:300]) if error else None,
+            }
+        )
+    return rows
+
+
+async def publish_batch_artifacts(batch: BatchResult) -> None:
+    """The batch's table (a row per input row, with links) and its contact sheet, in the current flow run."""
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url if get_current_settings().api.url else None
+    done = int((batch.table["status"] == str(Status.COMPLETED)).sum())
+    about = f"batch {batch.batch_id}: {done} of {len(batch.table)} rows completed"
+    work = [
+        acreate_table_artifact(
+            table=batch_rows(batch, ui),
+            key=artifact_key(batch.pipeline, "batch"),
+            description=f"Rows of {about}",
+        )
+    ]
+    sheet = batch.contact_sheet
+    if sheet is not None and sheet.is_file():
+        uri = await _picture(sheet, SHEET_SIDE)
+        if uri is not None:
+            key = artifact_key(batch.pipeline, "batch-contact-sheet")
+            work.append(acreate_image_artifact(image_url=uri, key=key, description=f"Final cuts of {about}"))
+    await asyncio.gather(*work)
 
 
 class ProgressPublisher:

@@ -138,7 +138,7 @@ def _run_name() -> str:
     return Path(str(parameters.get("pipeline", "pipeline"))).stem
 
 
-async def _block_layer(credentials: str | None, defaults: str | None) -> RunOptions | None:
+async def block_layer(credentials: str | None, defaults: str | None) -> RunOptions | None:
     """The options the named Prefect blocks give (the layer under explicit options)."""
     if not credentials and not defaults:
         return None
@@ -219,7 +219,7 @@ async def _run(
         local.spec or pipeline,
         inputs,
         explicit,
-        block=await _block_layer(credentials, defaults),
+        block=await block_layer(credentials, defaults),
         fallback=local.fallback,
         hooks=replace(local.hooks, run_step=run_step_as_task, on_steps=on_steps, on_finish=on_finish),
         run_id=run_id,

@@ -69,6 +69,7 @@ from klingflow.spec._models import (
     StepSpec,
     load_pipeline,
     parse_pipeline,
+    typed_input,
 )
 from klingflow.spec._operations import (
     OPERATIONS,
@@ -81,6 +82,7 @@ from klingflow.spec._operations import (
     TargetSpec,
     TransitionSpec,
 )
+from klingflow.spec._problems import did_you_mean
 from klingflow.spec._references import NO_ITEM, Reference, find_references, parse_reference, resolve
 
 __all__ = [
@@ -103,6 +105,7 @@ __all__ = [
     "ValidatedPipeline",
     "ValueKind",
     "check",
+    "did_you_mean",
     "fetch_unknown_endpoints",
     "find_references",
     "is_url",
@@ -117,4 +120,5 @@ __all__ = [
     "resolve",
     "step_endpoint",
     "target_of",
+    "typed_input",
 ]
