@@ -8,6 +8,9 @@ never imports Prefect (or fal_client, whose hosts must be set before it is impor
     result = run_pipeline("deployments/pipelines/avatar.yaml", inputs={"line": "Hello!"})
     result.final        # {"presenter": PosixPath(".../presenter.mp4")}
     result.ledger       # one typed pandas row per step execution
+
+    batch = run_batch("deployments/pipelines/story.yaml", "products.csv", key_column="sku")
+    batch.table         # one row per row of the sheet: status, output, cost, flow run
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ __all__ = [
     "RunResult",
     "arun_pipeline",
     "check",
+    "run_batch",
     "load_pipeline",
     "parse_pipeline",
     "plan_pipeline",
@@ -33,6 +37,7 @@ _LOCATIONS = {
     "PipelineFailed": "klingflow.errors",
     "arun_pipeline": "klingflow.flows.pipeline",
     "run_pipeline": "klingflow.flows.pipeline",
+    "run_batch": "klingflow.flows.batch",
     "PipelineSpec": "klingflow.spec",
     "check": "klingflow.spec",
     "load_pipeline": "klingflow.spec",
