@@ -106,6 +106,47 @@ async def test_the_next_submit_does_not_wait_for_the_download(options: RunOption
     assert emulator.stats()["faults_injected"] == {"slow_file": 1}
 
 
+async def test_more_streams_than_an_httpx_pool_holds_keep_nothing_else_waiting(emulator, tmp_path: Path):
+    """A stream holds its connection for its request's whole life, and httpx's default pool has 100.
+    With 101 requests followed at once (stuck at fal), every stream is open, and one more request
+    is still submitted, followed and seen COMPLETED at once: no call waits for a connection."""
+    held = 101
+    emulator.faults(script=["stuck"] * held)
+    backend = FalBackend(resolve_backend("fal", key=emulator.key), Store(tmp_path / "store"))
+    waits: list[asyncio.Task] = []
+    try:
+
+        async def submitted(n: int):
+            return await backend.submit(T2V, await backend.prepare(T2V, {"prompt": f"held {n}"}))
+
+        handles = await asyncio.gather(*(submitted(n) for n in range(held)))
+        waits += [asyncio.create_task(backend.wait(handle)) for handle in handles]
+        deadline = time.monotonic() + 30
+        while emulator.stats()["status_streams"] < held:
+            assert time.monotonic() < deadline, f"{emulator.stats()['status_streams']} of {held} streams open"
+            await asyncio.sleep(0.2)
+        seen: list[float] = []
+
+        def on_event(event: QueueEvent) -> None:
+            if event.status == "COMPLETED":
+                seen.append(time.time())
+
+        async def one_more() -> str:
+            handle = await backend.submit(T2V, await backend.prepare(T2V, {"prompt": "not held back"}))
+            await backend.wait(handle, on_event=on_event)
+            return handle.request_id
+
+        request_id = await asyncio.wait_for(one_more(), timeout=20)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        await backend.aclose()
+    late = seen[0] - _moment(_history(emulator, T2V)[request_id]["ended_at"])
+    assert -0.01 <= late < 0.2, late
+    assert emulator.stats()["status_polls"] == 0
+
+
 def test_the_stream_answers_the_status_json_as_server_sent_events(emulator) -> None:
     """What fal-js's streamStatus reads: text/event-stream, one ``data:`` JSON per change, ending with
     COMPLETED, each event's log lines new; a new GET of a completed request is one COMPLETED event."""

@@ -18,7 +18,9 @@ nothing is billed), not sent (the connection never opened), or :class:`~klingflo
 The result is fetched the same way so its ``x-fal-billable-units`` header can be read, and so is
 fal's status stream (``.../status/stream``, server-sent events read with httpx-sse, fal_client's own
 dependency; fal_client 1.0 has no call for it): :meth:`FalBackend.wait` sees COMPLETED the moment
-fal sends it, and polls when the stream cannot be had or drops. Every other call (status polls,
+fal sends it, and polls when the stream cannot be had or drops. Streams are read with fal_client's
+headers and transport over a connection pool of their own (:meth:`FalBackend._stream_client`): each
+holds a connection for its request's whole life. Every other call (status polls,
 cancel, upload) is fal_client's own.
 
 Local files given as media inputs are uploaded first, through fal_client's own upload on both
@@ -331,6 +333,7 @@ class FalBackend:
         self.submit_timeout = submit_timeout
         self._client = fal_client.AsyncClient(key=config.key.get_secret_value())
         self._downloads: httpx.AsyncClient | None = None
+        self._streams: httpx.AsyncClient | None = None
 
     @property
     def identity(self) -> str:
@@ -350,11 +353,33 @@ class FalBackend:
             self._downloads = httpx.AsyncClient(verify=self._verify, timeout=300.0, follow_redirects=True)
         return self._downloads
 
+    def _stream_client(self, fal_http: httpx.AsyncClient) -> httpx.AsyncClient:
+        """The client status streams are read with: ``fal_http``'s headers (its key) and fal_client's
+        backup-domain transport, over a connection pool of its own with no size limit.
+
+        A stream holds its connection for the request's whole life. fal_client's client has httpx's
+        default pool, 100 connections shared by every submit, poll and result fetch: with more than
+        100 requests followed at once (a cap above 100, joined requests), the streams would take every
+        connection, and the next submit, poll or stream would wait for one until a request ended or
+        its pool timeout ran out. The run's concurrency cap is what bounds the streams.
+        """
+        if self._streams is None:
+            unbounded = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+            self._streams = httpx.AsyncClient(
+                headers=fal_http.headers,
+                timeout=fal_http.timeout,
+                transport=fal_client.client.AsyncBackupDomainTransport(
+                    transport=httpx.AsyncHTTPTransport(limits=unbounded)
+                ),
+            )
+        return self._streams
+
     async def aclose(self) -> None:
-        """Close the download connections (fal_client's own clients are left to fal_client)."""
-        if self._downloads is not None:
-            await self._downloads.aclose()
-            self._downloads = None
+        """Close the download and stream connections (fal_client's own clients are left to fal_client)."""
+        for client in (self._downloads, self._streams):
+            if client is not None:
+                await client.aclose()
+        self._downloads = self._streams = None
 
     async def upload(self, path: Path) -> str:
         """Upload a local file with fal_client's own upload and return a URL the endpoint can read."""
@@ -477,7 +502,7 @@ class FalBackend:
         try:
             async with asyncio.timeout(watch.remaining()):
                 async with aconnect_sse(
-                    fal_handle.client,
+                    self._stream_client(fal_handle.client),
                     "GET",
                     fal_handle.status_url + "/stream",
                     params={"logs": "1"},
