@@ -94,6 +94,13 @@ def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
+def _step(final: str, order: list[str]) -> str:
+    """The step a final output's name is of: ``cut``, ``shots-1`` (a list's item) and
+    ``captioned.subtitles`` (a step's subtitles, beside its video) are of cut, shots and captioned."""
+    item = final.partition(".")[0]
+    return item if item in order else item.rpartition("-")[0]
+
+
 def outcome_of(
     row: BatchRow,
     result: Any,
@@ -118,7 +125,9 @@ def outcome_of(
         return RowOutcome(**base, status=Status.INTERRUPTED, error="stopped before the row started")
     records = result.records
     order = row.validated.order
-    finals = sorted(result.final, key=order.index)
+    finals = sorted(
+        (name for name in result.final if "." not in name), key=lambda name: order.index(_step(name, order))
+    )
     last = finals[-1] if finals else None
     sha = {r.step_id: r.sha256 for r in records if r.sha256 and r.item_index in (None, 0)}
     failed = next((step for step in order if step in result.failures), None)
