@@ -25,10 +25,6 @@ from klingflow.errors import ConfigError
 
 __all__ = ["Sheet", "SheetSource", "read_sheet"]
 
-SheetSource = str | Path | pd.DataFrame | Sequence[Mapping[str, Any]]
-"""What a batch runs over: a path (``.csv``, ``.parquet``, ``.jsonl``), ``-`` (JSON lines on
-stdin), a DataFrame, or a list of records (a deployment's parameter)."""
-
 _HINT = "a batch is a .csv (with a header row), .parquet or .jsonl file, or - for JSON lines on stdin"
 
 
@@ -44,6 +40,11 @@ class Sheet:
     columns: list[str]
     rows: list[dict[str, Any]]
     path: Path | None = None
+
+
+SheetSource = str | Path | pd.DataFrame | Sequence[Mapping[str, Any]] | Sheet
+"""What a batch runs over: a path (``.csv``, ``.parquet``, ``.jsonl``), ``-`` (JSON lines on
+stdin), a DataFrame, a list of records (a deployment's parameter), or a sheet already read."""
 
 
 def _cell(value: Any) -> Any:
@@ -122,7 +123,9 @@ def read_sheet(source: SheetSource) -> Sheet:
     Raises :class:`~klingflow.errors.ConfigError` naming the file (and the line or row) when the
     table cannot be read: a missing or empty file, a broken quote, a line that is not JSON.
     """
-    if isinstance(source, pd.DataFrame):
+    if isinstance(source, Sheet):
+        sheet = source
+    elif isinstance(source, pd.DataFrame):
         sheet = _from_frame(source, "the DataFrame")
     elif isinstance(source, (str, Path)) and str(source) == "-":
         sheet = _json_lines(sys.stdin.read(), "stdin")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -145,13 +144,17 @@ def run_batch_command(
     debug: bool,
 ) -> None:
     """Run the batch in Prefect under the run's view; print the outcome; raise when a row failed."""
-    from klingflow.batch import BatchHooks
+    from klingflow.batch import BatchHooks, check_rows, read_sheet
     from klingflow.engine import RunHooks
     from klingflow.flows.batch import arun_batch_flow
     from klingflow.flows.server import use_local_server
     from klingflow.ledger import runs_root
 
     _refuse_sets(sets)
+    # read once (stdin can be read only once) and checked before Prefect starts: a bad row is one
+    # message, printed before anything else, and nothing is paid
+    sheet = read_sheet(batch.rows)
+    check_rows(spec, sheet, key_column=batch.key_column, ignore_extra=batch.ignore_extra)
     use_local_server(echo=lambda line: stderr().print(line, markup=False, highlight=False))
     console = out()
     with RunLogs(console, verbose=verbose, folder=runs_root()) as logs, run_view(console) as view:
@@ -183,7 +186,7 @@ def run_batch_command(
         result = asyncio.run(
             arun_batch_flow(
                 spec,
-                Path(batch.rows) if batch.rows != "-" else batch.rows,
+                sheet,
                 options=options,
                 credentials=credentials,
                 defaults=defaults,

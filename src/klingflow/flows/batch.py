@@ -31,7 +31,7 @@ from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Failed
 
-from klingflow.batch import BatchHooks, BatchResult, BatchRow, RowCall, SheetSource, arun_batch
+from klingflow.batch import BatchHooks, BatchResult, BatchRow, RowCall, Sheet, SheetSource, arun_batch
 from klingflow.engine import RunHooks, RunOptions, RunResult
 from klingflow.errors import ConfigError, PipelineFailed
 from klingflow.flows.artifacts import publish_artifacts, publish_batch_artifacts
@@ -232,14 +232,12 @@ async def arun_batch_flow(
     options = options or RunOptions()
     spec = pipeline if isinstance(pipeline, PipelineSpec) else None
     name = (spec.source or spec.name) if spec else pipeline
-    json_rows = rows if isinstance(rows, (str, list)) else None
-    path_rows = str(rows) if isinstance(rows, Path) else json_rows
+    # the flow run's parameter says where the rows come from; a table in memory travels in-process
+    shown = rows.source if isinstance(rows, Sheet) else str(rows) if isinstance(rows, (str, Path)) else None
+    parameter = rows if isinstance(rows, list) else shown
+    in_memory = None if isinstance(rows, (str, Path, list)) else rows
     local = InBatch(
-        options=options,
-        fallback=fallback,
-        hooks=hooks or BatchHooks(),
-        spec=spec,
-        rows=None if path_rows else rows,
+        options=options, fallback=fallback, hooks=hooks or BatchHooks(), spec=spec, rows=in_memory
     )
     token = _in_batch.set(local)
     try:
@@ -248,7 +246,7 @@ async def arun_batch_flow(
         with quiet_ephemeral_server():
             state = await batch_flow(
                 str(name),
-                path_rows,
+                parameter,
                 credentials=credentials,
                 defaults=defaults,
                 **batch,
