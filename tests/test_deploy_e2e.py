@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterParentTaskRunId
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -123,8 +123,38 @@ def test_serve_then_run_story_nightly_with_parameters(team: dict[str, str], tmp_
             keys = asyncio.run(_artifact_keys(str(run.id)))
         assert {"klingflow-story-ledger", "klingflow-story-summary"} <= keys
         _check_ui(team, str(run.id))
+        _run_nightly_batch(team, tmp_path / "batch")
     finally:
         stop_group(served)
+
+
+def _run_nightly_batch(team: dict[str, str], out: Path) -> None:
+    """The scheduled batch deployment, with its own parameters: tonight's sheet, one child per row."""
+    with _api(team):
+        asyncio.run(_wait_for_deployment("klingflow-avatar-batch/avatar-lines-nightly"))
+        run = run_deployment(
+            "klingflow-avatar-batch/avatar-lines-nightly", timeout=300, parameters={"out_dir": str(out)}
+        )
+        assert run.state is not None and run.state.is_completed(), run.state
+        children = asyncio.run(_children(run.id))
+    assert sorted(child.name for child in children) == ["avatar-thanks", "avatar-welcome"]
+    assert all(child.state is not None and child.state.is_completed() for child in children)
+    assert probe(out / "welcome" / "captioned.mp4").has_video and (out / "thanks" / "captioned.srt").is_file()
+    (table,) = out.glob("batch-*.csv")
+    assert len(table.read_text().splitlines()) == 3
+
+
+async def _children(parent_id: Any) -> list[Any]:
+    """The child flow runs of a flow run (Prefect links each through a task run of the parent)."""
+    async with get_client() as client:
+        links = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[parent_id]))
+        )
+        return await client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_task_run_id=FlowRunFilterParentTaskRunId(any_=[link.id for link in links])
+            )
+        )
 
 
 async def _artifact_keys(flow_run_id: str) -> set[str]:

@@ -119,7 +119,7 @@ def plan_batch(spec: PipelineSpec, sets: dict[str, str], batch: BatchSettings, o
     estimates: list[float | None] = []
     for row in rows:
         plan = make_plan(row.validated, ctx)
-        paid = [s.estimated_cost_usd for s in plan.steps if s.status == "run"]
+        paid = [s.estimated_cost_usd for s in plan.steps if s.status == "run" and s.kind == "endpoint"]
         estimates += paid
         cached = sum(s.status == "cached" for s in plan.steps)
         table.add_row(

@@ -10,15 +10,16 @@ signature to build the parameter schema and needs real annotation objects.
 """
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from prefect import Flow, flow
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from klingflow.flows.batch import abatch_body
 from klingflow.flows.pipeline import flow_parameter, run_body, with_option_parameters
 from klingflow.spec import InputSpec, PipelineSpec, load_pipeline
 
-__all__ = ["inputs_model", "pipeline_flow_for"]
+__all__ = ["batch_flow_for", "inputs_model", "pipeline_flow_for"]
 
 _TYPES: dict[str, Any] = {"string": str, "integer": int, "number": float, "boolean": bool, "list": list[str]}
 
@@ -64,3 +65,57 @@ def pipeline_flow_for(path: str | Path) -> Flow[..., Any]:
         flow_run_name=spec.name,
         log_prints=False,
     )(run_preset)
+
+
+def batch_flow_for(path: str | Path) -> Flow[..., Any]:
+    """A flow named ``klingflow-<pipeline name>-batch`` that runs ``path`` once per row.
+
+    Its ``rows`` parameter is a path to a table (.csv, .parquet, .jsonl: tonight's sheet, for a
+    scheduled deployment; relative to the pipeline's folder) or a list of rows typed by the pipeline's inputs (the UI's form shows a
+    list of the same fields the single-run flow has); each row is a child flow run.
+    """
+    pipeline_file = Path(path).resolve()
+    spec = load_pipeline(pipeline_file)
+    row = inputs_model(spec)
+
+    async def run_rows(
+        rows: Any,
+        credentials: str | None = None,
+        defaults: str | None = None,
+        row_concurrency: int | None = None,
+        key_column: str | None = None,
+        only_failed: bool = False,
+        **options: Any,
+    ) -> Any:
+        # a relative path is the pipeline folder's, as the pipeline's own media paths are
+        table = str(pipeline_file.parent / rows) if isinstance(rows, str) else [r.model_dump() for r in rows]
+        return await abatch_body(
+            str(pipeline_file),
+            table,
+            credentials=credentials,
+            defaults=defaults,
+            row_concurrency=row_concurrency,
+            key_column=key_column,
+            # a path may hold more columns than inputs (a shared sheet); typed rows cannot
+            ignore_extra=isinstance(rows, str),
+            only_failed=only_failed,
+            **options,
+        )
+
+    with_option_parameters(
+        run_rows,
+        flow_parameter("rows", Union[str, list[row]], ...),  # type: ignore[valid-type]  # noqa: UP007
+        flow_parameter("credentials", Optional[str]),  # noqa: UP045
+        flow_parameter("defaults", Optional[str]),  # noqa: UP045
+        flow_parameter("row_concurrency", Optional[int]),  # noqa: UP045
+        flow_parameter("key_column", Optional[str]),  # noqa: UP045
+        flow_parameter("only_failed", bool, False),
+    )
+    run_rows.__doc__ = f"Run the {spec.name} pipeline once per row of a table: each row a child flow run."
+    return flow(
+        name=f"klingflow-{spec.name}-batch",
+        description=run_rows.__doc__,
+        persist_result=False,
+        flow_run_name=f"{spec.name}-batch",
+        log_prints=False,
+    )(run_rows)
