@@ -34,10 +34,13 @@ PIPELINE = """name: products
 inputs:
   product: {type: string}
   take: {type: integer, default: 1}
+  seconds: {type: string, default: "5"}
 steps:
   - id: clip
     uses: text-to-video
-    with: {prompt: "Take ${inputs.take}: a turntable shot of ${inputs.product}", duration: "5"}
+    with:
+      prompt: "Take ${inputs.take}: a turntable shot of ${inputs.product}"
+      duration: ${inputs.seconds}
 """
 
 
@@ -163,17 +166,23 @@ BAD_SHEETS = {
     "empty": ("", "the file is empty"),
     "broken_quote": ('product,take\n"mug,1\nbowl,2\n', "not a readable CSV table"),
     "header_only": ("product,take\n", "the table has no rows"),
+    # a value of the right type that the endpoint refuses: the row, then the step and field it reaches
+    "refused_where_it_lands": (
+        "product,seconds\nmug,5\nbowl,7\n",
+        "rows.csv row 2: ",
+        "products.yaml:11 step 'clip' field 'duration': '7' is not a known duration",
+    ),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_SHEETS))
 def test_bad_sheet_is_refused_before_anything_is_paid(case: str, tmp_path) -> None:
-    text, expected = BAD_SHEETS[case]
+    text, *expected = BAD_SHEETS[case]
     (tmp_path / "rows.csv").write_text(text)
     spec = load_pipeline(pipeline(tmp_path))
     with pytest.raises((SpecError, ConfigError)) as refused:
         check_rows(spec, read_sheet(tmp_path / "rows.csv"))
-    assert expected in str(refused.value)
+    assert all(part in str(refused.value) for part in expected), str(refused.value)
     assert str(tmp_path / "rows.csv") in str(refused.value), "the message names the table"
 
 
