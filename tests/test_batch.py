@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -265,3 +266,42 @@ def test_run_batch_from_python_with_a_dataframe(emulator, options, tmp_path, ses
     assert [(r["row"], r["status"]) for r in table] == [(1, "completed"), (2, "failed")]
     assert table[0]["output"].startswith("file://") and table[1]["error"]
     assert str(artifacts["klingflow-products-batch-contact-sheet"]).startswith("data:image/jpeg;base64,")
+
+
+def test_ctrl_c_stops_every_row_and_a_rerun_pays_only_for_what_was_never_sent(tmp_path) -> None:
+    with serve_emulator(tmp_path / "home", "--latency", "4", "--workers", "8") as env:
+        env["KLINGFLOW_PREFECT"] = "ephemeral"
+        spec = pipeline(tmp_path)
+        (tmp_path / "rows.csv").write_text("product\n" + "".join(f"item {n}\n" for n in range(1, 7)))
+        args = [
+            *KLINGFLOW,
+            "run",
+            str(spec),
+            "--batch",
+            str(tmp_path / "rows.csv"),
+            "--out",
+            str(tmp_path / "out"),
+        ]
+        args += ["--row-concurrency", "2"]
+        running = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 120
+            while submits(env) < 2:
+                assert running.poll() is None and time.monotonic() < deadline, running.communicate()
+                time.sleep(0.2)
+            running.send_signal(signal.SIGINT)
+            stdout, stderr = running.communicate(timeout=120)
+        finally:
+            if running.poll() is None:
+                running.kill()
+        assert running.returncode == 130, stdout + stderr
+        assert "interrupted by SIGINT" in stderr and "4 rows did not start (rows 3-6)" in stdout
+        assert submits(env) == 2, "no request left after the stop"
+        table = newest_table(tmp_path / "out")
+        assert set(table["status"]) == {"interrupted"}
+        assert table["error"].str.contains("still running at fal").sum() == 2
+
+        again = klingflow(env, *args[len(KLINGFLOW) :])
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert submits(env) == 6, "the two requests fal was running are collected, not sent again"
+        assert newest_table(tmp_path / "out")["status"].tolist() == ["completed"] * 6

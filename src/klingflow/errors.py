@@ -343,10 +343,16 @@ class BatchFailed(KlingflowError):
     def __init__(self, result: Any) -> None:
         failed = result.failed
         rows = ", ".join(str(n) for n in failed["row"].tolist()[:20]) + (", ..." if len(failed) > 20 else "")
+        message = f"{len(failed)} of {len(result.table)} rows did not complete (rows {rows})"
+        if result.stopped_by is not None:
+            message = (
+                f"interrupted by {signal.Signals(result.stopped_by).name}: no new request was sent; {message}"
+            )
         super().__init__(
-            f"{len(failed)} of {len(result.table)} rows did not complete (rows {rows})",
+            message,
             context=f"pipeline '{result.pipeline}' (batch {result.batch_id})",
-            hint="run the same command again (completed rows are cached), or with --only-failed",
+            hint="run the same command again: completed rows are cached and requests still running at fal "
+            "are collected without paying again (--only-failed runs just the rows that did not complete)",
         )
         self.result = result
         if result.stopped_by is not None:  # the shell's convention for a process ended by a signal

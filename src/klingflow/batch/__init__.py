@@ -18,13 +18,14 @@ Example::
     print(batch.table[["row", "status", "output_path", "cost_usd"]])
 """
 
-from klingflow.batch._result import RowOutcome, batches_root, failed_keys
+from klingflow.batch._result import NOT_STARTED, RowOutcome, batches_root, failed_keys
 from klingflow.batch._rows import BatchRow, check_rows, row_key
 from klingflow.batch._run import DEFAULT_ROW_CONCURRENCY, BatchHooks, BatchResult, RowCall, arun_batch
 from klingflow.batch._sheet import Sheet, SheetSource, read_sheet
 
 __all__ = [
     "DEFAULT_ROW_CONCURRENCY",
+    "NOT_STARTED",
     "BatchHooks",
     "BatchResult",
     "BatchRow",

@@ -26,6 +26,7 @@ from klingflow.report import media_kind
 from klingflow.settings import klingflow_home
 
 __all__ = [
+    "NOT_STARTED",
     "RowOutcome",
     "batches_root",
     "failed_keys",
@@ -40,6 +41,10 @@ logger = logging.getLogger(__name__)
 
 SHEET_FRAMES = 2
 """Frames per row on a batch's contact sheet: a row's cut at a glance, for hundreds of rows."""
+
+
+NOT_STARTED = "stopped before the row started"
+"""The error of a row a stop kept from starting (nothing of it was submitted)."""
 
 
 class RowOutcome(BaseModel):
@@ -122,7 +127,7 @@ def outcome_of(
         "finished_at": finished,
     }
     if result is None:
-        return RowOutcome(**base, status=Status.INTERRUPTED, error="stopped before the row started")
+        return RowOutcome(**base, status=Status.INTERRUPTED, error=NOT_STARTED)
     records = result.records
     order = row.validated.order
     finals = sorted(
@@ -132,11 +137,19 @@ def outcome_of(
     sha = {r.step_id: r.sha256 for r in records if r.sha256 and r.item_index in (None, 0)}
     failed = next((step for step in order if step in result.failures), None)
     status = Status.INTERRUPTED if result.stopped_by is not None else result.status
+    error = result.failures.get(failed) if failed else None
+    if result.stopped_by is not None and error is None:
+        running = len(result.still_running)
+        error = (
+            f"stopped; {running} request(s) still running at fal (a re-run collects them, unpaid)"
+            if running
+            else "stopped before it finished; a re-run goes on from the cache"
+        )
     return RowOutcome(
         **base,
         status=Status.COMPLETED if status == Status.CACHED else status,
         failed_step=failed,
-        error=result.failures.get(failed) if failed else None,
+        error=error,
         output_path=str(result.final[last]) if last else None,
         output_sha256=sha.get(last) if last else None,
         outputs=json.dumps({step: str(path) for step, path in result.final.items()}),

@@ -200,6 +200,7 @@ def run_batch_command(
 
 
 def _print_outcome(console: Console, result: BatchResult) -> None:
+    from klingflow.batch import NOT_STARTED
     from klingflow.ledger import Status
 
     table = result.table
@@ -216,14 +217,30 @@ def _print_outcome(console: Console, result: BatchResult) -> None:
     if result.contact_sheet is not None:
         console.print(f"  contact sheet: {result.contact_sheet}", highlight=False, markup=False)
     failed = result.failed
-    for row in failed.to_dict("records"):
+    waiting = failed[failed["error"] == NOT_STARTED]
+    for row in failed.drop(waiting.index).to_dict("records"):
         where = f" at step {row['failed_step']}" if isinstance(row["failed_step"], str) else ""
         error = str(row["error"]).splitlines()[0] if isinstance(row["error"], str) else ""
         console.print(
             f"  [red]row {row['row']}[/] ({escape(str(row['name']))}) {row['status']}{where}: {escape(error)}"
         )
+    if len(waiting):
+        console.print(
+            f"  [yellow]{len(waiting)} rows did not start[/] (rows {_ranges(waiting['row'].tolist())})"
+        )
     if len(failed):
         raise BatchFailed(result)
+
+
+def _ranges(numbers: list[int]) -> str:
+    """``1-4, 7, 9-10``: row numbers as runs."""
+    runs: list[list[int]] = []
+    for number in sorted(numbers):
+        if runs and number == runs[-1][-1] + 1:
+            runs[-1].append(number)
+        else:
+            runs.append([number])
+    return ", ".join(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]) for run in runs)
 
 
 def batch_settings(

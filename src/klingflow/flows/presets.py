@@ -71,8 +71,9 @@ def batch_flow_for(path: str | Path) -> Flow[..., Any]:
     """A flow named ``klingflow-<pipeline name>-batch`` that runs ``path`` once per row.
 
     Its ``rows`` parameter is a path to a table (.csv, .parquet, .jsonl: tonight's sheet, for a
-    scheduled deployment; relative to the pipeline's folder) or a list of rows typed by the pipeline's inputs (the UI's form shows a
-    list of the same fields the single-run flow has); each row is a child flow run.
+    scheduled deployment; relative to the pipeline's folder) or a list of rows typed by the
+    pipeline's inputs (the UI's form shows a list of the single-run flow's fields); each row is a
+    child flow run.
     """
     pipeline_file = Path(path).resolve()
     spec = load_pipeline(pipeline_file)
