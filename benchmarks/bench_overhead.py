@@ -16,6 +16,12 @@ Scenarios:
   COMPLETED each side sent the next submit (the hand-written script holds its place through the
   download), and how soon klingflow's step had finished (result, download and probe included);
 - ``n200``:   200 generations, 1 s latency, cap 8;
+- ``batch200``: ``klingflow run PIPELINE --batch rows.csv`` over 200 rows of one text-to-video step
+  each (every row a child flow run), 1 s latency, cap 8, 8 rows at once (``--row-concurrency``,
+  default 8, the CLI's default too), against the script's 200 requests under the same cap; the
+  note gives the peak RSS of each side's process (``os.wait4``'s ``ru_maxrss``), and a batch that
+  failed (exit status, rows done, its output's last line) instead of timing it; not in the
+  default set (about 6 minutes for 2 pairs);
 - ``zero``:   200 generations at zero latency, cap 8: (klingflow - hand-written) / 200 is the
   per-step overhead;
 - ``cached``: a fully cached re-run of the story preset (whole process; it runs without Prefect,
@@ -28,6 +34,7 @@ Scenarios:
     .venv/bin/python benchmarks/bench_overhead.py                  # all, 3 pairs each (~15 min)
     .venv/bin/python benchmarks/bench_overhead.py --only n8 zero --pairs 5
     .venv/bin/python benchmarks/bench_overhead.py --only n8long --pairs 2 --latency 5   # a quick try
+    .venv/bin/python benchmarks/bench_overhead.py --only batch200 --pairs 2 --row-concurrency 16
     .venv/bin/python benchmarks/bench_overhead.py --write          # also into docs/benchmarks.md
 
 Times are ``time.perf_counter()`` around ``subprocess.run``; CPU is the children's user+system
@@ -41,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import platform
@@ -76,6 +84,23 @@ def _free_port() -> int:
 
 
 _last_stdout = ""
+
+
+def _timed_peak(
+    args: list[str], env: dict[str, str], cwd: Path, log: Path, check: bool = True
+) -> tuple[float, float, float, int]:
+    """(wall s, CPU s, peak RSS MiB, exit status) of one whole process, its output in ``log``:
+    ``os.wait4`` gives that child's own usage (``RUSAGE_CHILDREN``'s peak is the largest of every
+    child so far). ``check``: a failure ends the benchmark."""
+    started = time.perf_counter()
+    with log.open("w") as printed:
+        child = subprocess.Popen(args, env=env, cwd=cwd, stdout=printed, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - started
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 and check:
+        raise SystemExit(f"{' '.join(args[:6])} ... failed (exit {code}); its output: {log}")
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, code
 
 
 def _timed(args: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
@@ -231,6 +256,25 @@ def _fan_out(path: Path, prompts: list[str]) -> Path:
     return path
 
 
+def _one_step(path: Path) -> Path:
+    """A pipeline of one text-to-video step whose prompt is the row's ``prompt`` column."""
+    spec = {
+        "name": path.stem,
+        "inputs": {"prompt": {"type": "string"}},
+        "steps": [{"id": "clip", "uses": "text-to-video", "with": {"prompt": "${inputs.prompt}"}}],
+    }
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def _rows_csv(path: Path, prompts: list[str]) -> Path:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt"])
+        writer.writerows([prompt] for prompt in prompts)
+    return path
+
+
 def _spread(values: list[float], unit: str = "s", digits: int = 1) -> str:
     """``median unit (min-max)``."""
     unit = f" {unit}" if unit else ""
@@ -303,6 +347,56 @@ class Bench:
             f"| {name}: N={n}, {latency:g} s latency, cap {cap} | {_spread(hand)} | {_spread(kf)} | "
             f"{_spread(ratios, '', 2)} | {statistics.median(cpu_h):.1f} / "
             f"{statistics.median(cpu_k):.1f} + {statistics.median(cpu_s):.1f} s | {extra} |"
+        )
+
+    def batch(self, name: str, n: int, latency: float, cap: int, row_concurrency: int) -> None:
+        """Alternating pairs: the script's n requests, then a batch of n one-step rows under the same
+        cap, new prompts each pair; each side's wall, CPU and peak RSS. A batch that fails is kept
+        as such in the note (exit status, rows done, the last line of its output), not timed."""
+        hand, kf, cpu_h, cpu_k, cpu_s, rss_h, rss_k = [], [], [], [], [], [], []
+        ratios: list[float] = []
+        failed: list[str] = []
+        with emulator(self.work, self.base, latency, cap) as env:
+            kenv = self.klingflow_env(env)
+            pipeline = _one_step(self.work / f"{name}.yaml")
+            for pair in range(self.pairs):
+                prompts = [f"row {i} of {name} pair {pair} ({self.tag})" for i in range(n)]
+                out = self.work / f"{name}-{pair}"
+                _settled_server_cpu(self.client["KLINGFLOW_HOME"])
+                hand_run = [*HAND, str(cap), str(out / "hand"), *prompts]
+                wall, cpu, rss, _ = _timed_peak(
+                    hand_run, env, self.work, self.work / f"{name}-{pair}-hand.log"
+                )
+                hand.append(wall), cpu_h.append(cpu), rss_h.append(rss)
+                rows = _rows_csv(self.work / f"{name}-{pair}.csv", prompts)
+                run = [*KLINGFLOW, "run", str(pipeline), "--batch", str(rows), "--concurrency", str(cap),
+                       "--row-concurrency", str(row_concurrency), "--out", str(out / "kf")]  # fmt: skip
+                server = _settled_server_cpu(self.client["KLINGFLOW_HOME"])
+                log = self.work / f"{name}-{pair}-klingflow.log"
+                wall, cpu, rss, code = _timed_peak(run, kenv, self.work, log, check=False)
+                cpu_s.append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - server)
+                rss_k.append(rss), cpu_k.append(cpu)
+                done = len(list((out / "kf").glob("*/*.mp4")))
+                if code == 0 and done == n:
+                    kf.append(wall), ratios.append(wall / hand[-1])
+                else:
+                    last = log.read_text(errors="replace").strip().splitlines()[-1:] or [""]
+                    failed.append(
+                        f"pair {pair}: exit {code} after {wall:.0f} s, {done} of {n} rows done "
+                        f"({last[0][:160]})"
+                    )
+                print(
+                    f"{name} pair {pair}: hand-written {hand[-1]:.2f} s ({rss_h[-1]:.0f} MiB), "
+                    f"klingflow {wall:.2f} s ({rss:.0f} MiB), exit {code}, {done} of {n} rows done",
+                    flush=True,
+                )
+        timed = f"{_spread(kf)}" if kf else "failed"
+        self.row(
+            f"| {name}: {n} rows of 1 step, {latency:g} s latency, cap {cap}, {row_concurrency} rows at "
+            f"once | {_spread(hand)} | {timed} | {_spread(ratios, '', 2) if ratios else ''} | "
+            f"{statistics.median(cpu_h):.1f} / {statistics.median(cpu_k):.1f} + "
+            f"{statistics.median(cpu_s):.1f} s | peak RSS: hand-written {_spread(rss_h, 'MiB', 0)}, "
+            f"klingflow {_spread(rss_k, 'MiB', 0)}{'; ' if failed else ''}{'; '.join(failed)} |"
         )
 
     def cached(self) -> None:
@@ -382,10 +476,13 @@ def main() -> None:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["n8", "n8long", "n200", "zero", "cached", "first", "floor"],
+        choices=["n8", "n8long", "n200", "batch200", "zero", "cached", "first", "floor"],
         default=["n8", "n200", "zero", "cached", "first", "floor"],
     )
     parser.add_argument("--latency", type=float, help="The n8long race's emulator latency (default 60 s).")
+    parser.add_argument(
+        "--row-concurrency", type=int, default=8, help="The batch200 race's rows at once (default 8)."
+    )
     parser.add_argument("--write", action="store_true", help="Replace the results in docs/benchmarks.md.")
     options = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="klingflow-bench-"))
@@ -405,6 +502,8 @@ def main() -> None:
                 )
             elif name == "n200":
                 bench.race("n200", 200, 1.0, 8)
+            elif name == "batch200":
+                bench.batch("batch200", 200, 1.0, 8, options.row_concurrency)
             elif name == "zero":
                 bench.race("zero", 200, 0.0, 8)
             elif name == "cached":
