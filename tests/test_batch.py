@@ -12,8 +12,10 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import UUID
@@ -195,6 +197,44 @@ def test_bad_sheet_from_the_command_line_submits_nothing(served, tmp_path) -> No
     assert "row 2 column 'take'" in done.stderr and "row 3 column 'take'" in done.stderr
     assert "Traceback" not in done.stderr
     assert submits(served) == before
+
+
+def test_a_row_whose_flow_run_the_prefect_server_refuses_fails_alone(served, tmp_path) -> None:
+    """A Prefect server that cannot create one row's flow run (as a busy SQLite server answers 503
+    "database is locked" to a large batch) costs that row, not the batch: the table is written
+    with the row failed and unpaid, and the other rows complete."""
+    tag = uuid.uuid4().hex[:8]
+    names = [f"ok-1-{tag}", f"refused-{tag}", f"ok-3-{tag}"]
+    pd.DataFrame({"sku": names, "product": [f"a {tag} lamp", f"a {tag} chair", f"a {tag} desk"]}).to_csv(
+        tmp_path / "rows.csv", index=False
+    )
+    # the session's real server, made to refuse that one flow run: its database aborts the write
+    # that names it (Prefect creates a flow run, then gives it its flow_run_name)
+    database = sqlite3.connect(Path(served["PREFECT_HOME"]) / "prefect.db", timeout=60)
+    trigger = f"refuse_{tag}"
+    database.execute(
+        f"CREATE TRIGGER {trigger} BEFORE UPDATE OF name ON flow_run "
+        f"WHEN NEW.name = 'products-refused-{tag}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+    )
+    before = submits(served)
+    try:
+        # Prefect's client retries a 503 five times over about a minute; twice here (about 6 s)
+        env = {**served, "PREFECT_CLIENT_MAX_RETRIES": "2"}
+        args = ["run", str(pipeline(tmp_path)), "--batch", str(tmp_path / "rows.csv"), "--key-column", "sku"]
+        done = klingflow(env, *args, "--ignore-extra", "--out", str(tmp_path / "out"))
+    finally:
+        database.execute(f"DROP TRIGGER {trigger}")
+        database.close()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    table = newest_table(tmp_path / "out")
+    assert table["name"].tolist() == names
+    assert table["status"].tolist() == ["completed", "failed", "completed"], table["error"].tolist()
+    refused = table.iloc[1]
+    assert "row 2's flow run could not be created" in refused["error"], refused["error"]
+    assert refused["cost_usd"] == 0 and refused["request_ids"] == "[]"
+    assert submits(served) == before + 2, "nothing of the refused row reached fal"
+    assert f"row 2 ({names[1]}) failed" in done.stdout, done.stdout
 
 
 def test_plan_shows_each_row_and_the_total_and_max_cost_covers_the_batch(served, tmp_path) -> None:

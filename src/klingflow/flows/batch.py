@@ -90,14 +90,29 @@ def _row_runner(pipeline: str) -> Callable[[BatchRow, RowCall], Awaitable[RunRes
 
     async def run_row(row: BatchRow, call: RowCall) -> RunResult:
         done: list[RunResult] = []
+        began: list[str] = []
 
         async def in_child(flow_run_id: str) -> RunResult:
+            began.append(flow_run_id)
             done.append(await call(flow_run_id))
             return done[0]
 
         calls[row.number] = in_child
         child = row_flow.with_options(flow_run_name=f"{pipeline}-{row.name}")
-        state = await child(pipeline, row.number, row.name, row.inputs, return_state=True)
+        try:
+            state = await child(pipeline, row.number, row.name, row.inputs, return_state=True)
+        except Exception as exc:
+            # Prefect's own calls around the row (its flow run created, its end reported) can fail
+            # after their retries, e.g. a local SQLite server answering 503 "database is locked"
+            # under a large batch. That ends this row, never the batch: the other rows go on.
+            if done:  # the row's run had finished and is recorded; only its flow run's end was lost
+                return done[0]
+            what = "ended before its run finished" if began else "could not be created"
+            raise ConfigError(
+                f"row {row.number}'s flow run {what} ({type(exc).__name__}: {exc})",
+                context=row.name,
+                hint="--only-failed runs the row again" + ("" if began else "; nothing of it was submitted"),
+            ) from exc
         if done:
             return done[0]
         error = await state.aresult(raise_on_failure=False)  # the child failed before its run began
