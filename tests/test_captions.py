@@ -3,6 +3,7 @@ text in the shipped font, and the avatar preset's captions step run by the engin
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import av
@@ -13,6 +14,7 @@ import pytest
 from klingflow.engine import RunOptions, arun
 from klingflow.errors import MediaError
 from klingflow.media import add_captions, find_pauses, probe, run_ffmpeg
+from klingflow.media._captions import PAUSE_NOISE_DB, PAUSE_SECONDS
 from klingflow.spec import OPERATIONS, CaptionsSpec, OperationInfo, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +25,9 @@ TEXT = (
     "Hello there, friends. "  # short: a character count puts its end far before the pause
     "This second sentence is much longer than the first one, so that it needs more than two lines."
 )
+_SOUNDING = "+".join(f"between(t\\,{a}\\,{b})" for a, b in SPOKEN)
+VOICE = f"aevalsrc='({_SOUNDING})*0.4*sin(2*PI*220*t)*(1+0.5*sin(2*PI*3*t))':s=48000:d={SECONDS}"
+"""Tone bursts at a speaking voice's loudness (lavfi), sounding during SPOKEN."""
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +36,8 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     name has a space, a colon and a quote (filter-graph syntax)."""
     folder = tmp_path_factory.mktemp("captions") / "a clip: it's here"
     folder.mkdir()
-    sounding = "+".join(f"between(t\\,{a}\\,{b})" for a, b in SPOKEN)
-    voice = f"aevalsrc='({sounding})*0.4*sin(2*PI*220*t)*(1+0.5*sin(2*PI*3*t))':s=48000:d={SECONDS}"
     audio, video = folder / "voice: take 1.m4a", folder / "talk 'one'.mp4"
-    run_ffmpeg(["-f", "lavfi", "-i", voice, "-c:a", "aac", "-y", str(audio)], context="voice")
+    run_ffmpeg(["-f", "lavfi", "-i", VOICE, "-c:a", "aac", "-y", str(audio)], context="voice")
     picture = f"color=c=0x336699:s=320x240:r=24:d={SECONDS}"
     run_ffmpeg(
         ["-f", "lavfi", "-i", picture, "-i", str(audio), "-c:v", "libx264", "-preset", "veryfast"]
@@ -85,6 +88,43 @@ def test_cues_fit_the_lines_and_move_to_the_pauses(clip: tuple[Path, Path], tmp_
             (round(c.start * 1000), round(c.end * 1000)) for c in done.cues
         ]
         assert [e.plaintext.split("\n") for e in read] == [list(c.lines) for c in done.cues]
+
+
+def _silencedetect(path: Path) -> list[tuple[float, float]]:
+    """The pauses ffmpeg's own silencedetect prints for the file, at the settings captions use."""
+    log = run_ffmpeg(
+        ["-i", str(path), "-vn", "-af", f"silencedetect=noise={PAUSE_NOISE_DB}dB:d={PAUSE_SECONDS}"]
+        + ["-f", "null", "-"],
+        context="silencedetect",
+        loglevel="info",
+    )
+    starts = [float(x) for x in re.findall(r"silence_start: (-?[\d.]+)", log)]
+    ends = [float(x) for x in re.findall(r"silence_end: ([\d.]+)", log)]
+    return [(max(0.0, a), b) for a, b in zip(starts, ends, strict=True)]
+
+
+@pytest.mark.parametrize(
+    ("name", "encode"),
+    [
+        ("voice.m4a", ["-c:a", "aac"]),  # float planar; priming samples cut by the edit list
+        ("voice.mp3", ["-ar", "44100", "-ac", "2", "-c:a", "libmp3lame"]),  # starts at 0.025 s, stereo
+        ("voice.wav", ["-c:a", "pcm_s16le"]),  # integers, packed
+        ("voice-u8.wav", ["-ac", "2", "-c:a", "pcm_u8"]),  # unsigned, around 128
+    ],
+)
+def test_pauses_agree_with_ffmpeg_silencedetect(tmp_path: Path, name: str, encode: list[str]) -> None:
+    audio = tmp_path / name
+    # then a faint tone above the threshold (0.0178; 0.021 once -ac 2 takes 3 dB), no pause, and a hum below
+    faint, hum = (
+        f"aevalsrc='{level}*sin(2*PI*220*t)':s=48000:d={d}" for level, d in ((0.03, 1), (0.01, 0.5))
+    )
+    graph = f"{VOICE}[a];{faint}[b];{hum}[c];[a][b][c]concat=n=3:v=0:a=1"
+    run_ffmpeg(["-f", "lavfi", "-i", graph, *encode, "-y", str(audio)], context=name)
+    expected, found = _silencedetect(audio), find_pauses(audio)
+    assert [round(a, 1) for pause in expected for a in pause] == [0, 0.3, 1.5, 2.3, 5.1, 5.5, 6.5, 7]
+    assert len(found) == len(expected), (found, expected)
+    for (a, b), (x, y) in zip(found, expected, strict=True):
+        assert abs(a - x) <= 0.010 and abs(b - y) <= 0.010, (found, expected)
 
 
 def test_soft_track_keeps_the_packets(clip: tuple[Path, Path], tmp_path: Path) -> None:

@@ -50,9 +50,9 @@ def run_ffmpeg(
     """Run an ffmpeg-python graph (or a ready argument list) and raise MediaError on failure.
 
     ``context`` says what was being made (e.g. the output path and step) so the error is useful.
-    Returns ffmpeg's log (stderr): filters that measure (``silencedetect``) report there, at the
-    ``info`` ``loglevel``. ``cwd`` lets a filter argument name its files relatively, so a path's
-    colons and quotes never reach the filter graph's parser.
+    Returns ffmpeg's log (stderr), where filters report at the ``info`` ``loglevel`` (libass that it
+    found no font, ``silencedetect`` its pauses). ``cwd`` lets a filter argument name its files
+    relatively, so a path's colons and quotes never reach the filter graph's parser.
     """
     if isinstance(graph, Sequence) and not isinstance(graph, str):
         args = [ffmpeg_executable(), *graph]
