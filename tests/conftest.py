@@ -45,6 +45,7 @@ from klingflow.cache import Journal, Store  # noqa: E402
 from klingflow.emulator.faults import FaultPlan  # noqa: E402
 from klingflow.emulator.server import EmulatorServer  # noqa: E402
 from klingflow.engine import RetryPolicy, RunOptions  # noqa: E402
+from klingflow.prefect_server._supervisor import SERVER_SCRIPT  # noqa: E402
 
 _SERVER = EmulatorServer(port=0, latency=0.2, workers=4, fetch_remote=False)
 os.environ.update({k: v for k, v in _SERVER.environment().items() if k != "FAL_KEY"})
@@ -83,6 +84,9 @@ def free_port() -> int:
 def prefect_server(root: Path) -> Iterator[dict[str, str]]:
     """A real ``prefect server start`` (SQLite under ``root``), stopped with its process group at the end.
 
+    Started as klingflow's local server starts it (``klingflow/flows/sqlite_server.py``: SQLite
+    transactions begun IMMEDIATE), not as the stock command, whose 503s on concurrent writes made
+    Prefect's client sleep for seconds and, after its retries, fail a batch's row.
     Yields the ``PREFECT_*`` variables a client needs (API and UI addresses, home, analytics off).
     """
     port = free_port()
@@ -95,7 +99,7 @@ def prefect_server(root: Path) -> Iterator[dict[str, str]]:
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")} | variables
     server = subprocess.Popen(
-        [*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-P", str(SERVER_SCRIPT), "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -176,7 +180,7 @@ def server_processes(root: Path) -> tuple[list[int], list[int]]:
         text = b" ".join(cmd).decode(errors="replace")
         if "_supervisor.py supervise" in text and f"--dir {root}" in text:
             supervisors.append(int(entry))
-        elif "prefect server start" in text and any(
+        elif ("prefect server start" in text or SERVER_SCRIPT.name in text) and any(
             e.startswith(b"PREFECT_HOME=") and e.decode(errors="replace")[13:].startswith(str(root))
             for e in environ
         ):

@@ -254,8 +254,8 @@ def kill_then_rerun(world: World, proxy: FaultProxy, trial: Trial, *, ephemeral:
 
 
 def _managed_server(command: str) -> bool:
-    """klingflow's local Prefect server: its supervisor, or the `prefect server start` it runs."""
-    return "_supervisor.py" in command or "prefect server start" in command
+    """klingflow's local Prefect server: its supervisor, or the Prefect server it runs (sqlite_server.py)."""
+    return "_supervisor.py" in command or "prefect server start" in command or "sqlite_server.py" in command
 
 
 def run_trials(world: World, trials: list[Trial], *, ephemeral: bool = False) -> Trials:

@@ -8,14 +8,14 @@ idle for ``KLINGFLOW_SERVER_IDLE_MINUTES`` (``klingflow server start | status | 
 that only reports what was already done (a fully cached run's recorder) uses :func:`find_server`,
 which never starts one: a server the user stopped stays stopped.
 
-This package belongs to the core although it manages a Prefect server: it never imports Prefect.
-The server is ``python -m prefect server start`` run by a stdlib-only supervisor script
-(:mod:`._supervisor`), and everything else is files, signals and one HTTP health check
-(:mod:`._manager`, :mod:`._lease`), so ``klingflow server status`` answers at once. What only
-Prefect knows (the API URL a user configured in a profile; refreshing an imported Prefect's
-settings) is done by the Prefect layer, :mod:`klingflow.flows.server`; the CLI's fully cached
-run, which skips Prefect's import, only asks :func:`prefect_api_may_be_configured`, a safe
-over-estimate read from the same files.
+This package belongs to the core although it manages a Prefect server: it never imports Prefect. The
+server is ``prefect server start`` (through ``flows/sqlite_server.py``, which begins its SQLite
+transactions IMMEDIATE) run by a stdlib-only supervisor script (:mod:`._supervisor`), and everything
+else is files, signals and one HTTP health check (:mod:`._manager`, :mod:`._lease`), so ``klingflow
+server status`` answers at once. What only Prefect knows (the API URL a user configured in a
+profile; refreshing an imported Prefect's settings) is done by the Prefect layer,
+:mod:`klingflow.flows.server`; the CLI's fully cached run, which skips Prefect's import, only asks
+:func:`prefect_api_may_be_configured`, a safe over-estimate read from the same files.
 
 Settings (:mod:`klingflow.settings`): ``KLINGFLOW_PREFECT`` (``local`` | ``ephemeral``),
 ``KLINGFLOW_SERVER_PORT``, ``KLINGFLOW_SERVER_IDLE_MINUTES``, ``KLINGFLOW_SERVER_START_TIMEOUT``.

@@ -1,10 +1,10 @@
 """The client side of the local Prefect server: find it, start it, stop it, describe it.
 
-Nothing here imports Prefect: the server is ``python -m prefect server start`` run by a supervisor
-(:mod:`._supervisor`), and the server is judged by its ``/api/health`` answer. Which Prefect API
-a user configured (a profile, ``prefect.toml``) only Prefect can tell, so the caller passes it in
-(``use_local_server(configured, ...)``); the Prefect layer (:mod:`klingflow.flows.server`) does,
-and refreshes Prefect's settings afterwards.
+Nothing here imports Prefect: the server is ``prefect server start`` (through the Prefect layer's
+``flows/sqlite_server.py``, run by path) run by a supervisor (:mod:`._supervisor`), and it is judged
+by its ``/api/health`` answer. Which Prefect API a user configured (a profile, ``prefect.toml``)
+only Prefect can tell, so the caller passes it in (``use_local_server(configured, ...)``); the
+Prefect layer (:mod:`klingflow.flows.server`) does, and refreshes Prefect's settings afterwards.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 This file is also a script: ``python -I _supervisor.py supervise --dir D --port P ...`` detaches
 (double fork, own session and process group, stdin from /dev/null, output to ``server.log``),
-writes ``server.json`` and runs ``python -m prefect server start`` as its child, in its process
-group and (on Linux) with ``PR_SET_PDEATHSIG``, so killing the supervisor, even with ``kill -9``,
-takes the server with it. It stops the server when nobody used it for ``--idle-minutes``.
+writes ``server.json`` and runs Prefect's server as its child (``prefect server start``, through
+``klingflow/flows/sqlite_server.py``, which begins its SQLite transactions IMMEDIATE), in its
+process group and (on Linux) with ``PR_SET_PDEATHSIG``, so killing the supervisor, even with
+``kill -9``, takes the server with it. It stops the server when nobody used it for ``--idle-minutes``.
 
 It uses the standard library only (``-I`` keeps even klingflow off its ``sys.path``): the
 supervisor never imports Prefect, and the client side (:mod:`._manager`) shares these helpers.
@@ -36,6 +37,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+SERVER_SCRIPT = Path(__file__).resolve().parents[1] / "flows" / "sqlite_server.py"
+"""Prefect's server with IMMEDIATE SQLite transactions: the Prefect layer's, run by path (``-P``: its
+folder stays off ``sys.path``), so the supervisor still imports no Prefect."""
 
 __all__ = [
     "HOST",
@@ -258,7 +263,7 @@ def supervise(argv: list[str]) -> int:
     me = os.getpid()
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(args.port),
+            [sys.executable, "-P", str(SERVER_SCRIPT), "--host", HOST, "--port", str(args.port),
              "--analytics-off"],
             stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent(me),
