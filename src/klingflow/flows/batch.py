@@ -72,7 +72,7 @@ async def _row_flow(pipeline: str, row: int, name: str, inputs: dict[str, Any]) 
     """One row of a batch: the pipeline with this row's inputs; its steps are this flow run's task runs."""
     result = await _row_calls.get()[row](str(flow_run.id))
     if result.manifest is not None:
-        await publish_artifacts(result.manifest, result.ledger)
+        await publish_artifacts(result.manifest, result.ledger, pictures=False)
     if result.stopped_by is not None:
         return Cancelled(message=f"row {row} was stopped; what it submitted is kept")
     if result.failures:
