@@ -175,6 +175,7 @@ async def arun_batch(
                             flow_run_id=flow_run_id,
                             batch_id=batch.batch_id,
                             row_key=row.key,
+                            contact_sheet=False,  # the batch's contact sheet shows every row's cut
                         )
 
                     try:

@@ -188,6 +188,7 @@ def record_run(
     out_dir: Path | None,
     secrets: Iterable[SecretStr | str] = (),
     sheet_rows: SheetRows | None = None,
+    contact_sheet: bool = True,
 ) -> tuple[RunManifest, pd.DataFrame]:
     """Record a finished run: ledger rows, contact sheet, manifest, HTML report.
 
@@ -198,7 +199,8 @@ def record_run(
     ``<home>/runs/<run id>/``; the report to ``out_dir/report.html`` (next to the exported
     outputs) or, without an out dir, beside the contact sheet. Either of those failing only logs
     a warning. ``secrets`` (e.g. the key given in code) are removed from every text recorded.
-    ``sheet_rows`` holds contact-sheet rows made while the run went on.
+    ``sheet_rows`` holds contact-sheet rows made while the run went on; ``contact_sheet=False``
+    makes none (a batch's row, shown on the batch's sheet).
     """
     hidden = [_reveal(s) for s in secrets]
     frame = ledger.to_frame(result.rows(), secrets=hidden)
@@ -228,7 +230,9 @@ def record_run(
         final={name: str(path) for name, path in result.final.items()},
         final_sources=_sources(result),
         failures={step: redact(reason, hidden) or "" for step, reason in result.failures.items()},
-        contact_sheet=_sheet(rows, folder / CONTACT_SHEET_NAME, result.run_id, sheet_rows),
+        contact_sheet=_sheet(rows, folder / CONTACT_SHEET_NAME, result.run_id, sheet_rows)
+        if contact_sheet
+        else None,
         out_dir=str(out_dir) if out_dir is not None else None,
     )
     target = (out_dir if out_dir is not None else folder) / REPORT_NAME

@@ -180,19 +180,22 @@ async def run_checked(
     flow_run_id: str | None = None,
     batch_id: str | None = None,
     row_key: str | None = None,
+    contact_sheet: bool = True,
 ) -> RunResult:
     """Execute, export and record one checked, planned and budgeted run on a context the caller owns.
 
     :func:`arun` calls it for a run of its own; a batch (:mod:`klingflow.batch`) for each row, on
     one shared context (one cache, one concurrency cap, one backend), so the caller installs the
     signal handlers and closes the context. A stopped run is returned (``stopped_by`` set), not raised.
+    ``contact_sheet=False`` records the run without one (a batch's row: the batch's sheet shows it).
     """
     hooks.on_plan(plan)
-    sheet = SheetRows()  # the contact sheet's rows, made while the other steps still run
+    sheet = SheetRows() if contact_sheet else None  # its rows, made while the other steps still run
     finished = hooks.on_finish
 
     def on_finish(record: StepRecord) -> None:
-        sheet.add(record)
+        if sheet is not None:
+            sheet.add(record)
         finished(record)
 
     try:
@@ -201,8 +204,11 @@ async def run_checked(
         if out_dir is not None:
             result.final = export_outputs(result, out_dir)
         secrets = [key, *ctx.secrets()] if key else ctx.secrets()
-        recorded = record_run(result, validated, out_dir=out_dir, secrets=secrets, sheet_rows=sheet)
+        recorded = record_run(
+            result, validated, out_dir=out_dir, secrets=secrets, sheet_rows=sheet, contact_sheet=contact_sheet
+        )
     finally:
-        sheet.close()
+        if sheet is not None:
+            sheet.close()
     result.recorded(*recorded)
     return result
