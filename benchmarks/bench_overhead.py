@@ -29,6 +29,7 @@ Scenarios:
 - ``first``:  the story preset in a new home: the first-ever run (no server yet, fresh Prefect
   database), then the same with the server running, then with ``--ephemeral``;
 - ``floor``:  Prefect alone (``prefect_floor.py``): a flow of 0 and of 200 no-op task runs (cap 8),
+  and a flow of 200 child flow runs of one no-op task run each (8 at once, a batch's shape),
   against the same local server: what any Prefect flow pays before klingflow does anything.
 
     .venv/bin/python benchmarks/bench_overhead.py                  # all, 3 pairs each (~15 min)
@@ -467,6 +468,17 @@ class Bench:
             f"{_spread(walls[0], 's', 2)} / {_spread(walls[200], 's', 2)} | | "
             f"server {statistics.median(server[0]):.1f} / {statistics.median(server[200]):.1f} s | "
             f"per task run {_spread(per_task, 'ms', 0)} |"
+        )
+        rows, rows_server = [], []
+        for _ in range(max(self.pairs, 3)):
+            before = _settled_server_cpu(self.client["KLINGFLOW_HOME"])
+            rows.append(_timed([*FLOOR, "200", "--rows"], env, self.work)[0])
+            rows_server.append(_settled_server_cpu(self.client["KLINGFLOW_HOME"]) - before)
+            print(f"prefect floor, 200 child flow runs: {rows[-1]:.2f} s", flush=True)
+        self.row(
+            f"| floor: Prefect alone, a batch's shape: 200 child flow runs of one no-op task run, 8 at once "
+            f"| | {_spread(rows, 's', 1)} | | server {statistics.median(rows_server):.1f} s | "
+            f"what batch200 pays Prefect before klingflow does anything |"
         )
 
 
