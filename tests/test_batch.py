@@ -302,6 +302,10 @@ def test_run_batch_from_python_with_a_dataframe(emulator, options, tmp_path, ses
         assert os.path.isfile(batch.contact_sheet or "")
         children, parent = asyncio.run(_flow_runs(session_prefect, batch.table["flow_run_id"].tolist()))
         artifacts = asyncio.run(_artifacts(parent.id))
+        first_row = asyncio.run(_artifacts(uuid.UUID(str(batch.table["flow_run_id"][0]))))
+    # a row's one artifact is its summary: the batch's table and sheet stand for its pictures and links
+    assert list(first_row) == ["klingflow-products-summary"]
+    assert str(batch.table["output_path"][0]) in str(first_row["klingflow-products-summary"])
     table = json.loads(str(artifacts["klingflow-products-batch"]))
     assert [(r["row"], r["status"]) for r in table] == [(1, "completed"), (2, "failed")]
     assert table[0]["output"].startswith("file://") and table[1]["error"]

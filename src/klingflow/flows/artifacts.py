@@ -65,6 +65,7 @@ __all__ = [
     "picture_data_uri",
     "batch_rows",
     "publish_artifacts",
+    "publish_row_summary",
     "publish_batch_artifacts",
     "summary_markdown",
     "table_rows",
@@ -192,7 +193,7 @@ async def _picture(path: Path, max_side: int) -> str | None:
         return None
 
 
-async def _publish_media(manifest: RunManifest, pictures: bool) -> tuple[dict[str, UUID], dict[str, UUID]]:
+async def _publish_media(manifest: RunManifest) -> tuple[dict[str, UUID], dict[str, UUID]]:
     """The contact sheet and thumbnails as image artifacts; report and final outputs as links.
 
     Pictures are made in threads and every artifact is sent at once (a 200-step run's end was
@@ -212,7 +213,7 @@ async def _publish_media(manifest: RunManifest, pictures: bool) -> tuple[dict[st
 
     images: list[Awaitable[tuple[str, UUID] | None]] = []
     links: list[Awaitable[tuple[str, UUID]]] = []
-    sheet = Path(manifest.contact_sheet) if manifest.contact_sheet and pictures else None
+    sheet = Path(manifest.contact_sheet) if manifest.contact_sheet else None
     if sheet is not None and sheet.is_file():
         key = artifact_key(manifest.pipeline, "contact-sheet")
         images.append(image(key, sheet, SHEET_SIDE, f"Contact sheet of {run}: `{sheet.resolve().as_uri()}`"))
@@ -220,7 +221,7 @@ async def _publish_media(manifest: RunManifest, pictures: bool) -> tuple[dict[st
     for name, path in outputs:
         if not path.is_file():
             continue
-        if pictures and media_kind(path) in ("video", "image"):
+        if media_kind(path) in ("video", "image"):
             key = artifact_key(manifest.pipeline, f"thumbnail-{name}")
             images.append(image(key, path, THUMBNAIL_SIDE, f"{name} of {run}: `{path.resolve().as_uri()}`"))
         key = artifact_key(manifest.pipeline, f"output-{name}")
@@ -234,15 +235,11 @@ async def _publish_media(manifest: RunManifest, pictures: bool) -> tuple[dict[st
     return dict(item for item in made_images if item is not None), dict(made_links)
 
 
-async def publish_artifacts(
-    manifest: RunManifest, frame: pd.DataFrame, *, pictures: bool = True
-) -> ArtifactIds:
+async def publish_artifacts(manifest: RunManifest, frame: pd.DataFrame) -> ArtifactIds:
     """Create the run's table, markdown, image and link artifacts in the current flow run.
 
     ``manifest`` and ``frame`` are what the run returned (its manifest and ledger rows). Call it
-    inside a flow run, so the artifacts attach to it. ``pictures=False`` leaves out the contact
-    sheet and thumbnails (a batch's row: the batch's own contact sheet shows every row's cut, and
-    decoding each clip again per row was most of a large batch's CPU).
+    inside a flow run, so the artifacts attach to it.
     """
     table, markdown, (images, links) = await asyncio.gather(
         acreate_table_artifact(
@@ -255,9 +252,23 @@ async def publish_artifacts(
             key=artifact_key(manifest.pipeline, "summary"),
             description=f"Summary of run {manifest.run_id} ({manifest.status})",
         ),
-        _publish_media(manifest, pictures),
+        _publish_media(manifest),
     )
     return ArtifactIds(table=table, markdown=markdown, images=images, links=links)
+
+
+async def publish_row_summary(manifest: RunManifest, frame: pd.DataFrame) -> UUID:
+    """A batch row's one artifact: its summary (status, spend, outputs, report, failures).
+
+    The batch's own table links every row's flow run and output and its contact sheet shows every
+    row's cut, so a row leaves out the run's ledger table, pictures and links: each artifact is a
+    write to the server's database, and at 200 rows those were a fifth of the server's work.
+    """
+    return await acreate_markdown_artifact(
+        markdown=summary_markdown(manifest, frame),
+        key=artifact_key(manifest.pipeline, "summary"),
+        description=f"Summary of run {manifest.run_id} ({manifest.status})",
+    )
 
 
 def batch_rows(batch: BatchResult, ui: str | None) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from prefect.states import Cancelled, Failed
 from klingflow.batch import BatchHooks, BatchResult, BatchRow, RowCall, Sheet, SheetSource, arun_batch
 from klingflow.engine import RunHooks, RunOptions, RunResult
 from klingflow.errors import ConfigError, PipelineFailed
-from klingflow.flows.artifacts import publish_artifacts, publish_batch_artifacts
+from klingflow.flows.artifacts import publish_batch_artifacts, publish_row_summary
 from klingflow.flows.pipeline import block_layer, flow_parameter, with_option_parameters
 from klingflow.flows.server import use_local_server
 from klingflow.spec import PipelineSpec
@@ -72,7 +72,7 @@ async def _row_flow(pipeline: str, row: int, name: str, inputs: dict[str, Any]) 
     """One row of a batch: the pipeline with this row's inputs; its steps are this flow run's task runs."""
     result = await _row_calls.get()[row](str(flow_run.id))
     if result.manifest is not None:
-        await publish_artifacts(result.manifest, result.ledger, pictures=False)
+        await publish_row_summary(result.manifest, result.ledger)
     if result.stopped_by is not None:
         return Cancelled(message=f"row {row} was stopped; what it submitted is kept")
     if result.failures:
