@@ -1,6 +1,6 @@
 """Prefect's own server for klingflow's local home, with every SQLite transaction begun IMMEDIATE.
 
-klingflow's supervisor runs this file (by path, ``python -I``) in place of ``prefect server
+klingflow's supervisor runs this file (by path, ``python -P``) in place of ``prefect server
 start``; the arguments are that command's. It changes one thing, and says why here because it
 reaches into Prefect's server:
 
