@@ -11,15 +11,19 @@ session emulator). ``cancel_queued`` acts only when a run is stopped: the comman
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
 from prefect.testing.utilities import prefect_test_harness
 
 from conftest import EmulatorAdmin
 from klingflow.engine import FLOW_OPTIONS, RunResult
+from klingflow.flows.approval import resume
 from klingflow.flows.pipeline import pipeline_flow
 from klingflow.flows.presets import pipeline_flow_for
 
@@ -118,6 +122,39 @@ def _ambiguous(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_
     assert state == "FAILED" and "on_ambiguous_submit: fail" in _message(value), value
 
 
+@case("approve", ["two"])
+def _approve(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    # no terminal here: the flow run paused at step two, and the test's resumer rejected it
+    assert state == "COMPLETED" and isinstance(value, RunResult), value
+    assert [(r.status, r.approval, r.approval_by) for r in value.records] == [
+        ("completed", None, None),
+        ("skipped", "rejected", "option test"),
+    ]
+    assert emulator.stats()["total_submits"] == 1
+
+
+@case("yes", True)
+def _yes(path: Path, emulator: EmulatorAdmin, state: str, value: Any, tmp_path: Path) -> None:
+    # the pipeline file marks step two approve: true; --yes approves it without asking
+    assert state == "COMPLETED" and isinstance(value, RunResult), value
+    assert [(r.status, r.approval_by) for r in value.records] == [("completed", None), ("completed", "--yes")]
+
+
+def _reject_when_paused(stop: threading.Event) -> None:
+    """Resume the first flow run that pauses for approval, rejecting (as `klingflow approve --reject`)."""
+
+    async def watch() -> None:
+        async with get_client() as client:
+            while not stop.is_set():
+                paused = FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["PAUSED"])))
+                for run in await client.read_flow_runs(flow_run_filter=paused, limit=5):
+                    await resume(run.id, approved=False, approver="option test")
+                    return
+                await asyncio.sleep(0.5)
+
+    asyncio.run(watch())
+
+
 def test_the_cases_cover_every_option() -> None:
     assert set(CASES) | {"cancel_queued"} == set(FLOW_OPTIONS)
 
@@ -146,6 +183,17 @@ def test_an_option_given_as_a_flow_parameter_reaches_the_engine(
         assert emulator.stats()["total_submits"] == 0
     if option == "on_ambiguous_submit":
         emulator.faults(script=["lost"])
+    if option == "yes":
+        path.write_text(path.read_text().replace("  - id: two\n", "  - id: two\n    approve: true\n"))
     parameter = str(tmp_path / value) if option == "out_dir" else value
-    state, result = _run(path, **{option: parameter})
+    stop = threading.Event()
+    resumer = threading.Thread(target=_reject_when_paused, args=(stop,))
+    if option == "approve":
+        resumer.start()
+    try:
+        state, result = _run(path, **{option: parameter})
+    finally:
+        stop.set()
+        if resumer.is_alive():
+            resumer.join(timeout=30)
     check(path, emulator, state, result, tmp_path)

@@ -47,6 +47,7 @@ from klingflow.engine import (
     resolve_options,
     run_checked,
     stop_on_signals,
+    with_approvals,
     with_block_arguments,
 )
 from klingflow.errors import KlingflowError
@@ -137,7 +138,7 @@ async def arun_batch(
     resolved = resolve_options(options, block=block, pipeline=spec, fallback=fallback)
     sheet = read_sheet(rows)
     checked = check_rows(
-        with_block_arguments(spec, resolved.arguments),
+        with_approvals(with_block_arguments(spec, resolved.arguments), resolved.approve),
         sheet,
         key_column=key_column,
         ignore_extra=ignore_extra,

@@ -10,6 +10,8 @@ one whole line per change of state instead, never wrapped, so a log reads top to
 
 Both are fed by the engine's hooks (:class:`klingflow.engine.RunHooks`: ``on_plan``,
 ``on_start``, ``on_event``, ``on_finish``); log lines are not theirs (:mod:`klingflow.cli._logs`).
+A step that waits for approval asks through :meth:`RunView.ask` (the ``approve`` hook): the live
+view stops drawing while the question is on the terminal, and goes on after the answer.
 The states and marks are defined here once; a test checks every ledger status has a mark.
 """
 
@@ -31,7 +33,7 @@ from klingflow.ledger import Status, StepRecord, spend_label
 
 if TYPE_CHECKING:
     from klingflow.backends.handles import QueueEvent
-    from klingflow.engine import Plan
+    from klingflow.engine import ApprovalDecision, ApprovalRequest, Plan
 
 __all__ = ["MARKS", "LiveView", "PlainView", "RunView", "run_view"]
 
@@ -174,6 +176,12 @@ class RunView:
             f"{_clock(self.clock() - self.began)} elapsed"
         )
 
+    async def ask(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Ask on the terminal about a step that waits for approval (the engine's prompt)."""
+        from klingflow.engine import ask_on_terminal
+
+        return await ask_on_terminal(request)
+
     def __enter__(self) -> RunView:
         return self
 
@@ -219,6 +227,14 @@ class LiveView(RunView):
 
     def changed(self, execution: _Execution | None) -> None:
         self._live.refresh()
+
+    async def ask(self, request: ApprovalRequest) -> ApprovalDecision:
+        """The question below the last frame; the view goes on drawing after the answer."""
+        self._live.stop()
+        try:
+            return await super().ask(request)
+        finally:
+            self._live.start()
 
     def render(self) -> Group:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")

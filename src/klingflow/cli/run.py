@@ -225,6 +225,17 @@ def run(
         ),
     ] = False,
     offline: OfflineOpt = False,
+    approve: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--approve",
+            metavar="STEP",
+            help="Wait for a person's approval before STEP is paid for (as approve: on the step; "
+            "repeatable). On a terminal you are asked; elsewhere the flow run pauses until "
+            "`klingflow approve` or the Prefect UI resumes it.",
+        ),
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Approve every approval gate unattended.")] = False,
     rows: BatchOpt = None,
     row_concurrency: RowConcurrencyOpt = None,
     key_column: KeyColumnOpt = None,
@@ -267,7 +278,13 @@ def run(
         out_dir=out_dir,
         on_ambiguous_submit=ambiguous_submit_policy(on_ambiguous_submit),
         cancel_queued=cancel_queued or None,
+        approve=approve or None,
+        yes=yes or None,
     )
+    if approve:
+        from klingflow.engine import with_approvals
+
+        with_approvals(spec, approve)  # a step it does not have is said now, before Prefect starts
     fallback = RunOptions(out_dir=Path("klingflow-out") / spec.name)
     if batch is not None:  # its rows are checked by the batch itself, before anything is paid
         run_batch_command(
@@ -339,7 +356,7 @@ def _watched(
     folder at the end) and, with ``verbose``, to the console above the view. A failed or stopped
     run's error is returned, not raised, so its summary is printed after the view's last frame.
     """
-    from klingflow.engine import RunHooks
+    from klingflow.engine import RunHooks, has_terminal
     from klingflow.errors import PipelineFailed, RunInterrupted
     from klingflow.ledger import run_dir, runs_root
 
@@ -352,6 +369,7 @@ def _watched(
             on_event=view.event,
             on_finish=view.finish,
             log=logging.getLogger(STEP_LOG).info,
+            approve=view.ask if has_terminal() else None,  # else the flow run pauses with a form
         )
         try:
             result = execute(hooks)

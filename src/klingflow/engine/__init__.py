@@ -6,6 +6,7 @@
 * :mod:`~klingflow.engine.generation`: one fal request: claim, submit or resume, poll, download;
 * :mod:`~klingflow.engine.operation`: one local media operation, cached the same way;
 * :mod:`~klingflow.engine.runner`: the DAG scheduler;
+* :mod:`~klingflow.engine.approval`: approval gates: who decides before a step is paid for;
 * :mod:`~klingflow.engine.interrupts`: Ctrl-C / SIGTERM: stop submitting, keep what was paid;
 * :mod:`~klingflow.engine.plan`: the plan as data, and the budget check;
 * :mod:`~klingflow.engine.recording`: ledger rows, manifest, contact sheet and report of a run
@@ -17,6 +18,14 @@
   the last three, on a context a batch shares between its rows).
 """
 
+from klingflow.engine.approval import (
+    ApprovalDecision,
+    ApprovalRequest,
+    Asker,
+    ask_on_terminal,
+    has_terminal,
+    with_approvals,
+)
 from klingflow.engine.context import Logger
 from klingflow.engine.hooks import RunHooks, StepCall, StepInfo
 from klingflow.engine.housekeeping import Collected, collect_garbage
@@ -45,6 +54,12 @@ from klingflow.engine.runner import RunResult, execute, upstream_labels
 from klingflow.engine.verify import Verified, verify_store
 
 __all__ = [
+    "ApprovalDecision",
+    "ApprovalRequest",
+    "Asker",
+    "ask_on_terminal",
+    "has_terminal",
+    "with_approvals",
     "BUILT_IN",
     "FLOW_OPTIONS",
     "Collected",

@@ -76,6 +76,8 @@ class StepContext:
     stop: StopRequest = field(default_factory=lambda: STOP)
     """Asked by a signal or a cancelled flow run: no new submit leaves (see :mod:`.interrupts`)."""
     cancel_queued: bool = False
+    approve_unattended: bool = False
+    """``--yes``: every approval gate is approved without asking (:mod:`.approval`)."""
     """On a stop, cancel this run's requests still waiting in fal's queue (free)."""
     open_requests: dict[str, OpenRequest] = field(default_factory=dict)
     """Requests this run submitted or resumed, by cache key (what a stop may leave running at fal)."""

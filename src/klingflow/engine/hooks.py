@@ -14,7 +14,10 @@ happens around each step. Instead of loose callables, a run takes one :class:`Ru
 * ``on_start(label)`` / ``on_event(label, event)`` / ``on_finish(record)``: progress: a step
   execution began, fal reported on its request (queue position, running), it ended with its
   ledger row (the CLI's live view draws them);
-* ``log(message)``: where step messages go when ``run_step`` gives no logger of its own.
+* ``log(message)``: where step messages go when ``run_step`` gives no logger of its own;
+* ``approve(request)``: asks a person about a step that waits for approval and returns the
+  decision (the CLI: a prompt on its terminal; the Prefect layer: a paused flow run with a form);
+  None asks on this process's terminal, if it has one (:mod:`.approval`).
 
 Example::
 
@@ -33,6 +36,7 @@ from klingflow.ledger import StepRecord
 
 if TYPE_CHECKING:
     from klingflow.backends.handles import QueueEvent
+    from klingflow.engine.approval import Asker
     from klingflow.engine.plan import Plan
 
 __all__ = ["RunHooks", "StepCall", "StepInfo"]
@@ -77,3 +81,4 @@ class RunHooks:
     on_event: Callable[[str, QueueEvent], None] = _ignore
     on_finish: Callable[[StepRecord], None] = _ignore
     log: Logger = print
+    approve: Asker | None = None

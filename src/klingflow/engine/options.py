@@ -132,6 +132,12 @@ class RunOptions(BaseModel):
     arguments: dict[str, dict[str, Any]] | None = Field(
         default=None, description="Default endpoint arguments under the pipeline's own (a block's)."
     )
+    approve: list[str] | None = Field(
+        default=None,
+        description="Steps that wait for a person's approval before they are paid for (besides the steps "
+        "the pipeline marks approve:).",
+    )
+    yes: bool | None = Field(default=None, description="Approve every approval gate unattended.")
 
     def given(self) -> dict[str, Any]:
         """The options this layer sets."""
@@ -157,6 +163,8 @@ FLOW_OPTIONS: tuple[str, ...] = (
     "out_dir",
     "on_ambiguous_submit",
     "cancel_queued",
+    "approve",
+    "yes",
 )
 """The options a flow run takes as its parameters (JSON): each one a deployment, a schedule, the
 Prefect UI's form and the command line can set. Every Prefect flow of klingflow derives these

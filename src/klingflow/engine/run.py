@@ -19,6 +19,7 @@ from klingflow._files import atomic_path
 from klingflow.backends import connect
 from klingflow.backends.config import planned_identity
 from klingflow.cache import Journal, Store, claims_from_env
+from klingflow.engine.approval import with_approvals
 from klingflow.engine.context import StepContext
 from klingflow.engine.hooks import RunHooks
 from klingflow.engine.interrupts import stop_on_signals
@@ -66,7 +67,9 @@ def prepare(
     """Load and check the pipeline (one SpecError with every problem), resolve options, build the context."""
     spec = pipeline if isinstance(pipeline, PipelineSpec) else load_pipeline(pipeline)
     resolved = resolve_options(options, block=block, pipeline=spec, fallback=fallback)
-    validated = check(with_block_arguments(spec, resolved.arguments), inputs or {})
+    validated = check(
+        with_approvals(with_block_arguments(spec, resolved.arguments), resolved.approve), inputs or {}
+    )
     source = validated.spec.source
     return validated, context_for(resolved, base_dir=source.parent if source else None), resolved
 
@@ -97,6 +100,7 @@ def context_for(resolved: RunOptions, *, base_dir: Path | None = None) -> StepCo
         prices=resolved.prices,
         on_ambiguous_submit=resolved.on_ambiguous_submit or "reconcile",
         cancel_queued=bool(resolved.cancel_queued),
+        approve_unattended=bool(resolved.yes),
     )
 
 
@@ -199,7 +203,14 @@ async def run_checked(
         finished(record)
 
     try:
-        result = await execute(validated, ctx, hooks=replace(hooks, on_finish=on_finish), run_id=run_id)
+        result = await execute(
+            validated,
+            ctx,
+            hooks=replace(hooks, on_finish=on_finish),
+            run_id=run_id,
+            batch_id=batch_id,
+            row_key=row_key,
+        )
         result.flow_run_id, result.batch_id, result.row_key = flow_run_id, batch_id, row_key
         if out_dir is not None:
             result.final = export_outputs(result, out_dir)

@@ -14,6 +14,10 @@ could go out, and the UI would show all 200 Running while 192 wait for a request
 cap keeps the next steps ready while the cap's worth are in flight. A step takes the gate only
 after its references are done, so waiting for one can never hold it.
 
+A step that waits for approval (``approve:``, :mod:`~klingflow.engine.approval`) is asked about
+once its references are done, one question at a time per run; a rejected step and the steps that
+read it become ``skipped`` rows without a submit, and do not fail the run.
+
 The Prefect layer's :class:`~klingflow.engine.hooks.RunHooks` run each step inside a Prefect task
 named after it; a plain Python call uses the default hooks and gets exactly the same caching,
 resume and retries.
@@ -33,14 +37,23 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from klingflow.backends.handles import QueueEvent
+from klingflow.engine.approval import ApprovalDecision, ApprovalRequest, decide
 from klingflow.engine.context import Logger, StepContext, plain
 from klingflow.engine.generation import run_generation
 from klingflow.engine.hooks import RunHooks, StepInfo
 from klingflow.engine.interrupts import OpenRequest
 from klingflow.engine.operation import run_operation
+from klingflow.engine.plan import PlannedStep, make_plan
 from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
-from klingflow.spec import ValidatedPipeline, find_references, merged_arguments, resolve, step_endpoint
+from klingflow.spec import (
+    StepSpec,
+    ValidatedPipeline,
+    find_references,
+    merged_arguments,
+    resolve,
+    step_endpoint,
+)
 
 __all__ = ["RunResult", "execute", "executions", "item_by_item", "upstream_labels"]
 
@@ -169,12 +182,37 @@ def upstream_labels(
     return tuple(r.step_label for r in reads)
 
 
+def dependants(pipeline: ValidatedPipeline, step_id: str) -> list[str]:
+    """The steps that read ``step_id``'s outputs, directly or through others, in pipeline order."""
+    found: set[str] = set()
+    for other in pipeline.order:
+        if pipeline.dependencies[other] & ({step_id} | found):
+            found.add(other)
+    return [s for s in pipeline.order if s in found]
+
+
+def _read_files(arguments: Mapping[str, Any]) -> list[tuple[str, Path]]:
+    """The files among resolved arguments (what earlier steps made, or local inputs), by argument."""
+    files: list[tuple[str, Path]] = []
+    for name, value in arguments.items():
+        for one in value if isinstance(value, list) else [value]:
+            if isinstance(one, Path):
+                files.append((name, one))
+    return files
+
+
 class _Run:
-    def __init__(self, pipeline: ValidatedPipeline, ctx: StepContext, hooks: RunHooks) -> None:
-        self.pipeline, self.ctx, self.hooks = pipeline, ctx, hooks
+    def __init__(
+        self, pipeline: ValidatedPipeline, ctx: StepContext, hooks: RunHooks, ids: Mapping[str, str | None]
+    ) -> None:
+        self.pipeline, self.ctx, self.hooks, self.ids = pipeline, ctx, hooks, ids
         self.outputs: dict[str, dict[str, Any]] = {}
         self.records: list[StepRecord] = []
         self.failures: dict[str, str] = {}
+        self.rejected: dict[str, str] = {}
+        """Steps skipped because a person rejected them (or a step they read): not failures."""
+        self.asking = asyncio.Lock()
+        """One approval question at a time: a terminal has one prompt, a flow run one pause."""
         self.done: dict[str, asyncio.Event] = {step: asyncio.Event() for step in pipeline.order}
         self.steps = {step.id: step for step in pipeline.spec.steps}
         self.starts = asyncio.Semaphore(2 * max(1, ctx.concurrency))
@@ -279,25 +317,32 @@ class _Run:
         for dependency in self.pipeline.dependencies[step_id]:
             await self.done[dependency].wait()
         blocked = sorted(d for d in self.pipeline.dependencies[step_id] if d in self.failures)
+        declined = sorted(d for d in self.pipeline.dependencies[step_id] if d in self.rejected)
         try:
             if blocked:
                 self.failures[step_id] = f"skipped: depends on failed step(s) {', '.join(blocked)}"
                 self._record(self._unrun(step_id, None, Status.SKIPPED, self.failures[step_id]))
                 return
+            if declined:
+                self.rejected[step_id] = f"skipped: depends on rejected step(s) {', '.join(declined)}"
+                self._record(self._unrun(step_id, None, Status.SKIPPED, self.rejected[step_id]))
+                return
             raw = merged_arguments(self.pipeline.spec, step)
             context = {"inputs": self.pipeline.inputs, "outputs": self.outputs}
             if step.foreach is None:
-                records = [await self._guarded(step_id, resolve(raw, **context), None)]
+                calls: list[tuple[dict[str, Any], int | None]] = [(resolve(raw, **context), None)]
             else:
                 items = resolve(step.foreach, **context)
-                records = list(
-                    await asyncio.gather(
-                        *(
-                            self._guarded(step_id, resolve(raw, **context, item=item), index)
-                            for index, item in enumerate(items)
-                        )
-                    )
-                )
+                calls = [(resolve(raw, **context, item=item), index) for index, item in enumerate(items)]
+            decision = await self._approval(step, [arguments for arguments, _ in calls])
+            if decision is not None and not decision.approved:
+                self.rejected[step_id] = decision.reason(step_id)
+                skipped = self._unrun(step_id, None, Status.SKIPPED, self.rejected[step_id])
+                self._record(_stamped(skipped, decision))
+                return
+            if decision is not None and decision.prompt:
+                calls = [({**a, "prompt": decision.prompt} if "prompt" in a else a, i) for a, i in calls]
+            records = list(await asyncio.gather(*(self._guarded(step_id, a, i, decision) for a, i in calls)))
             failed = [r for r in records if r.status == Status.FAILED]
             if failed:
                 self.failures[step_id] = "; ".join(r.error or "failed" for r in failed)
@@ -310,6 +355,42 @@ class _Run:
                 self.outputs[step_id] = {name: [r.outputs.get(name) for r in records] for name in names}
         finally:
             self.done[step_id].set()
+
+    async def _approval(self, step: StepSpec, calls: list[dict[str, Any]]) -> ApprovalDecision | None:
+        """The decision on a step that waits for approval; None when it needs none.
+
+        A step whose every execution is cached needs none: it costs nothing, and a person approved
+        it when it ran. The plan is made again here, now that the step's inputs exist, so the
+        price shown is the step's real one (a length read from its audio, a cache hit upstream).
+        """
+        if step.approve is None:
+            return None
+        async with self.asking:
+            planned = make_plan(self.pipeline, self.ctx).steps
+            own = [p for p in planned if p.step_id == step.id]
+            if own and all(p.status == "cached" for p in own):
+                return None
+            after = dependants(self.pipeline, step.id)
+            paying = [p for p in planned if p.step_id in {step.id, *after} and p.status == "run"]
+            request = ApprovalRequest(
+                pipeline=self.pipeline.spec.name,
+                step_id=step.id,
+                uses=step.uses,
+                spec=step.approve,
+                prompts=tuple(str(a["prompt"]) for a in calls if isinstance(a.get("prompt"), str)),
+                inputs=tuple(dict.fromkeys(f for a in calls for f in _read_files(a))),
+                step_cost_usd=_total(p for p in paying if p.step_id == step.id),
+                cost_from_here_usd=_total(paying),
+                executions=len(calls),
+                after=tuple(after),
+                run_id=self.ids.get("run_id"),
+                batch_id=self.ids.get("batch_id"),
+                row_key=self.ids.get("row_key"),
+            )
+            decision = await decide(request, unattended=self.ctx.approve_unattended, ask=self.hooks.approve)
+            note = f" ({decision.note})" if decision.note else ""
+            self.hooks.log(f"{step.id}: {decision.word} by {decision.by}{note}")
+            return decision
 
     def _unrun(
         self, step_id: str, item_index: int | None, status: Status, error: str, request_id: str | None = None
@@ -326,7 +407,13 @@ class _Run:
             error=error,
         )
 
-    async def _guarded(self, step_id: str, arguments: dict[str, Any], item_index: int | None) -> StepRecord:
+    async def _guarded(
+        self,
+        step_id: str,
+        arguments: dict[str, Any],
+        item_index: int | None,
+        decision: ApprovalDecision | None = None,
+    ) -> StepRecord:
         try:
             record = await self._one(step_id, arguments, item_index)
         except StepFailed as exc:
@@ -341,8 +428,22 @@ class _Run:
             logger.exception("step %s crashed", step_id)
             error = f"internal error: {type(exc).__name__}: {exc}"
             record = self._unrun(step_id, item_index, Status.FAILED, error)
-        self._record(record)
+        self._record(_stamped(record, decision))
         return record
+
+
+def _stamped(record: StepRecord, decision: ApprovalDecision | None) -> StepRecord:
+    """The row with the approval decision it ran (or was skipped) under, if it waited for one."""
+    if decision is not None:
+        record.approval, record.approval_by = decision.word, decision.by
+        record.approval_at, record.approval_note = decision.at, decision.note
+    return record
+
+
+def _total(planned: Iterable[PlannedStep]) -> float | None:
+    """The estimated cost of planned executions; None when any price is unknown."""
+    costs = [p.estimated_cost_usd for p in planned]
+    return None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 6)
 
 
 def _final_files(step_id: str, outputs: Mapping[str, Any], produces: Mapping[str, str]) -> dict[str, Path]:
@@ -372,9 +473,12 @@ async def execute(
     *,
     hooks: RunHooks | None = None,
     run_id: str | None = None,
+    batch_id: str | None = None,
+    row_key: str | None = None,
 ) -> RunResult:
     """Run every step of a checked pipeline and return what it produced."""
-    run = _Run(pipeline, ctx, hooks or RunHooks())
+    ids = {"run_id": run_id, "batch_id": batch_id, "row_key": row_key}
+    run = _Run(pipeline, ctx, hooks or RunHooks(), ids)
     run.hooks.on_steps(pipeline.spec.name, executions(pipeline))
     started = datetime.now(UTC)
     await _until_done_or_stopped(run, [asyncio.ensure_future(run._step_or_stop(s)) for s in pipeline.order])

@@ -34,6 +34,7 @@ from prefect.states import Cancelled, Failed
 from klingflow.batch import BatchHooks, BatchResult, BatchRow, RowCall, Sheet, SheetSource, arun_batch
 from klingflow.engine import RunHooks, RunOptions, RunResult
 from klingflow.errors import ConfigError, PipelineFailed
+from klingflow.flows.approval import flow_asker
 from klingflow.flows.artifacts import publish_batch_artifacts, publish_row_summary
 from klingflow.flows.pipeline import block_layer, flow_parameter, with_option_parameters
 from klingflow.flows.server import use_local_server
@@ -146,9 +147,11 @@ async def abatch_body(
         )
     explicit = local.options.model_copy(update=RunOptions(**options).given())
     given = local.hooks
+    pause = flow_asker(None)  # decided here: a row's own flow run is never a deployment's
 
     def row_hooks(row: BatchRow) -> RunHooks:
-        return replace(given.row_hooks(row), run_step=run_step_as_task)
+        hooks = given.row_hooks(row)
+        return replace(hooks, run_step=run_step_as_task, approve=hooks.approve or pause)
 
     spec = local.spec or pipeline
     name = spec.name if isinstance(spec, PipelineSpec) else Path(pipeline).stem

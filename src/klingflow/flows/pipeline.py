@@ -68,6 +68,7 @@ from klingflow.engine import (
     upstream_labels,
 )
 from klingflow.errors import ConfigError, LedgerError, PipelineFailed, RunInterrupted, StepFailed
+from klingflow.flows.approval import flow_asker
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
 from klingflow.ledger import Status, StepRecord, run_dir
@@ -221,7 +222,13 @@ async def _run(
         explicit,
         block=await block_layer(credentials, defaults),
         fallback=local.fallback,
-        hooks=replace(local.hooks, run_step=run_step_as_task, on_steps=on_steps, on_finish=on_finish),
+        hooks=replace(
+            local.hooks,
+            run_step=run_step_as_task,
+            on_steps=on_steps,
+            on_finish=on_finish,
+            approve=flow_asker(local.hooks.approve),
+        ),
         run_id=run_id,
         flow_run_id=run_id,
     )

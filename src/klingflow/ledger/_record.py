@@ -63,6 +63,10 @@ class StepRecord(BaseModel):
     refused) or ``possible_duplicate`` (a lost submit was not found in fal's history and was sent
     again), with the times.
 
+    ``approval`` is set on the rows of a step that waited for a person (``approve:``): "approved"
+    or "rejected", by whom (``approval_by``: a user name, ``--yes``, ``auto``, ``timeout``), when,
+    and the note they left. A rejected step's row is ``skipped`` and nothing was submitted for it.
+
     ``outputs`` (the step's outputs for the steps after it) travels with the record in the run
     but is not a column.
     """
@@ -107,6 +111,10 @@ class StepRecord(BaseModel):
     fps: float | None = None
     has_audio: bool | None = None
     error: str | None = None
+    approval: str | None = None
+    approval_by: str | None = None
+    approval_at: datetime | None = None
+    approval_note: str | None = None
     outputs: dict[str, Any] = Field(default_factory=dict, exclude=True)
 
     @property

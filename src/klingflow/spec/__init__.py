@@ -63,6 +63,7 @@ from klingflow.spec._check import check
 from klingflow.spec._fetch import fetch_unknown_endpoints, looks_like_fal_id
 from klingflow.spec._graph import ValidatedPipeline
 from klingflow.spec._models import (
+    ApprovalSpec,
     InputSpec,
     InputType,
     PipelineSpec,
@@ -86,6 +87,7 @@ from klingflow.spec._problems import did_you_mean
 from klingflow.spec._references import NO_ITEM, Reference, find_references, parse_reference, resolve
 
 __all__ = [
+    "ApprovalSpec",
     "MEDIA_SUFFIXES",
     "NO_ITEM",
     "OPERATIONS",

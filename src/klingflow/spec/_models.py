@@ -35,6 +35,7 @@ from klingflow.spec._problems import (
 from klingflow.spec._yaml import LimitExceeded, read_value, read_yaml
 
 __all__ = [
+    "ApprovalSpec",
     "InputSpec",
     "InputType",
     "PipelineSpec",
@@ -126,6 +127,24 @@ class InputSpec(BaseModel):
         return self
 
 
+class ApprovalSpec(BaseModel):
+    """``approve:`` on a step: a person decides before the step is paid for.
+
+    ``approve: true`` takes every default. ``timeout`` is how long the run waits for the decision,
+    ``on_timeout`` what it then does (rejecting is the default: no decision must never spend
+    money), and ``auto_under_usd`` approves without asking when the step and everything after it
+    are estimated to cost less than that.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    timeout: float = Field(3600.0, gt=0, description="Seconds to wait for a decision.")
+    on_timeout: Literal["reject", "approve"] = "reject"
+    auto_under_usd: float | None = Field(
+        None, ge=0, description="Approve without asking when the step and its dependants cost less."
+    )
+
+
 class StepSpec(BaseModel):
     """One step: an endpoint or media operation (``uses``) with its arguments (``with``).
 
@@ -133,6 +152,7 @@ class StepSpec(BaseModel):
     lists. ``retries`` and ``timeout`` override the engine's defaults; ``cache: false`` never reuses a
     result, ``refresh: true`` regenerates once and stores the new result. ``on_ambiguous_submit``
     overrides the run's policy for a submit fal may have accepted (reconcile, fail or resubmit).
+    ``approve`` stops the run before the step until a person approves it (:class:`ApprovalSpec`).
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -146,6 +166,14 @@ class StepSpec(BaseModel):
     cache: bool = True
     refresh: bool = False
     on_ambiguous_submit: Literal["reconcile", "fail", "resubmit"] | None = None
+    approve: ApprovalSpec | None = None
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _approve_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
 
     @field_validator("id")
     @classmethod
