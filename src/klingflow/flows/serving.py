@@ -62,5 +62,8 @@ def file_deployments(files: list[Path]) -> list[RunnerDeployment]:
         # Inside an event loop to_deployment returns its async twin's coroutine; the CLI calls this
         # outside one, where it returns the deployment itself.
         assert isinstance(deployment, RunnerDeployment)
+        # Prefect names the entrypoint after the decorated function (``_pipeline_flow``, which is
+        # not a flow: its run would crash loading it); the flow is the module's ``pipeline_flow``.
+        deployment.entrypoint = f"{pipeline_flow.fn.__module__}.pipeline_flow"
         deployments.append(deployment)
     return deployments
