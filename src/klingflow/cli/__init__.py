@@ -1,6 +1,7 @@
 """The ``klingflow`` command: one module per command group, one error boundary.
 
 * :mod:`~klingflow.cli.run`: ``validate``, ``plan``, ``run``;
+* :mod:`~klingflow.cli.approve`: ``approve RUN_ID [--reject]``, ``approve --batch ID --all``;
 * :mod:`~klingflow.cli.ledger`: ``ledger``, ``ledger summary``, ``report``;
 * :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
 * :mod:`~klingflow.cli.endpoints`: ``endpoints list | show | refresh`` (fal's schemas and prices);
@@ -19,6 +20,7 @@ from __future__ import annotations
 import typer
 
 from klingflow.cli._errors import friendly_errors
+from klingflow.cli.approve import add_approve_command
 from klingflow.cli.emulator import emulator_app
 from klingflow.cli.endpoints import endpoints_app
 from klingflow.cli.housekeeping import add_housekeeping_commands
@@ -36,6 +38,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 add_run_commands(app)
+add_approve_command(app)
 add_ledger_commands(app, friendly_errors)
 app.add_typer(emulator_app, name="emulator")
 app.add_typer(endpoints_app, name="endpoints")

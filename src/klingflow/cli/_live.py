@@ -182,6 +182,25 @@ class RunView:
 
         return await ask_on_terminal(request)
 
+    async def pause(self, request: ApprovalRequest) -> ApprovalDecision:
+        """Without a terminal: say how to answer, then pause the flow run until someone does."""
+        from klingflow.flows.approval import pause_for_approval
+
+        row = f"a row of batch {request.batch_id}, " if request.batch_id else ""
+        batch = (
+            f"; the batch's rows: klingflow approve --batch {request.batch_id} --all"
+            if request.batch_id
+            else ""
+        )
+        self.console.print(
+            f"{request.step_id} ({row}run {request.run_id}) waits for approval: "
+            f"klingflow approve {request.run_id} [--reject], or Resume in the Prefect UI{batch}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return await pause_for_approval(request)
+
     def __enter__(self) -> RunView:
         return self
 

@@ -145,7 +145,7 @@ def run_batch_command(
 ) -> None:
     """Run the batch in Prefect under the run's view; print the outcome; raise when a row failed."""
     from klingflow.batch import BatchHooks, check_rows, read_sheet
-    from klingflow.engine import RunHooks
+    from klingflow.engine import RunHooks, has_terminal
     from klingflow.flows.batch import arun_batch_flow
     from klingflow.flows.server import use_local_server
     from klingflow.ledger import runs_root
@@ -176,6 +176,7 @@ def run_batch_command(
                 on_event=lambda label, event: view.event(prefix + label, event),
                 on_finish=lambda record: view.finish(record, prefix),
                 log=logging.getLogger("klingflow.steps").info,
+                approve=view.ask if has_terminal() else view.pause,
             )
 
         def on_plan(rows: list[BatchRow], plans: list[Plan]) -> None:

@@ -369,7 +369,7 @@ def _watched(
             on_event=view.event,
             on_finish=view.finish,
             log=logging.getLogger(STEP_LOG).info,
-            approve=view.ask if has_terminal() else None,  # else the flow run pauses with a form
+            approve=view.ask if has_terminal() else view.pause,
         )
         try:
             result = execute(hooks)

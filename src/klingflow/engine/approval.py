@@ -11,7 +11,8 @@ What decides, in this order:
    Prefect flow run with a typed form elsewhere; without one, a prompt when this process has a
    terminal, else a rejection that says why (there is nobody to ask);
 4. when the asker has not answered within ``timeout`` seconds: ``on_timeout`` (reject by default),
-   by ``timeout``.
+   by ``timeout``; an asker that fails (the Prefect server refused the pause) is a rejection too,
+   by ``nobody``, with the error as its note: a question nobody could see approves nothing.
 
 A rejected step and the steps after it that read it end ``skipped``, saying why; nothing is
 submitted for them, and the run itself is not a failure. Their rows (and the approved step's)
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import logging
 import sys
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
@@ -37,6 +39,8 @@ from pydantic import BaseModel
 
 from klingflow.errors import ConfigError
 from klingflow.spec import ApprovalSpec, PipelineSpec
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ApprovalDecision",
@@ -154,6 +158,10 @@ async def decide(request: ApprovalRequest, *, unattended: bool, ask: Asker | Non
     except TimeoutError:
         note = f"no decision within {spec.timeout:g} s"
         return ApprovalDecision(approved=spec.on_timeout == "approve", by="timeout", at=now(), note=note)
+    except Exception as exc:  # a question that could not be asked is not an approval
+        logger.warning("could not ask about step %s", request.step_id, exc_info=True)
+        note = f"could not ask: {type(exc).__name__}: {exc}"
+        return ApprovalDecision(approved=False, by="nobody", at=now(), note=note)
 
 
 async def read_line(stream: IO[str]) -> str:

@@ -9,7 +9,10 @@ field has no default) is refused. ``klingflow approve RUN_ID`` sends the same fo
 (:func:`resume`). Before pausing, the flow run gets an artifact with what to decide on (the
 pictures of what the step reads, its prompt, its cost) and the tags ``klingflow-approval``,
 ``klingflow-batch:<id>`` and ``klingflow-row:<key>`` (for a batch's row), which is how
-``klingflow approve --batch`` finds every row that waits.
+``klingflow approve --batch`` finds every row that waits. A batch's rows pause in the batch's own
+process, so each row that pauses also publishes ``klingflow-<pipeline>-approvals``: one picture
+of every row of the batch waiting at that moment, a tile each (its first picture, under its flow
+run's name), so a person can look at them all before ``klingflow approve --batch ID --all``.
 
 The wait's timeout is klingflow's own (the gate's ``timeout``); Prefect's pause is given a minute
 more, so it is klingflow that ends it: on a timeout the flow run is set Running again (the
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from PIL import Image, ImageDraw, ImageFont
 from prefect import get_client
 from prefect.client.schemas.filters import (
     FlowRunFilter,
@@ -43,7 +48,7 @@ from pydantic import Field
 from klingflow.engine import ApprovalDecision, ApprovalRequest, Asker, has_terminal
 from klingflow.engine.approval import now
 from klingflow.errors import ConfigError
-from klingflow.flows.artifacts import artifact_key, picture_data_uri
+from klingflow.flows.artifacts import artifact_key, jpeg_data_uri, picture_data_uri, picture_of
 
 __all__ = [
     "APPROVAL_TAG",
@@ -64,6 +69,11 @@ POLL_SECONDS = 2
 _PREFECT_MARGIN = 60
 _PICTURES = 6
 _PICTURE_SIDE = 320
+_TILE, _LABEL, _COLUMNS = 240, 28, 5
+_PAGE = 200
+
+_WAITING: dict[str, dict[str, tuple[str, Path | None]]] = {}
+"""Per batch id, the rows of this process waiting now: row key -> (flow run name, first picture)."""
 
 
 class ApprovalInput(RunInput):
@@ -124,22 +134,63 @@ async def pause_for_approval(request: ApprovalRequest) -> ApprovalDecision:
         key=artifact_key(request.pipeline, "approval"),
         description=f"What step '{request.step_id}' waits for",
     )
+    if request.batch_id:
+        first = next((path for _, path in request.inputs if path.suffix.lower() != ".mp3"), None)
+        waiting = _WAITING.setdefault(request.batch_id, {})
+        waiting[request.row_key or str(flow_run_id)] = (context.flow_run.name, first)
+        await _publish_waiting(request.pipeline, request.batch_id)
     try:
         answer = await apause_flow_run(
             wait_for_input=ApprovalInput,
             timeout=int(request.spec.timeout) + _PREFECT_MARGIN,
             poll_interval=POLL_SECONDS,
-            key=f"approve-{request.step_id}",
+            key=f"approve-{request.step_id.replace('_', '-')}",  # Prefect's keys: a-z, 0-9 and dashes
         )
     except asyncio.CancelledError:
         await asyncio.shield(_running_again(flow_run_id))  # a timeout or a stop: not Paused any more
         raise
+    finally:
+        _WAITING.get(request.batch_id or "", {}).pop(request.row_key or str(flow_run_id), None)
     return ApprovalDecision(
         approved=answer.approved,
         by=answer.approver or "the Prefect UI or API",
         at=now(),
         note=answer.note or None,
         prompt=(answer.prompt or None) if answer.approved else None,
+    )
+
+
+def _waiting_sheet(rows: list[tuple[str, Path | None]]) -> Image.Image:
+    """A tile per waiting row: its first picture (blank if it reads none) over its name."""
+    columns = min(_COLUMNS, len(rows))
+    lines = -(-len(rows) // columns)
+    sheet = Image.new("RGB", (columns * _TILE, lines * (_TILE + _LABEL)), (24, 24, 24))
+    draw, font = ImageDraw.Draw(sheet), ImageFont.load_default(size=14)
+    for index, (name, path) in enumerate(rows):
+        x, y = (index % columns) * _TILE, (index // columns) * (_TILE + _LABEL)
+        if path is not None:
+            try:
+                picture = picture_of(path, _TILE - 8)
+                sheet.paste(picture, (x + (_TILE - picture.width) // 2, y + (_TILE - picture.height) // 2))
+            except Exception:  # cosmetic: the tile stays blank, its name still says which row
+                pass
+        draw.text((x + 4, y + _TILE + 6), name[-32:], font=font, fill=(230, 230, 230))
+    return sheet
+
+
+async def _publish_waiting(pipeline: str, batch_id: str) -> None:
+    """The picture of every row of the batch that waits now, as the batch's approvals artifact."""
+    from prefect.artifacts import acreate_image_artifact
+
+    rows = sorted(_WAITING.get(batch_id, {}).values(), key=lambda row: row[0])
+    if not rows:
+        return
+    uri = jpeg_data_uri(await asyncio.to_thread(_waiting_sheet, rows))
+    await acreate_image_artifact(
+        image_url=uri,
+        key=artifact_key(pipeline, "approvals"),
+        description=f"{len(rows)} row(s) of batch {batch_id} waiting for approval: "
+        f"`klingflow approve --batch {batch_id} --all`",
     )
 
 
@@ -182,8 +233,14 @@ async def waiting_flow_runs(*, batch: str | None = None, flow_run: str | None = 
     found: dict[UUID, FlowRun] = {}
     async with get_client() as client:
         for one in filters:
-            for run in await client.read_flow_runs(flow_run_filter=one, limit=10_000):
-                found.setdefault(run.id, run)
+            offset = 0
+            while True:  # the server answers at most 200 at a time
+                page = await client.read_flow_runs(flow_run_filter=one, limit=_PAGE, offset=offset)
+                for run in page:
+                    found.setdefault(run.id, run)
+                if len(page) < _PAGE:
+                    break
+                offset += _PAGE
     return sorted(found.values(), key=lambda run: run.name)
 
 

@@ -62,7 +62,9 @@ __all__ = [
     "ArtifactIds",
     "ProgressPublisher",
     "artifact_key",
+    "jpeg_data_uri",
     "picture_data_uri",
+    "picture_of",
     "batch_rows",
     "publish_artifacts",
     "publish_row_summary",
@@ -172,17 +174,26 @@ def summary_markdown(manifest: RunManifest, frame: pd.DataFrame) -> str:
     return redact("\n".join(lines)) or ""
 
 
-def picture_data_uri(path: Path, max_side: int) -> str:
-    """A ``data:`` URI of a small JPEG of ``path``: an image, or a video's middle frame."""
+def picture_of(path: Path, max_side: int) -> Image.Image:
+    """A small RGB picture of ``path``: an image, or a video's middle frame."""
     if media_kind(path) == "video":
-        picture = preview(path, max_side, context=f"thumbnail of {path}").convert("RGB")
-    else:
-        with Image.open(path) as opened:
-            picture = opened.convert("RGB")
-        picture.thumbnail((max_side, max_side))
+        return preview(path, max_side, context=f"thumbnail of {path}").convert("RGB")
+    with Image.open(path) as opened:
+        picture = opened.convert("RGB")
+    picture.thumbnail((max_side, max_side))
+    return picture
+
+
+def jpeg_data_uri(picture: Image.Image) -> str:
+    """A picture as a ``data:`` URI of a JPEG (what an image artifact's URL can be)."""
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=80, optimize=True)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def picture_data_uri(path: Path, max_side: int) -> str:
+    """A ``data:`` URI of a small JPEG of ``path``: an image, or a video's middle frame."""
+    return jpeg_data_uri(picture_of(path, max_side))
 
 
 async def _picture(path: Path, max_side: int) -> str | None:
