@@ -16,6 +16,7 @@ submits are counted there, not by klingflow:
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import select
@@ -27,13 +28,13 @@ from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterTags
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import ArtifactSort
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
-from conftest import KLINGFLOW, stop_group
+from conftest import KLINGFLOW, REPO, stop_group
 from faultproxy import FaultProxy
 from moneyhelpers import accepted_by_endpoint, ledger_rows, run_env
 
@@ -276,8 +277,12 @@ async def _paused_rows(tag_prefix: str = "klingflow-batch:") -> list[FlowRun]:
 
 async def _artifact(key: str) -> Any:
     async with get_client() as client:
-        found = await client.read_artifacts(sort=ArtifactSort.UPDATED_DESC, limit=5)
-    return next((a for a in found if a.key == key), None)
+        found = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+            sort=ArtifactSort.UPDATED_DESC,
+            limit=1,
+        )
+    return found[0] if found else None
 
 
 def test_a_batch_s_waiting_rows_are_answered_by_row_and_all_at_once(
@@ -323,8 +328,10 @@ def test_a_batch_s_waiting_rows_are_answered_by_row_and_all_at_once(
                 for t in r.tags
                 if t.startswith("klingflow-batch:")
             }
-            printed = (tmp_path / "batch.log").read_text()
-            assert f"klingflow approve --batch {batch_id} --all" in printed, printed[-3000:]
+            said = f"klingflow approve --batch {batch_id} --all"
+            while said not in (printed := (tmp_path / "batch.log").read_text()):
+                assert time.monotonic() < deadline, printed[-3000:]
+                time.sleep(0.3)
             sheet = asyncio.run(_artifact("klingflow-gated-batch-approvals"))
             assert sheet is not None and str(sheet.data).startswith("data:image/jpeg;base64,")
             assert f"of batch {batch_id} waiting" in (sheet.description or "")
@@ -362,3 +369,82 @@ def test_a_batch_s_waiting_rows_are_answered_by_row_and_all_at_once(
     assert accepted_by_endpoint(fault_proxy) == {"text-to-video": 1, "image-to-video": 2}, (
         "one first shot (the rows share it), two approved rows; nothing for the rejected one"
     )
+
+
+# ---- 4. the Prefect UI's Resume form ------------------------------------------------------------
+
+
+CLICK = (
+    "((selector, text) => { const found = Array.from(document.querySelectorAll(selector))"
+    ".find(e => e.innerText.trim() === text); if (found) found.click(); return Boolean(found); })"
+)
+"""A JavaScript function: click the element of ``selector`` whose text is ``text``; whether one was."""
+SWITCH = "document.querySelector('[role=dialog] label.p-toggle__control').getAttribute('aria-checked')"
+
+
+def test_the_prefect_ui_resume_form_approves_a_paused_run(
+    tmp_path: Path, fault_proxy: FaultProxy, session_prefect: dict[str, str]
+) -> None:
+    from test_report import chromium_page, evaluate
+
+    pipeline = gated(tmp_path, "gated_ui")
+    env = run_env(fault_proxy, tmp_path / "home", session_prefect, tmp_path / "prefect-home")
+    with open(tmp_path / "run.log", "wb") as log:
+        run = subprocess.Popen(
+            [*KLINGFLOW, "run", str(pipeline), "--backend", "fal", "--out", str(tmp_path / "out")],
+            env=env,
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not (
+            found := re.search(r"klingflow approve (\S+) \[--reject\]", (tmp_path / "run.log").read_text())
+        ):
+            assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()[
+                -3000:
+            ]
+            time.sleep(0.3)
+        flow_run_id = found[1]
+        with _api(env):
+            _until(flow_run_id, {"PAUSED"})
+        ui = env["PREFECT_API_URL"].removesuffix("/api")
+
+        def wait_for(call: Any, text: str) -> str:
+            deadline = time.monotonic() + 60
+            while True:
+                body = evaluate(call, "document.body ? document.body.innerText : ''") or ""
+                if text in body:
+                    return body
+                assert time.monotonic() < deadline, f"{text!r} never appeared in the UI: {body[:3000]}"
+                time.sleep(0.5)
+
+        with chromium_page(f"{ui}/runs/flow-run/{flow_run_id}") as call:
+            wait_for(call, "Paused")
+            assert evaluate(call, CLICK + "('button', 'Resume')"), "no Resume button"
+            wait_for(call, "Approve")
+            evaluate(call, "document.querySelector('[role=dialog] label.p-toggle__control').click()")
+            deadline = time.monotonic() + 10
+            while evaluate(call, SWITCH) != "true":
+                assert time.monotonic() < deadline, "the Approve switch did not turn on"
+                time.sleep(0.2)
+            if os.environ.get("KLINGFLOW_UPDATE_DOCS"):
+                shot = base64.b64decode(call("Page.captureScreenshot", format="png")["data"])
+                (REPO / "docs" / "prefect-ui-approval.png").write_bytes(shot)
+            assert evaluate(call, CLICK + "('[role=dialog] button', 'Submit')"), "no Submit button"
+            with _api(env):
+                assert _until(flow_run_id, {"COMPLETED", "FAILED", "CRASHED"}) == "COMPLETED"
+        assert run.wait(timeout=120) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        rows = by_step(ledger_rows(tmp_path / "home"))
+        assert rows["second_shot"]["status"] == "completed"
+        assert (rows["second_shot"]["approval"], rows["second_shot"]["approval_by"]) == (
+            "approved",
+            "the Prefect UI or API",
+        )
+        assert accepted_by_endpoint(fault_proxy) == {"text-to-video": 1, "image-to-video": 1}
+    finally:
+        if run.poll() is None:
+            stop_group(run)

@@ -199,6 +199,7 @@ class RunView:
             highlight=False,
             soft_wrap=True,
         )
+        self.console.file.flush()  # a person (or `| tee`) needs the line now, not when a buffer fills
         return await pause_for_approval(request)
 
     def __enter__(self) -> RunView:

@@ -77,17 +77,20 @@ _WAITING: dict[str, dict[str, tuple[str, Path | None]]] = {}
 
 
 class ApprovalInput(RunInput):
-    """The form of a paused approval: the Prefect UI's Resume form and ``klingflow approve``'s answer."""
+    """The form of a paused approval: the Prefect UI's Resume form and ``klingflow approve``'s answer.
+
+    ``approved`` has no default, so the server refuses a resume that does not decide. The texts
+    default to "" rather than None: the UI draws a plain text box for a string, where an optional
+    one becomes a choice between "str" and "None" before anyone can type.
+    """
 
     approved: bool = Field(
         title="Approve",
         description="On: the step runs and is paid for. Off: it and the steps after it are skipped.",
     )
-    note: str | None = Field(None, description="Why (kept in the ledger).")
-    prompt: str | None = Field(
-        None, description="Send this prompt instead of the pipeline's (when approving)."
-    )
-    approver: str | None = Field(None, description="Who decides (kept in the ledger).")
+    note: str = Field("", description="Why (kept in the ledger).")
+    prompt: str = Field("", description="Send this prompt instead of the pipeline's (when approving).")
+    approver: str = Field("", description="Who decides (kept in the ledger).")
 
 
 def batch_tag(batch_id: str) -> str:
