@@ -143,15 +143,30 @@ def test_on_a_terminal_a_rejection_pays_nothing_and_an_approval_runs_the_step(
 
     code, shown = on_a_terminal(command, env, tmp_path, [("[a/r/e]", "a")])
     assert code == 0, shown[-3000:]
-    runs = {}
-    for row in ledger_rows(home):
-        runs.setdefault(row["run_id"], []).append(row)
-    latest = by_step(
-        max(runs.values(), key=lambda rows: max(r["finished_at"] or r["started_at"] for r in rows))
-    )
+    latest = newest_run(home)
     assert latest["second_shot"]["status"] == "completed" and latest["second_shot"]["approval"] == "approved"
     assert latest["first_shot"]["status"] == "cached" and latest["final_cut"]["status"] == "completed"
     assert accepted_by_endpoint(fault_proxy) == {"text-to-video": 1, "image-to-video": 1}, "paid once each"
+
+    edited = [*command, "--set", "next=the boat drifts under a bridge"]
+    code, shown = on_a_terminal(edited, env, tmp_path, [("[a/r/e]", "e"), ("new prompt", "the boat sinks")])
+    assert code == 0, shown[-3000:]
+    latest = newest_run(home)
+    assert (
+        latest["second_shot"]["prompt"] == "the boat sinks" and latest["second_shot"]["status"] == "completed"
+    )
+    assert latest["second_shot"]["approval_note"] == "prompt edited"
+    assert accepted_by_endpoint(fault_proxy) == {"text-to-video": 1, "image-to-video": 2}
+
+
+def newest_run(home: Path) -> dict[str, dict[str, Any]]:
+    """The rows of the run that finished last, by step."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for row in ledger_rows(home):
+        runs.setdefault(row["run_id"], []).append(row)
+    return by_step(
+        max(runs.values(), key=lambda rows: max(r["finished_at"] or r["started_at"] for r in rows))
+    )
 
 
 # ---- 2. a deployment on a Prefect server ------------------------------------------------------
