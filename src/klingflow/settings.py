@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         description="On Ctrl-C or SIGTERM, cancel the run's requests still waiting in fal's queue "
         "(free); running ones are always left to finish and be collected by a re-run.",
     )
+    team_limit: str | None = Field(
+        default=None,
+        description="The name of a Prefect global concurrency limit: every fal request of every run that "
+        "reports to that Prefect server holds one of its slots from submit to result, inside the run's own "
+        "cap (one fal account's limit, shared by every machine; `klingflow team-limit NAME --slots N`).",
+    )
+    team_lease: float = Field(
+        default=60.0,
+        ge=60,
+        description="Seconds a team slot's lease lasts unrenewed (its holder renews it while it runs): how "
+        "soon a killed holder's slot comes back, plus the Prefect server's check every 15 s (Prefect's "
+        "server takes no lease under 60 s).",
+    )
     free_deadline: float = Field(
         default=600.0,
         gt=0,

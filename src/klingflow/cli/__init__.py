@@ -5,7 +5,7 @@
 * :mod:`~klingflow.cli.ledger`: ``ledger``, ``ledger summary``, ``report``;
 * :mod:`~klingflow.cli.emulator`: ``emulator serve | env | stats``;
 * :mod:`~klingflow.cli.endpoints`: ``endpoints list | show | refresh`` (fal's schemas and prices);
-* :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``;
+* :mod:`~klingflow.cli.prefect`: ``blocks register``, ``serve``, ``team-limit NAME [--slots N]``;
 * :mod:`~klingflow.cli.server`: ``server start | status | stop`` (the local Prefect server);
 * :mod:`~klingflow.cli.verify`: ``verify [--repair]`` (the stored outputs, hashed; mended from fal);
 * :mod:`~klingflow.cli.housekeeping`: ``gc [--older-than 30d] [--dry-run]`` (what nothing kept needs).

@@ -1,4 +1,5 @@
-"""``klingflow blocks register`` and ``klingflow serve``: klingflow's Prefect side from a shell."""
+"""``klingflow blocks register``, ``klingflow serve`` and ``klingflow team-limit``: klingflow's Prefect side
+from a shell."""
 
 from __future__ import annotations
 
@@ -40,7 +41,41 @@ def serve(
     prefect_serve(*deployments)
 
 
+@friendly_errors
+def team_limit(
+    name: Annotated[str, typer.Argument(help="The limit's name (what KLINGFLOW_TEAM_LIMIT says).")],
+    slots: Annotated[
+        int | None,
+        typer.Option(min=1, help="Create the limit with this many slots, or change it to this many."),
+    ] = None,
+) -> None:
+    """Show or set the team's fal cap: a Prefect global concurrency limit every run's requests share.
+
+    Set KLINGFLOW_TEAM_LIMIT=NAME on every machine (workers, laptops) that reports to this Prefect
+    server; each fal request then holds one slot from submit to result.
+    """
+    import asyncio
+
+    from klingflow.errors import ConfigError
+    from klingflow.flows.server import use_local_server
+    from klingflow.flows.team import read_team_limit, set_team_limit
+
+    use_local_server()
+    limit = asyncio.run(set_team_limit(name, slots) if slots is not None else read_team_limit(name))
+    if limit is None:
+        raise ConfigError(
+            f"no limit named {name!r} on the Prefect server", hint=f"klingflow team-limit {name} --slots N"
+        )
+    out().print(
+        f"{limit.name}: {limit.active_slots} of {limit.limit} slots in use"
+        + ("" if limit.active else " (inactive)"),
+        markup=False,
+        highlight=False,
+    )
+
+
 def add_prefect_commands(app: typer.Typer) -> None:
-    """Attach ``blocks`` and ``serve`` to ``app``."""
+    """Attach ``blocks``, ``serve`` and ``team-limit`` to ``app``."""
     app.add_typer(blocks_app, name="blocks")
     app.command("serve")(serve)
+    app.command("team-limit")(team_limit)

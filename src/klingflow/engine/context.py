@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -77,6 +78,8 @@ class StepContext:
     """Asked by a signal or a cancelled flow run: no new submit leaves (see :mod:`.interrupts`)."""
     cancel_queued: bool = False
     approve_unattended: bool = False
+    team_slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    """One slot of the team's cap, held with the run's own from submit to result (:mod:`.generation`)."""
     """``--yes``: every approval gate is approved without asking (:mod:`.approval`)."""
     """On a stop, cancel this run's requests still waiting in fal's queue (free)."""
     open_requests: dict[str, OpenRequest] = field(default_factory=dict)

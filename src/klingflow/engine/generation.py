@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -74,6 +76,8 @@ from klingflow.errors import (
 from klingflow.ledger import Status, StepRecord
 
 __all__ = ["generation_key_for", "run_generation"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -151,7 +155,7 @@ async def run_generation(
     while True:
         # Capacity first, then the claim: a worker claims only what it can start now, so the keys it
         # cannot reach yet stay free for another worker to generate instead of waiting behind it.
-        async with _Slot(ctx.limiter) as slot:
+        async with _Slot(ctx.limiter, ctx.team_slot) as slot:
             held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
             if held:
                 try:
@@ -198,21 +202,43 @@ class _Slot:
 
     The cap limits requests at fal; fetching the result, downloading and probing the files need no
     place there, so the next step's submit need not wait for them. A new submit (a retry) takes
-    the place again first.
+    the place again first. With a team cap (``ctx.team_slot``: a Prefect global concurrency limit
+    every machine shares), a place holds one of its slots too, taken after the run's own (a run
+    never holds a team slot it cannot use yet) and given back first.
     """
 
-    def __init__(self, limiter: asyncio.Semaphore) -> None:
-        self._limiter = limiter
+    def __init__(
+        self, limiter: asyncio.Semaphore, team: Callable[[], AbstractAsyncContextManager[Any]] | None = None
+    ) -> None:
+        self._limiter, self._team = limiter, team
+        self._team_slot: AbstractAsyncContextManager[Any] | None = None
         self._held = False
 
     async def take(self) -> None:
-        if not self._held:
-            await self._limiter.acquire()
-            self._held = True
-
-    def give_back(self) -> None:
         if self._held:
-            self._held = False
+            return
+        await self._limiter.acquire()
+        try:
+            if self._team is not None:
+                slot = self._team()
+                await slot.__aenter__()
+                self._team_slot = slot
+        except BaseException:
+            self._limiter.release()
+            raise
+        self._held = True
+
+    async def give_back(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        slot, self._team_slot = self._team_slot, None
+        try:
+            if slot is not None:
+                await slot.__aexit__(None, None, None)
+        except Exception:  # a paid request must not fail over its slot: the lease runs out by itself
+            logger.warning("could not give back the team's concurrency slot", exc_info=True)
+        finally:
             self._limiter.release()
 
     async def __aenter__(self) -> _Slot:
@@ -220,7 +246,7 @@ class _Slot:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.give_back()
+        await self.give_back()
 
 
 class _JoinedRequestEnded(Exception):
@@ -379,7 +405,7 @@ class _Generation:
                         f"{record.step_id}: request {handle.request_id} finished before the cancel: kept"
                     )
                 if slot is not None:
-                    slot.give_back()  # completed at fal: the result and its files need no place there
+                    await slot.give_back()  # completed at fal: the result and its files need no place there
                 fetched = await self.free("result", partial(backend.fetch_result, handle))
                 done = await self.free("download", partial(backend.download, handle, fetched.raw))
                 break

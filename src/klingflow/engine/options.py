@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -131,6 +132,11 @@ class RunOptions(BaseModel):
     )
     arguments: dict[str, dict[str, Any]] | None = Field(
         default=None, description="Default endpoint arguments under the pipeline's own (a block's)."
+    )
+    team_slot: Callable[[], AbstractAsyncContextManager[Any]] | None = Field(
+        default=None,
+        description="Holds one slot of the team's cap while a request is at fal (the Prefect layer's "
+        "global concurrency limit, KLINGFLOW_TEAM_LIMIT); None: only this run's own cap.",
     )
     approve: list[str] | None = Field(
         default=None,

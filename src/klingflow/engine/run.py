@@ -101,6 +101,7 @@ def context_for(resolved: RunOptions, *, base_dir: Path | None = None) -> StepCo
         on_ambiguous_submit=resolved.on_ambiguous_submit or "reconcile",
         cancel_queued=bool(resolved.cancel_queued),
         approve_unattended=bool(resolved.yes),
+        team_slot=resolved.team_slot,
     )
 
 

@@ -38,6 +38,7 @@ from klingflow.flows.approval import flow_asker
 from klingflow.flows.artifacts import publish_batch_artifacts, publish_row_summary
 from klingflow.flows.pipeline import block_layer, flow_parameter, with_option_parameters
 from klingflow.flows.server import use_local_server
+from klingflow.flows.team import check_team_limit, team_slot
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
 
@@ -146,6 +147,9 @@ async def abatch_body(
             "a batch needs its rows", context="rows", hint="a .csv/.parquet/.jsonl path or records"
         )
     explicit = local.options.model_copy(update=RunOptions(**options).given())
+    await check_team_limit()
+    if explicit.team_slot is None:
+        explicit = explicit.model_copy(update={"team_slot": team_slot()})
     given = local.hooks
     pause = flow_asker(None)  # decided here: a row's own flow run is never a deployment's
 

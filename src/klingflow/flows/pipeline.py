@@ -71,6 +71,7 @@ from klingflow.errors import ConfigError, LedgerError, PipelineFailed, RunInterr
 from klingflow.flows.approval import flow_asker
 from klingflow.flows.artifacts import ProgressPublisher, publish_artifacts
 from klingflow.flows.server import use_local_server
+from klingflow.flows.team import check_team_limit, team_slot
 from klingflow.ledger import Status, StepRecord, run_dir
 from klingflow.spec import PipelineSpec
 from klingflow.tasks import run_step_as_task
@@ -215,7 +216,10 @@ async def _run(
     on_steps: Callable[[str, int], None],
     on_finish: Callable[[StepRecord], None],
 ) -> RunResult:
-    """The run itself: the engine, each step a task run (:func:`run_step_as_task`)."""
+    """The run itself: the engine, each step a task run (:func:`run_step_as_task`), the team's cap held."""
+    await check_team_limit()
+    if explicit.team_slot is None:
+        explicit = explicit.model_copy(update={"team_slot": team_slot()})
     return await arun(
         local.spec or pipeline,
         inputs,
