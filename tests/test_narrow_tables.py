@@ -142,6 +142,7 @@ def test_plan_keeps_every_header_and_step_id_whole(recorded, columns: int) -> No
         "status",
         "est. cost",
         "seconds",
+        "why",
     ], out
     steps = "".join(cells[0].strip() for cells in rows)
     assert f"{LONG_STEP}animals[0]animals[1]narration" == steps, out

@@ -149,7 +149,7 @@ async def arun_batch(
         checked = [row for row in checked if row.key in keys]
     ctx = context_for(resolved, base_dir=spec.source.parent if spec.source else None)
     try:
-        plans = [make_plan(row.validated, ctx) for row in checked]
+        plans = [make_plan(row.validated, ctx, row_key=row.key) for row in checked]
         whole = Plan(pipeline=spec.name, steps=[step for plan in plans for step in plan.steps])
         check_budget(whole, resolved.max_cost_usd, allow_unknown=bool(resolved.allow_unknown_cost))
         hooks.on_plan(checked, plans)

@@ -11,6 +11,7 @@ is. The exit status is 1 when a row failed, 130/143 when the batch was stopped.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -23,6 +24,7 @@ from rich.table import Table
 from klingflow.cli._errors import out, quiet_prefect_tracebacks, stderr
 from klingflow.cli._live import run_view
 from klingflow.cli._logs import RunLogs
+from klingflow.cli._plan_json import plan_json
 from klingflow.errors import BatchFailed, ConfigError
 
 if TYPE_CHECKING:
@@ -98,8 +100,16 @@ def _refuse_sets(sets: dict[str, str]) -> None:
         )
 
 
-def plan_batch(spec: PipelineSpec, sets: dict[str, str], batch: BatchSettings, options: RunOptions) -> None:
-    """Print each row's planned status and cost (cached rows at $0) and the batch's total."""
+def plan_batch(
+    spec: PipelineSpec,
+    sets: dict[str, str],
+    batch: BatchSettings,
+    options: RunOptions,
+    *,
+    as_json: bool = False,
+) -> None:
+    """Print each row's planned status and cost (cached rows at $0) and the batch's total (or, with
+    ``as_json``, every row's plan as JSON)."""
     from klingflow.batch import check_rows, read_sheet
     from klingflow.engine import context_for, make_plan, resolve_options, with_block_arguments
     from klingflow.ledger import spend_label
@@ -117,8 +127,20 @@ def plan_batch(spec: PipelineSpec, sets: dict[str, str], batch: BatchSettings, o
     for column in ("row", "name", "key", "to run", "cached", "estimated"):
         table.add_column(column, justify="right" if column in ("row", "to run", "cached") else "left")
     estimates: list[float | None] = []
+    if as_json:
+        plans = [
+            {
+                "row": row.number,
+                "name": row.name,
+                "key": row.key,
+                "plan": plan_json(make_plan(row.validated, ctx, row_key=row.key)),
+            }
+            for row in rows
+        ]
+        print(json.dumps({"pipeline": spec.name, "rows": plans}, indent=2))
+        return
     for row in rows:
-        plan = make_plan(row.validated, ctx)
+        plan = make_plan(row.validated, ctx, row_key=row.key)
         paid = [s.estimated_cost_usd for s in plan.steps if s.status == "run" and s.kind == "endpoint"]
         estimates += paid
         cached = sum(s.status == "cached" for s in plan.steps)

@@ -33,6 +33,7 @@ from rich.table import Table
 from klingflow.cli._errors import friendly_errors, out, quiet_prefect_tracebacks, stderr
 from klingflow.cli._live import run_view
 from klingflow.cli._logs import RunLogs
+from klingflow.cli._plan_json import plan_json
 from klingflow.cli.batch import (
     BatchOpt,
     IgnoreExtraOpt,
@@ -93,11 +94,12 @@ def parse_sets(values: list[str]) -> dict[str, str]:
 def plan_table(plan: Plan) -> Table:
     """The plan as a rich table (the plan itself is data: :class:`klingflow.engine.Plan`).
 
-    Its five short columns fit 80 characters; a step id too long for the terminal wraps in its
-    cell (``overflow="fold"``) rather than ending in an ellipsis, so every id stays readable whole.
+    Its five short columns fit 80 characters, and "why" (the reason a step is not reused, with its
+    detail) takes the rest; a step id too long for the terminal wraps in its cell
+    (``overflow="fold"``) rather than ending in an ellipsis, so every id stays readable whole.
     """
     table = Table(title=f"plan: {plan.pipeline}")
-    for column in ("step", "uses", "status", "est. cost", "seconds"):
+    for column in ("step", "uses", "status", "est. cost", "seconds", "why"):
         table.add_column(
             column, justify="right" if column in ("est. cost", "seconds") else "left", overflow="fold"
         )
@@ -105,7 +107,8 @@ def plan_table(plan: Plan) -> Table:
         name = step.step_id if step.item_index is None else f"{step.step_id}[{step.item_index}]"
         seconds = "" if step.estimated_seconds is None else f"{step.estimated_seconds:g}"
         cost = "unknown" if step.estimated_cost_usd is None else f"${step.estimated_cost_usd:.3f}"
-        table.add_row(name, step.uses, step.status, cost, seconds)
+        why = f"{step.reason}: {step.reason_detail}" if step.reason else ""
+        table.add_row(name, step.uses, step.status, cost, seconds, escape(why))
     unknown = len(plan.unknown_cost)
     table.caption = (
         f"to spend: ${plan.total_cost_usd:.3f}"
@@ -148,24 +151,36 @@ def plan(
     rows: BatchOpt = None,
     key_column: KeyColumnOpt = None,
     ignore_extra: IgnoreExtraOpt = False,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table (for people) or json (every field, for programs).")
+    ] = "table",
 ) -> None:
-    """Show each step's status (cached / recoverable / run), estimated cost and seconds, and the total.
+    """Show each step's status (cached / recoverable / run), why it runs, its estimated cost and seconds.
 
     With ``--batch``, one line per row of the table (cached rows at $0) and the batch's total.
+    ``--format json`` prints the plan as JSON instead: each step's status, reason and its detail,
+    cost, seconds, cache key and endpoint, and the totals (with ``--batch``: a plan per row).
     """
     from klingflow.backends import backend_kind
     from klingflow.cli.endpoints import stale_note
     from klingflow.engine import RunOptions, plan_pipeline
 
     _go_offline(offline)
+    if output_format not in ("table", "json"):
+        raise ConfigError(f"unknown format {output_format!r}", context="--format", hint="table or json")
     options = RunOptions(backend=backend_kind(backend), refresh=refresh or None)
     batch = batch_settings(rows, None, key_column, ignore_extra, False)
     if batch is not None:
         from klingflow.spec import load_pipeline
 
-        plan_batch(load_pipeline(file), parse_sets(set_ or []), batch, options)
+        plan_batch(
+            load_pipeline(file), parse_sets(set_ or []), batch, options, as_json=output_format == "json"
+        )
         return
     result = plan_pipeline(file, parse_sets(set_ or []), options)
+    if output_format == "json":
+        print(json.dumps(plan_json(result), indent=2))
+        return
     Console().print(plan_table(result))
     note = stale_note(step.uses for step in result.steps)
     if note:

@@ -33,6 +33,7 @@ from klingflow.cache import (
 from klingflow.endpoints import EndpointInfo, unit_price
 from klingflow.engine.interrupts import STOP, OpenRequest, StopRequest
 from klingflow.engine.options import AmbiguousSubmitPolicy, RetryPolicy
+from klingflow.engine.reasons import History
 from klingflow.errors import BackendError, ConfigError
 from klingflow.ledger import Status, StepRecord
 from klingflow.media import probe
@@ -78,6 +79,8 @@ class StepContext:
     """Asked by a signal or a cancelled flow run: no new submit leaves (see :mod:`.interrupts`)."""
     cancel_queued: bool = False
     approve_unattended: bool = False
+    history: History = field(default_factory=History)
+    """Each step's last run in the ledger, read on the plan's first need (:mod:`.reasons`)."""
     team_slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None
     """One slot of the team's cap, held with the run's own from submit to result (:mod:`.generation`)."""
     """``--yes``: every approval gate is approved without asking (:mod:`.approval`)."""

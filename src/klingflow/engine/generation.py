@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from klingflow.backends.handles import QueueEvent, RequestHandle
 from klingflow.backends.platform import payload_digest
-from klingflow.cache import JournalEntry, generation_key, media_digest
+from klingflow.cache import CACHE_VERSION, JournalEntry, generation_key, media_digest
 from klingflow.endpoints import (
     billed_cost,
     canonical_arguments,
@@ -131,7 +131,7 @@ async def run_generation(
     except ValidationError as exc:
         record.status, record.error = Status.FAILED, f"invalid arguments: {exc}"
         raise StepFailed(record) from exc
-    record.cache_key = key
+    record.cache_key, record.cache_version = key, CACHE_VERSION
     kinds = dict(info.produces)
     lookup = await ctx.alook_up(key, regenerate=refresh or ctx.refresh or not use_cache)
     if lookup.state == "cached":

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from klingflow import media
-from klingflow.cache import OutputRecord, StoredFile, media_digest, operation_key
+from klingflow.cache import CACHE_VERSION, OutputRecord, StoredFile, media_digest, operation_key
 from klingflow.engine.context import Logger, StepContext, describe_output, shown_arguments
 from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import Status, StepRecord
 from klingflow.spec import OPERATIONS
 
-__all__ = ["operation_key_for", "operation_outputs", "run_operation"]
+__all__ = ["operation_key_for", "operation_outputs", "run_operation", "shown_operation_arguments"]
 
 _SUFFIXES = {"video": ".mp4", "image": ".png", "audio": ".m4a", "subtitles": ".srt"}
 """The file format each operation writes, by the kind of media it produces..."""
@@ -47,6 +47,11 @@ def _keyed(value: Any, ctx: StepContext) -> Any:
     if isinstance(value, list):
         return [_keyed(v, ctx) for v in value]
     return value
+
+
+def shown_operation_arguments(ctx: StepContext, arguments: dict[str, Any]) -> str:
+    """An operation's arguments as its ledger row shows them: every input file by its content digest."""
+    return shown_arguments(_keyed(arguments, ctx))
 
 
 def operation_key_for(ctx: StepContext, operation: str, arguments: dict[str, Any]) -> str:
@@ -136,13 +141,14 @@ async def run_operation(
         kind="operation",
         endpoint=operation,
         backend="local",
-        arguments=shown_arguments(_keyed(arguments, ctx)),
+        arguments=shown_operation_arguments(ctx, arguments),
         started_at=datetime.now(UTC),
         attempts=1,
     )
     context = f"step '{step_id}'"
     try:
         key = record.cache_key = operation_key_for(ctx, operation, arguments)
+        record.cache_version = CACHE_VERSION
     except OSError as exc:
         record.status, record.error = Status.FAILED, f"cannot read an input of {context}: {exc}"
         raise StepFailed(record) from exc

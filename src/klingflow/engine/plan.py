@@ -11,24 +11,27 @@ Walking the steps in order, each one is classified without submitting anything:
 * ``run``: it will be generated and costs its endpoint's price.
 
 A step downstream of one that will run cannot know its inputs yet, so it is planned as ``run``
-(its own arguments still give the price). Media operations are local and free. A step whose price
-klingflow does not know plans as ``unknown`` (None), never $0. The budget check (``max_cost_usd``)
-compares the total of ``run`` steps with the limit and refuses to start, and refuses a run with
-unknown prices unless ``allow_unknown_cost`` is set.
+(its own arguments still give the price). Every execution planned ``run`` or ``recoverable`` says
+why, in one word and a detail (:mod:`~klingflow.engine.reasons`): new, arguments changed, upstream
+changed, refresh, verification failed, recoverable, or the cache key's version. Media operations
+are local and free. A step whose price klingflow does not know plans as ``unknown`` (None), never
+$0. The budget check (``max_cost_usd``) compares the total of ``run`` steps with the limit and
+refuses to start, and refuses a run with unknown prices unless ``allow_unknown_cost`` is set.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from klingflow.endpoints import estimate_cost, estimate_seconds, is_url, media_inputs, validate_input
-from klingflow.engine.context import StepContext, plain, step_outputs
+from klingflow.engine.context import CacheLookup, StepContext, plain, shown_arguments, step_outputs
 from klingflow.engine.generation import generation_key_for
-from klingflow.engine.operation import operation_key_for, operation_outputs
+from klingflow.engine.operation import operation_key_for, operation_outputs, shown_operation_arguments
+from klingflow.engine.reasons import RunReason, Why, changed_reason
 from klingflow.errors import BudgetError
 from klingflow.media import probe
 from klingflow.spec import (
@@ -66,6 +69,10 @@ class PlannedStep(BaseModel):
     """The fal endpoint id a generation calls."""
     schema_source: str | None = None
     """Where its schema and price come from (``snapshot (schema 2026-05-12, ...)`` or ``refreshed ...``)."""
+    reason: RunReason | None = None
+    """Why it is not reused (None when it is cached); see :mod:`klingflow.engine.reasons`."""
+    reason_detail: str | None = None
+    """Which fields, which step, which request."""
 
 
 class Plan(BaseModel):
@@ -88,6 +95,10 @@ class Plan(BaseModel):
     def operations(self) -> int:
         """How many local media operations the run has (always free)."""
         return sum(1 for s in self.steps if s.kind == "operation")
+
+    def reasons(self) -> dict[tuple[str, int | None], tuple[RunReason, str | None]]:
+        """Each execution that will not be reused: (step id, item) -> (reason, detail)."""
+        return {(s.step_id, s.item_index): (s.reason, s.reason_detail) for s in self.steps if s.reason}
 
     def count(self, status: PlanStatus, kind: str = "endpoint") -> int:
         """How many planned generations (or operations) have this status."""
@@ -112,13 +123,33 @@ def _placeholder_outputs(uses: str) -> dict[str, Any]:
     return placeholders
 
 
+def _why(lookup: CacheLookup, regenerate: bool, refresh_by: str, last_reason: Callable[[], Why]) -> Why:
+    """The reason of an execution that is not cached (its key known), from its cache lookup."""
+    entry = lookup.entry
+    if lookup.state == "recoverable" and entry is not None:
+        if entry.request_id:
+            return Why("recoverable", f"request {entry.request_id} was paid and never stored: collected")
+        return Why("recoverable", "a submit's answer was lost: looked up in fal's request history")
+    if lookup.state == "refetch" and entry is not None:
+        return Why(
+            "verification_failed",
+            f"its stored file is missing or altered: request {entry.request_id} fetched again",
+        )
+    if entry is not None and regenerate:
+        return Why("refresh", refresh_by)
+    if entry is not None:
+        return Why("verification_failed", "its stored file is missing or altered: made again")
+    return last_reason()
+
+
 def _plan_one(
     pipeline: ValidatedPipeline,
     ctx: StepContext,
     step_id: str,
     arguments: dict[str, Any],
-    known: bool,
+    pending: set[str],
     item_index: int | None,
+    row_key: str | None,
 ) -> tuple[PlannedStep, dict[str, Any] | None]:
     step = next(s for s in pipeline.spec.steps if s.id == step_id)
     endpoint = step_endpoint(pipeline.spec, step)
@@ -130,6 +161,7 @@ def _plan_one(
         status="run",
         kind="endpoint" if endpoint else "operation",
     )
+    known = not pending
     if endpoint is None:
         key = operation_key_for(ctx, step.uses, arguments) if known else None
     else:
@@ -155,9 +187,24 @@ def _plan_one(
         )
     planned.cache_key = key
     if key is None:
+        planned.reason, planned.reason_detail = (
+            "upstream_changed",
+            f"{', '.join(sorted(pending))} will run first",
+        )
         return planned, None
     # a stored result is redone on refresh, a paid one never
-    lookup = ctx.look_up(key, regenerate=not step.cache or step.refresh or ctx.refresh)
+    regenerate = not step.cache or step.refresh or ctx.refresh
+    lookup = ctx.look_up(key, regenerate=regenerate)
+    if lookup.state != "cached" or lookup.files is None or not lookup.entry:
+        refresh_by = "cache: false" if not step.cache else "refresh: true" if step.refresh else "--refresh"
+
+        def last_reason() -> Why:
+            shown = shown_arguments(body) if endpoint else shown_operation_arguments(ctx, arguments)
+            last = ctx.history.last(pipeline.spec.name, row_key, step_id, item_index)
+            return changed_reason(last, shown, key, merged_arguments(pipeline.spec, step))
+
+        why = _why(lookup, regenerate, refresh_by, last_reason)
+        planned.reason, planned.reason_detail = why.reason, why.detail
     if lookup.state == "cached" and lookup.files is not None and lookup.entry:
         planned.status, planned.estimated_cost_usd = "cached", 0.0
         if endpoint is None:
@@ -170,12 +217,12 @@ def _plan_one(
     return planned, None
 
 
-def _walk(pipeline: ValidatedPipeline, ctx: StepContext) -> Iterator[PlannedStep]:
+def _walk(pipeline: ValidatedPipeline, ctx: StepContext, row_key: str | None = None) -> Iterator[PlannedStep]:
     """Each step (and foreach item) planned in order, as soon as it is (no network, no submissions)."""
     outputs: dict[str, dict[str, Any]] = {}
     known: set[str] = set()
     for step in (next(s for s in pipeline.spec.steps if s.id == sid) for sid in pipeline.order):
-        ready = pipeline.dependencies[step.id] <= known
+        pending = set(pipeline.dependencies[step.id]) - known
         raw = merged_arguments(pipeline.spec, step)
         context = {"inputs": pipeline.inputs, "outputs": outputs}
         items = [None] if step.foreach is None else list(resolve(step.foreach, **context))
@@ -183,7 +230,7 @@ def _walk(pipeline: ValidatedPipeline, ctx: StepContext) -> Iterator[PlannedStep
         for index, item in enumerate(items):
             arguments = resolve(raw, **context, item=item) if step.foreach else resolve(raw, **context)
             planned, output = _plan_one(
-                pipeline, ctx, step.id, arguments, ready, None if step.foreach is None else index
+                pipeline, ctx, step.id, arguments, pending, None if step.foreach is None else index, row_key
             )
             yield planned
             found.append(output)
@@ -198,9 +245,9 @@ def _walk(pipeline: ValidatedPipeline, ctx: StepContext) -> Iterator[PlannedStep
         )
 
 
-def make_plan(pipeline: ValidatedPipeline, ctx: StepContext) -> Plan:
-    """Plan every step of a checked pipeline (no network, no submissions)."""
-    return Plan(pipeline=pipeline.spec.name, steps=list(_walk(pipeline, ctx)))
+def make_plan(pipeline: ValidatedPipeline, ctx: StepContext, *, row_key: str | None = None) -> Plan:
+    """Plan every step of a checked pipeline (no network, no submissions); ``row_key``: a batch row's."""
+    return Plan(pipeline=pipeline.spec.name, steps=list(_walk(pipeline, ctx, row_key)))
 
 
 def fully_cached(pipeline: ValidatedPipeline, ctx: StepContext) -> bool:

@@ -211,6 +211,7 @@ async def run_checked(
             run_id=run_id,
             batch_id=batch_id,
             row_key=row_key,
+            plan=plan,
         )
         result.flow_run_id, result.batch_id, result.row_key = flow_run_id, batch_id, row_key
         if out_dir is not None:

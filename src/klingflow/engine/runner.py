@@ -43,7 +43,7 @@ from klingflow.engine.generation import run_generation
 from klingflow.engine.hooks import RunHooks, StepInfo
 from klingflow.engine.interrupts import OpenRequest
 from klingflow.engine.operation import run_operation
-from klingflow.engine.plan import PlannedStep, make_plan
+from klingflow.engine.plan import Plan, PlannedStep, make_plan
 from klingflow.errors import KlingflowError, StepFailed
 from klingflow.ledger import RunManifest, Status, StepRecord, to_frame
 from klingflow.spec import (
@@ -211,6 +211,8 @@ class _Run:
         self.failures: dict[str, str] = {}
         self.rejected: dict[str, str] = {}
         """Steps skipped because a person rejected them (or a step they read): not failures."""
+        self.reasons: Mapping[tuple[str, int | None], tuple[str, str | None]] = {}
+        """The plan's reason for each execution it did not expect to reuse (:mod:`.reasons`)."""
         self.asking = asyncio.Lock()
         """One approval question at a time: a terminal has one prompt, a flow run one pause."""
         self.done: dict[str, asyncio.Event] = {step: asyncio.Event() for step in pipeline.order}
@@ -428,6 +430,10 @@ class _Run:
             logger.exception("step %s crashed", step_id)
             error = f"internal error: {type(exc).__name__}: {exc}"
             record = self._unrun(step_id, item_index, Status.FAILED, error)
+        if record.status not in (Status.CACHED, Status.SKIPPED):
+            record.run_reason, record.run_reason_detail = self.reasons.get(
+                (step_id, item_index), (None, None)
+            )
         self._record(_stamped(record, decision))
         return record
 
@@ -475,10 +481,15 @@ async def execute(
     run_id: str | None = None,
     batch_id: str | None = None,
     row_key: str | None = None,
+    plan: Plan | None = None,
 ) -> RunResult:
-    """Run every step of a checked pipeline and return what it produced."""
+    """Run every step of a checked pipeline and return what it produced.
+
+    ``plan`` (the run's own, made before it started) gives each execution that ran its reason.
+    """
     ids = {"run_id": run_id, "batch_id": batch_id, "row_key": row_key}
     run = _Run(pipeline, ctx, hooks or RunHooks(), ids)
+    run.reasons = plan.reasons() if plan is not None else {}
     run.hooks.on_steps(pipeline.spec.name, executions(pipeline))
     started = datetime.now(UTC)
     await _until_done_or_stopped(run, [asyncio.ensure_future(run._step_or_stop(s)) for s in pipeline.order])

@@ -63,6 +63,11 @@ class StepRecord(BaseModel):
     refused) or ``possible_duplicate`` (a lost submit was not found in fal's history and was sent
     again), with the times.
 
+    ``run_reason`` says why an execution that was not reused ran (the plan's reason: new,
+    arguments_changed, upstream_changed, refresh, verification_failed, recoverable, key_version),
+    ``run_reason_detail`` which fields, step or request; ``cache_version`` is the version of the
+    cache key it was filed under (what ``key_version`` compares).
+
     ``approval`` is set on the rows of a step that waited for a person (``approve:``): "approved"
     or "rejected", by whom (``approval_by``: a user name, ``--yes``, ``auto``, ``timeout``), when,
     and the note they left. A rejected step's row is ``skipped`` and nothing was submitted for it.
@@ -111,6 +116,9 @@ class StepRecord(BaseModel):
     fps: float | None = None
     has_audio: bool | None = None
     error: str | None = None
+    cache_version: str | None = None
+    run_reason: str | None = None
+    run_reason_detail: str | None = None
     approval: str | None = None
     approval_by: str | None = None
     approval_at: datetime | None = None
