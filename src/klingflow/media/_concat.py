@@ -1,14 +1,21 @@
-"""Joining clips into one cut: stream copy when the probes allow it, otherwise one normalising encode.
+"""Joining clips into one cut: stream copy when the probes allow it (after re-encoding a few odd clips
+to match the rest, if need be), otherwise one normalising encode.
 
 Stream copy keeps every video packet bit for bit (no generation loss, a tenth of a second instead
 of half a minute for twenty clips) and is taken only when
 :func:`~klingflow.media._concat_plan.plan_concat` has proved from the probes that the clips can
-share one H.264 track. Audio, when any clip has some, is always rebuilt: AAC codes 1024-sample
-frames behind a priming frame, so joining AAC packets adds the next clip's priming and the last
-clip's padding at every join (about 35 ms for 5 s clips; twenty of them play 0.69 s late by the
-end, while the container's durations hide it). Decoding, fitting each clip's audio to its video
-to the sample and encoding once takes about 4 s per 100 s of sound on two cores, a fraction of
-re-encoding the video, and keeps the sound in sync to the end (see docs/benchmarks.md).
+share one H.264 track. When most clips can but a few cannot (one clip from another model or
+encoder), only those few are re-encoded, with the settings the majority was encoded with
+(:mod:`._concat_conform`), and every packet is then copied: one clip's encode instead of all of
+them. A re-encoded clip is probed before it is used; if its parameters still differ from the
+others', the cut normalises every clip instead, and the log says why.
+
+Audio, when any clip has some, is always rebuilt: AAC codes 1024-sample frames behind a priming
+frame, so joining AAC packets adds the next clip's priming and the last clip's padding at every
+join (about 35 ms for 5 s clips; twenty of them play 0.69 s late by the end, while the
+container's durations hide it). Decoding, fitting each clip's audio to its video to the sample and
+encoding once takes about 4 s per 100 s of sound on two cores, a fraction of re-encoding the
+video, and keeps the sound in sync to the end (see docs/benchmarks.md).
 Captions a clip carries as a soft track are carried over too, moved to where the clip plays in
 the cut (:mod:`._concat_captions`), as the cut's one ``mov_text`` track.
 """
@@ -19,6 +26,7 @@ import logging
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,6 +37,7 @@ from klingflow._files import atomic_path
 from klingflow.errors import MediaError
 from klingflow.media._audio import AUDIO_ENCODE, fitted_audio, silence
 from klingflow.media._concat_captions import cut_captions, save_captions
+from klingflow.media._concat_conform import conform_clip, matching_encoder
 from klingflow.media._concat_plan import ConcatPlan, ConcatResult, ConcatTarget, Transition, plan_concat
 from klingflow.media._probe import MediaInfo, VideoFacts, inspect_video, probe
 from klingflow.media._run import run_ffmpeg, where
@@ -114,14 +123,20 @@ def _output(streams: list[Any], options: dict[str, Any], track: Path | None, par
     return ffmpeg.output(*streams, str(partial), **options)
 
 
-def _copy_graph(plan: ConcatPlan, scratch: Path, partial: Path, track: Path | None) -> Any:
-    """Video packets through the concat demuxer untouched; audio rebuilt from each clip."""
+def _copy_graph(
+    plan: ConcatPlan, videos: Sequence[Path], scratch: Path, partial: Path, track: Path | None
+) -> Any:
+    """Video packets of ``videos`` through the concat demuxer untouched; audio rebuilt from each clip.
+
+    ``videos`` are the clips themselves, or on the conformed path the re-encoded stand-ins of the
+    odd ones, whose lengths are their planned frames.
+    """
     listing = scratch / "clips.ffconcat"
     lines = ["ffconcat version 1.0"]
-    for clip in plan.clips:
+    for video, frames in zip(videos, plan.frames, strict=True):
         # The video's own length, not the container's (the longer of audio and video), so the
         # next clip's frames follow without a gap.
-        lines += [f"file {_ffconcat_quoted(clip.path.resolve())}", f"duration {float(clip.duration):.6f}"]
+        lines += [f"file {_ffconcat_quoted(video.resolve())}", f"duration {float(frames / plan.rate):.6f}"]
     listing.write_text("\n".join(lines) + "\n", encoding="utf-8")
     # auto_convert=0: the probes proved every clip has the same SPS/PPS, so the demuxer need not
     # repeat them in-band (annex B) in each clip's first keyframe; packets then pass bit for bit.
@@ -144,8 +159,11 @@ def _scaled_size(clip: VideoFacts, plan: ConcatPlan) -> tuple[int, int]:
     return bound(scaled[0], width), bound(scaled[1], height)
 
 
-def _fitted_video(stream: Any, clip: VideoFacts, frames: int, plan: ConcatPlan) -> Any:
-    """One clip at the target rate, size and pixel format, exactly ``frames`` frames long."""
+def _fitted_video(stream: Any, clip: VideoFacts, frames: int, plan: ConcatPlan, *, sar: str = "1") -> Any:
+    """One clip at the target rate, size and pixel format, exactly ``frames`` frames long.
+
+    ``sar`` "0" leaves the square pixels unsignalled, as a conformed clip's neighbours may.
+    """
     width, height = plan.size
     video = stream.filter("setpts", "PTS-STARTPTS").filter("fps", fps=str(plan.rate))
     scaled_width, scaled_height = _scaled_size(clip, plan)
@@ -157,7 +175,7 @@ def _fitted_video(stream: Any, clip: VideoFacts, frames: int, plan: ConcatPlan) 
     elif (scaled_width, scaled_height) != (width, height):
         x, y = (scaled_width - width) // 2, (scaled_height - height) // 2
         video = video.filter("crop", width, height, x, y)
-    video = video.filter("setsar", 1).filter("format", "yuv420p")
+    video = video.filter("setsar", sar).filter("format", "yuv420p")
     return video.filter("trim", end_frame=frames).filter("setpts", "PTS-STARTPTS")
 
 
@@ -188,6 +206,27 @@ def _normalise_graph(plan: ConcatPlan, partial: Path, track: Path | None) -> Any
         streams.append(_joined_audio(_clip_audio(plan, sources), plan))
         options.update(AUDIO_ENCODE)
     return _output(streams, options, track, partial)
+
+
+def _conformed_videos(plan: ConcatPlan, scratch: Path, *, context: str) -> tuple[list[Path], str | None]:
+    """Each clip's video for the copy: the majority's own files, the odd clips re-encoded to match.
+
+    Returns why the conformed path cannot be taken (a re-encoded clip that still differs) instead.
+    """
+    reference = plan.clips[plan.reference]
+    encoder = matching_encoder(reference, VIDEO_ENCODE, context=context)
+    videos = [clip.path for clip in plan.clips]
+    for index in plan.conform:
+        clip, out = plan.clips[index], scratch / f"conformed-{index}.mp4"
+        fitted = _fitted_video(
+            ffmpeg.input(str(clip.path))["v:0"], clip, plan.frames[index], plan, sar=encoder.sar
+        )
+        doing = f"{context} (re-encoding clip {index + 1} to match clip {plan.reference + 1})"
+        refusal = conform_clip(fitted, encoder, reference, plan.frames[index], out, context=doing)
+        if refusal is not None:
+            return videos, f"clip {index + 1} ({clip.path}), {refusal} from clip {plan.reference + 1}"
+        videos[index] = out
+    return videos, None
 
 
 def _checked(partial: Path, plan: ConcatPlan, *, context: str) -> MediaInfo:
@@ -268,8 +307,14 @@ def write_concat(
         if captions is not None:
             track = Path(scratch) / "cut.srt"
             captions.save(str(track), format_="srt")
-        if plan.path_taken == "stream_copy":
-            graph = _copy_graph(plan, Path(scratch), partial, track)
+        videos = [clip.path for clip in plan.clips]
+        if plan.path_taken == "conformed":
+            videos, refusal = _conformed_videos(plan, Path(scratch), context=doing)
+            if refusal is not None:
+                _log.warning("%s: normalising every clip instead: %s", doing, refusal)
+                plan = replace(plan, path_taken="normalised", reason=f"{plan.reason}; but {refusal}")
+        if plan.path_taken != "normalised":
+            graph = _copy_graph(plan, videos, Path(scratch), partial, track)
         else:
             graph = _normalise_graph(plan, partial, track)
         run_ffmpeg(graph, context=doing)

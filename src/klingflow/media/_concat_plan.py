@@ -2,13 +2,16 @@
 
 The plan fixes the output size, frame rate and every clip's length in frames and samples, and it
 chooses the path: stream copy when the probes prove every clip's video packets can share one mp4
-track, otherwise a normalising re-encode. The reason for the choice is kept, so logs and the
-ledger can say why a cut was (or was not) fast.
+track; "conformed" when more than half of the clips can, and already have the output's size and
+rate, so only the others are re-encoded to match them and every packet is then copied; otherwise a
+normalising re-encode of every clip. The reason for the choice is kept, so logs and the ledger can
+say why a cut was (or was not) fast.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,9 +23,9 @@ from klingflow.errors import MediaError
 from klingflow.media._probe import MediaInfo, VideoFacts
 from klingflow.media._run import where
 
-__all__ = ["ConcatPlan", "ConcatResult", "ConcatTarget", "Transition", "plan_concat"]
+__all__ = ["ConcatPlan", "ConcatResult", "ConcatTarget", "Transition", "copy_key_difference", "plan_concat"]
 
-PathTaken = Literal["stream_copy", "normalised"]
+PathTaken = Literal["stream_copy", "conformed", "normalised"]
 
 _COPY_KEY_FIELDS = (
     "codec",
@@ -119,7 +122,11 @@ def _target_size(target: ConcatTarget, first: VideoFacts) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class ConcatPlan:
-    """Everything ffmpeg needs: per-clip frames and samples, overlaps, and the path to take."""
+    """Everything ffmpeg needs: per-clip frames and samples, overlaps, and the path to take.
+
+    On the conformed path, ``conform`` lists the clips (by index) to re-encode so that they match
+    clip ``reference``, one of the majority whose packets are copied.
+    """
 
     clips: tuple[VideoFacts, ...]
     size: tuple[int, int]
@@ -132,6 +139,8 @@ class ConcatPlan:
     fit: Literal["pad", "crop"]
     path_taken: PathTaken
     reason: str
+    conform: tuple[int, ...] = ()
+    reference: int = 0
 
     @property
     def samples(self) -> tuple[int, ...]:
@@ -162,12 +171,18 @@ class ConcatPlan:
         return Fraction(total) / self.rate
 
 
-def _first_difference(first: VideoFacts, other: VideoFacts) -> str:
-    """Name the first copy-key property in which two clips differ (with both values, when short)."""
+def copy_key_difference(first: VideoFacts, other: VideoFacts) -> str | None:
+    """Name the first copy-key property in which two clips differ (with both values, when short).
+
+    None when their packets could share one track.
+    """
     return next(
-        name if isinstance(mine, bytes) else f"{name} ({theirs} vs {mine})"
-        for name, mine, theirs in zip(_COPY_KEY_FIELDS, first.copy_key, other.copy_key, strict=True)
-        if mine != theirs
+        (
+            name if isinstance(mine, bytes) else f"{name} ({theirs} vs {mine})"
+            for name, mine, theirs in zip(_COPY_KEY_FIELDS, first.copy_key, other.copy_key, strict=True)
+            if mine != theirs
+        ),
+        None,
     )
 
 
@@ -182,12 +197,44 @@ def _copy_refusal(
         return f"clip 1 ({first.path}) is {first.codec} {first.pixel_format}, the output is h264 yuv420p"
     for index, clip in enumerate(clips[1:], start=2):
         if clip.copy_key != first.copy_key:
-            return f"clip {index} ({clip.path}) differs from clip 1 in {_first_difference(first, clip)}"
+            return f"clip {index} ({clip.path}) differs from clip 1 in {copy_key_difference(first, clip)}"
     if size != (first.width, first.height) or first.sar != 1:
         return f"the target is {size[0]}x{size[1]}, the clips are {first.width}x{first.height}"
     if rate != first.rate:
         return f"the target is {float(rate):g} fps, the clips are {float(first.rate):g} fps"
     return None
+
+
+def _odd_ones(
+    clips: tuple[VideoFacts, ...], size: tuple[int, int], rate: Fraction
+) -> tuple[int, tuple[int, ...]] | None:
+    """The majority's first clip and the clips outside it, when re-encoding only those can work.
+
+    That needs more than half of the clips to share one copy key, an H.264 yuv420p one already at
+    the output's size, square pixels and rate (the packets copied are the output's frames).
+    """
+    key, count = Counter(clip.copy_key for clip in clips).most_common(1)[0]
+    if 2 * count <= len(clips):
+        return None
+    reference = next(index for index, clip in enumerate(clips) if clip.copy_key == key)
+    model = clips[reference]
+    if (model.codec, model.pixel_format, model.width, model.height) != ("h264", "yuv420p", *size):
+        return None
+    if model.sar != 1 or model.rate != rate:
+        return None
+    return reference, tuple(index for index, clip in enumerate(clips) if clip.copy_key != key)
+
+
+def _conform_reason(clips: tuple[VideoFacts, ...], reference: int, odd: tuple[int, ...]) -> str:
+    model = clips[reference]
+    named = "; ".join(
+        f"clip {index + 1} ({clips[index].path}) differs in {copy_key_difference(model, clips[index])}"
+        for index in odd
+    )
+    return (
+        f"{len(clips) - len(odd)} of {len(clips)} clips share codec parameters (as clip {reference + 1}); "
+        f"{named}: re-encoding {len(odd)} to match, copying the rest"
+    )
 
 
 def plan_concat(
@@ -214,13 +261,19 @@ def plan_concat(
                 hint="use a transition shorter than the shortest clip",
             )
     refusal = _copy_refusal(clips, size, rate, crossfade=overlap > 0)
+    odd = None if refusal is None or overlap else _odd_ones(clips, size, rate)
+    reference, conform = odd or (0, ())
+    path_taken: PathTaken
     if refusal is None:
+        path_taken = "stream_copy"
         reason = (
             f"all {len(clips)} clips share codec, profile, size, pixel format, aspect, frame rate, "
             "time base, colour tags and SPS/PPS"
         )
+    elif odd is not None:
+        path_taken, reason = "conformed", _conform_reason(clips, reference, conform)
     else:
-        reason = refusal
+        path_taken, reason = "normalised", refusal
     return ConcatPlan(
         clips=clips,
         size=size,
@@ -231,6 +284,8 @@ def plan_concat(
         sample_rate=target.sample_rate,
         channels=target.channels,
         fit=target.fit,
-        path_taken="stream_copy" if refusal is None else "normalised",
+        path_taken=path_taken,
         reason=reason,
+        conform=conform,
+        reference=reference,
     )
