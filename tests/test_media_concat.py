@@ -6,10 +6,15 @@ just that a file appeared.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
+import av.logging
 import numpy as np
 import pysubs2
 import pytest
@@ -17,7 +22,15 @@ from pydantic import ValidationError
 
 from klingflow.emulator.render import placeholder_image, render_ai_avatar, render_text_to_video, render_tts
 from klingflow.errors import MediaError
-from klingflow.media import ConcatResult, ConcatTarget, Transition, concat, probe, run_ffmpeg
+from klingflow.media import (
+    ConcatResult,
+    ConcatTarget,
+    Transition,
+    concat,
+    ffmpeg_executable,
+    probe,
+    run_ffmpeg,
+)
 
 FRAME = 1 / 30
 
@@ -427,3 +440,144 @@ def test_captions_follow_their_clips_through_a_normalising_cut(
     faded = concat(inputs, tmp_path / "faded.mp4", transition=Transition(duration=0.5))
     assert faded.path_taken == "normalised" and abs(faded.info.video_duration - 5.0) <= FRAME
     _assert_cues(_track(faded.path), _shifted(FIRST, 0.0, until=1.5) + _shifted(SECOND, 3.0, until=5.0))
+
+
+@pytest.fixture
+def ffmpeg_runs(tmp_path: Path) -> Iterator[Path]:
+    """Every ffmpeg run klingflow makes while the test runs, one argument line each, in the returned file.
+
+    klingflow is pointed (``KLINGFLOW_FFMPEG``) at a script that writes its arguments down and runs
+    the real ffmpeg, so the count is taken from outside klingflow.
+    """
+    real = ffmpeg_executable()
+    log = tmp_path / "ffmpeg-runs.txt"
+    log.touch()
+    wrapper = tmp_path / "ffmpeg"
+    wrapper.write_text(
+        f'#!/bin/sh\nprintf \'%s\\n\' "$*" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    before = os.environ.get("KLINGFLOW_FFMPEG")
+    os.environ["KLINGFLOW_FFMPEG"] = str(wrapper)
+    ffmpeg_executable.cache_clear()
+    try:
+        yield log
+    finally:
+        if before is None:
+            del os.environ["KLINGFLOW_FFMPEG"]
+        else:
+            os.environ["KLINGFLOW_FFMPEG"] = before
+        ffmpeg_executable.cache_clear()
+
+
+def _video_encodes(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if "libx264" in line]
+
+
+@pytest.fixture(scope="module")
+def one_odd(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Five different 1 s 16:9 text-to-video clips, one 1 s 1:1 clip, and the five without x264's SEI."""
+    folder = tmp_path_factory.mktemp("one_odd")
+    clips: dict[str, Path] = {}
+    for name, aspect in [*((f"wide{index}", "16:9") for index in range(5)), ("odd", "1:1")]:
+        clips[name] = folder / f"{name}.mp4"
+        render_text_to_video(
+            prompt=f"{name}: a harbour at dawn",
+            duration=1,
+            aspect_ratio=aspect,
+            camera_control=None,
+            advanced_camera_control=None,
+            out=clips[name],
+        )
+    for index in range(5):
+        # The same packets with the SEI NAL units (where libx264 records its settings) removed.
+        clips[f"bare{index}"] = folder / f"bare{index}.mp4"
+        run_ffmpeg(
+            ["-i", str(clips[f"wide{index}"]), "-c", "copy", "-bsf:v", "filter_units=remove_types=6"]
+            + ["-y", str(clips[f"bare{index}"])],
+            context="strip SEI",
+        )
+    return clips
+
+
+ODD_AT = 12
+"""Where the odd clip sits among the 20 (0-based): a join on each side of it."""
+
+
+def _decoded(path: Path, pictures: frozenset[int] = frozenset()) -> list[tuple[int, str, np.ndarray | None]]:
+    """Every frame, decoded one by one, with no libav error or warning: (pts, a hash of its pixels,
+    the frame as RGB when its index is in ``pictures``)."""
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)
+    try:
+        with av.logging.Capture() as logs, av.open(str(path)) as container:
+            container.streams.video[0].thread_type = "AUTO"
+            decoded = [
+                (
+                    frame.pts,
+                    hashlib.sha256(frame.to_ndarray().tobytes()).hexdigest(),
+                    frame.to_ndarray(format="rgb24") if index in pictures else None,
+                )
+                for index, frame in enumerate(container.decode(video=0))
+            ]
+    finally:
+        av.logging.set_level(level)
+    assert not [entry for entry in logs if entry[0] <= av.logging.WARNING], logs
+    return decoded
+
+
+def test_one_odd_clip_among_twenty_is_the_only_one_re_encoded(
+    one_odd: dict[str, Path], tmp_path: Path, ffmpeg_runs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    inputs = [one_odd[f"wide{index % 5}"] for index in range(19)]
+    inputs.insert(ODD_AT, one_odd["odd"])
+    with caplog.at_level(logging.INFO, logger="klingflow.media"):
+        result = concat(inputs, tmp_path / "cut.mp4", context="step 'reel'")
+    assert result.path_taken == "conformed", result.reason
+    assert "19 of 20 clips share" in result.reason and f"clip {ODD_AT + 1} " in result.reason
+    assert "conformed" in caplog.text and "width (960 vs 1280)" in caplog.text
+    encodes = _video_encodes(ffmpeg_runs)
+    assert len(encodes) == 1 and str(one_odd["odd"]) in encodes[0], encodes
+    # The other 19 clips' packets are in the cut bit for bit, so they were copied, not re-encoded.
+    packets = _video_packets(result.path)
+    copied = [_video_packets(clip) for clip in inputs]
+    assert packets[: 30 * ODD_AT] == [p for clip in copied[:ODD_AT] for p in clip]
+    assert packets[30 * (ODD_AT + 1) :] == [p for clip in copied[ODD_AT + 1 :] for p in clip]
+    assert len(packets) == 600
+
+    odd_frames = range(30 * ODD_AT, 30 * (ODD_AT + 1))
+    frames = _decoded(result.path, frozenset([*range(0, 600, 30), *odd_frames]))
+    assert len(frames) == 600 and result.info.frames == 600
+    steps = {after[0] - before[0] for before, after in zip(frames, frames[1:], strict=False)}
+    assert frames[0][0] == 0 and len(steps) == 1 and steps.pop() > 0, "timestamps not one constant step"
+    wide = {path: [digest for _, digest, _ in _decoded(path)] for path in set(inputs) - {one_odd["odd"]}}
+    for index, clip in enumerate(inputs):
+        segment = frames[30 * index : 30 * (index + 1)]
+        if clip != one_odd["odd"]:
+            # Exactly this clip's 30 frames, pixel for pixel, between its two joins.
+            assert [digest for _, digest, _ in segment] == wide[clip], f"clip {index + 1}"
+            first = segment[0][2]
+            assert first is not None and first[:, :270].mean() > 40
+        else:
+            # The square clip, pillarboxed into the 16:9 frame: 280 black columns on each side.
+            for _, _, picture in segment:
+                assert picture is not None and picture[:, :270].max() < 24 and picture[:, -270:].max() < 24
+                assert picture[:, 300:980].mean() > 40
+    info = probe(result.path)
+    assert (info.width, info.height, info.fps, info.frames) == (1280, 720, 30.0, 600)
+    assert abs(info.video_duration - 20.0) <= FRAME
+
+
+def test_an_odd_clip_that_cannot_be_matched_makes_the_cut_normalise(
+    one_odd: dict[str, Path], tmp_path: Path, ffmpeg_runs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Without the SEI the majority's encoder settings are unknown: the odd clip is encoded at the
+    # cut's own quality, its PPS (initial QP) differs, and the probe catches it.
+    inputs = [one_odd["bare0"], one_odd["bare1"], one_odd["odd"], one_odd["bare2"]]
+    with caplog.at_level(logging.INFO, logger="klingflow.media"):
+        result = concat(inputs, tmp_path / "cut.mp4")
+    assert result.path_taken == "normalised"
+    assert "3 of 4 clips share" in result.reason and "still differs in codec extradata" in result.reason
+    assert "normalising every clip instead" in caplog.text
+    assert len(_video_encodes(ffmpeg_runs)) == 2  # the attempt, then the whole cut
+    assert result.info.frames == 120 and len(_decoded(result.path)) == 120
