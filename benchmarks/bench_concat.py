@@ -1,10 +1,13 @@
-"""Benchmark: joining 20 Kling-shaped clips (5 s, 1280x720, 30 fps H.264) three ways.
+"""Benchmark: joining 20 Kling-shaped clips (5 s, 1280x720, 30 fps H.264) four ways.
 
 1. klingflow's stream-copy path (what identical clips get);
 2. klingflow's normalising path on the same clips (what mixed clips get: decode, scale, encode);
    and, with a speech track muxed into every clip, the stream-copy path (video copied, audio
    rebuilt) beside a plain ``ffmpeg -f concat -c copy``, to show the audio drift it avoids;
-3. MoviePy 2 (``concatenate_videoclips`` + ``write_videofile``) with the same encoder settings,
+3. 19 of the clips and one 1:1 clip among them through ``concat`` (the conformed path: the odd
+   clip re-encoded to match, every packet copied), in pairs with the same work done by hand: one
+   ffmpeg encode of that clip with the same settings, then ``ffmpeg -f concat -c copy``;
+4. MoviePy 2 (``concatenate_videoclips`` + ``write_videofile``) with the same encoder settings,
    run with another interpreter because MoviePy is not a klingflow dependency.
 
 Not a test: it prints wall and CPU seconds and the probed output of each run as a Markdown table
@@ -13,6 +16,7 @@ for docs/benchmarks.md. Clips are rendered by the emulator, as fal would deliver
 Usage::
 
     .venv/bin/python benchmarks/bench_concat.py [--repeat 3] [--moviepy-python /path/to/python]
+    .venv/bin/python benchmarks/bench_concat.py --conformed-only --repeat 5
 
 ``--moviepy-python`` names an interpreter with moviepy installed (for example a separate venv
 made with ``python -m venv /tmp/mp && /tmp/mp/bin/pip install moviepy``); without it the MoviePy
@@ -38,12 +42,17 @@ from pathlib import Path
 import av
 
 from klingflow.emulator.render import render_text_to_video, render_tts
-from klingflow.media import ConcatTarget, ffmpeg_executable, mux_audio, probe, run_ffmpeg
+from klingflow.media import ConcatTarget, concat, ffmpeg_executable, mux_audio, probe, run_ffmpeg
 from klingflow.media._concat import VIDEO_ENCODE, write_concat
+from klingflow.media._concat_conform import matching_encoder
 from klingflow.media._concat_plan import plan_concat
 from klingflow.media._probe import inspect_video
 
 CLIPS = 20
+ODD_AT = 12
+"""Where the 1:1 clip goes among the 20 of the conformed case."""
+CONFORMED = "klingflow concat, 19 clips + one 1:1 (conformed)"
+BY_HAND = "by hand: encode the 1:1 clip alone, `-f concat -c copy`"
 PROMPTS = [f"shot {index}: a coastline at golden hour, seen from a drone" for index in range(CLIPS)]
 
 MOVIEPY_JOB = """
@@ -84,6 +93,25 @@ def _timed(name: str, repeat: int, output: Path, job: Callable[[], None]) -> Row
     return row
 
 
+def _paired(
+    names: tuple[str, str],
+    repeat: int,
+    outputs: tuple[Path, Path],
+    jobs: tuple[Callable[[], None], Callable[[], None]],
+) -> list[Row]:
+    """Two jobs timed in alternation, so a change in the machine's load touches both alike."""
+    rows = [Row(name, [], [], output) for name, output in zip(names, outputs, strict=True)]
+    for _ in range(repeat):
+        for row, job in zip(rows, jobs, strict=True):
+            row.output.unlink(missing_ok=True)
+            cpu, started = _children_cpu(), time.perf_counter()
+            job()
+            row.wall.append(time.perf_counter() - started)
+            row.cpu.append(_children_cpu() - cpu)
+            print(f"  {row.name}: {row.wall[-1]:.2f} s", file=sys.stderr)
+    return rows
+
+
 def render_clips(folder: Path) -> list[Path]:
     clips = []
     for index, prompt in enumerate(PROMPTS):
@@ -121,9 +149,65 @@ def _naive_copy(clips: list[Path], out: Path, folder: Path) -> None:
     )
 
 
-def run(repeat: int, moviepy_python: str | None, folder: Path) -> list[Row]:
+def _by_hand(clips: list[Path], out: Path, folder: Path) -> None:
+    """The conformed case without klingflow: the odd clip encoded alone, then a plain stream copy.
+
+    The encode uses the settings klingflow chooses (the majority's, read from their x264 SEI), so
+    the two sides differ only in what klingflow adds around the same two ffmpeg runs.
+    """
+    reference = inspect_video(clips[0], context="benchmark")
+    encoder = matching_encoder(reference, VIDEO_ENCODE, context="benchmark")
+    odd = folder / "by-hand-odd.mp4"
+    fit = f"fps={reference.rate},scale=720:720,pad=1280:720:280:0:color=black,setsar={encoder.sar}"
+    args = ["-i", str(clips[ODD_AT]), "-map", "0:v:0", "-vf", fit]
+    for name, value in encoder.options.items():
+        args += [f"-{name}", str(value)]
+    run_ffmpeg(
+        [*args, "-f", "mp4", "-fflags", "+bitexact", "-map_metadata", "-1", "-y", str(odd)], context="by hand"
+    )
+    listing = folder / "by-hand.txt"
+    joined = [odd if index == ODD_AT else clip for index, clip in enumerate(clips)]
+    listing.write_text("".join(f"file '{clip}'\n" for clip in joined))
+    copy = ["-f", "concat", "-safe", "0", "-i", str(listing), "-c", "copy", "-movflags", "+faststart"]
+    run_ffmpeg([*copy, "-y", str(out)], context="by hand")
+
+
+def conformed_rows(clips: list[Path], repeat: int, folder: Path) -> list[Row]:
+    """Case 3: 19 matching clips and a 1:1 one, through concat and by hand, in pairs."""
+    odd = folder / "odd-square.mp4"
+    render_text_to_video(
+        prompt="a tea cup on a table",
+        duration=5,
+        aspect_ratio="1:1",
+        camera_control=None,
+        advanced_camera_control=None,
+        out=odd,
+    )
+    inputs = [*clips[:ODD_AT], odd, *clips[ODD_AT + 1 :]]
+    facts = tuple(inspect_video(clip, context="benchmark") for clip in inputs)
+    plan = plan_concat(facts, ConcatTarget(), None, context="benchmark")
+    assert plan.path_taken == "conformed" and plan.conform == (ODD_AT,), plan.reason
+    outputs = (folder / "conformed.mp4", folder / "by-hand.mp4")
+    return _paired(
+        (CONFORMED, BY_HAND),
+        repeat,
+        outputs,
+        (
+            lambda: _expect_conformed(concat(inputs, outputs[0], context="benchmark").path_taken),
+            lambda: _by_hand(inputs, outputs[1], folder),
+        ),
+    )
+
+
+def _expect_conformed(path_taken: str) -> None:
+    assert path_taken == "conformed", path_taken
+
+
+def run(repeat: int, moviepy_python: str | None, folder: Path, *, conformed_only: bool) -> list[Row]:
     print(f"rendering {CLIPS} clips ...", file=sys.stderr)
     clips = render_clips(folder)
+    if conformed_only:
+        return conformed_rows(clips, repeat, folder)
     voiced = voice_clips(clips, folder)
     facts = tuple(inspect_video(clip, context="benchmark") for clip in clips)
     plan = plan_concat(facts, ConcatTarget(), None, context="benchmark")
@@ -158,6 +242,7 @@ def run(repeat: int, moviepy_python: str | None, folder: Path) -> list[Row]:
             lambda: _naive_copy(voiced, folder / "naive.mp4", folder),
         ),
     ]
+    rows += conformed_rows(clips, repeat, folder)
     if moviepy_python:
         script = MOVIEPY_JOB.format(preset=VIDEO_ENCODE["preset"], crf=VIDEO_ENCODE["crf"])
         out = folder / "moviepy.mp4"
@@ -218,6 +303,15 @@ def report(rows: list[Row], moviepy_python: str | None) -> str:
             f"{_decoded_seconds(row.output) - info.video_duration:+.3f} s" if info.has_audio else "no audio"
         )
         lines.append(f"| {row.name} | {best:.2f}{spread} | {cpu} | {output} | {drift} | {size} |")
+    pair = [row for row in rows if row.name in (CONFORMED, BY_HAND)]
+    if len(pair) == 2:
+        ratios = sorted(ours / theirs for ours, theirs in zip(pair[0].wall, pair[1].wall, strict=True))
+        cpu_ratio = min(pair[0].cpu) / min(pair[1].cpu)
+        lines += [
+            "",
+            f"Conformed vs by hand, wall time per pair: median {statistics.median(ratios):.2f}x "
+            f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}); CPU {cpu_ratio:.2f}x (best of each).",
+        ]
     return "\n".join(lines)
 
 
@@ -225,9 +319,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="runs per path; the best is reported")
     parser.add_argument("--moviepy-python", help="an interpreter that has moviepy installed")
+    parser.add_argument("--conformed-only", action="store_true", help="only case 3 (19 clips + one odd one)")
     arguments = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="klingflow-bench-") as folder:
-        rows = run(arguments.repeat, arguments.moviepy_python, Path(folder))
+        rows = run(
+            arguments.repeat, arguments.moviepy_python, Path(folder), conformed_only=arguments.conformed_only
+        )
         print(report(rows, arguments.moviepy_python))
 
 
