@@ -265,9 +265,13 @@ def concat(
 
     Every input is probed first. When all share codec, profile, size, pixel format, aspect, frame
     rate, time base, colour tags and SPS/PPS, and the target asks for nothing else, the video
-    packets are copied (``path_taken="stream_copy"``). Otherwise every clip is scaled to the target
-    size (padded or cropped), converted to one frame rate and yuv420p, and encoded once
-    (``"normalised"``). A ``transition`` crossfades video and audio, so it always normalises.
+    packets are copied (``path_taken="stream_copy"``). When more than half of them share all that
+    and the target's size and rate, only the others are re-encoded, fitted to that size and with
+    the majority's encoder settings, and then every packet is copied (``"conformed"``; exactly one
+    encode for one odd clip). Otherwise, or when a re-encoded clip still differs from the majority
+    (logged as a warning), every clip is scaled to the target size (padded or cropped), converted
+    to one frame rate and yuv420p, and encoded once (``"normalised"``). A ``transition``
+    crossfades video and audio, so it always normalises. ``reason`` says why the path was taken.
     When any clip has audio, the output's AAC track is rebuilt with silence for silent clips and
     each clip's audio fitted to its video, so sound never drifts; with none, the output is silent.
     When any clip has a text subtitle track (a soft-captioned clip), the output gets one
