@@ -71,6 +71,20 @@ def by_step(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {row["step_id"]: row for row in rows}
 
 
+def in_background(args: list[str], env: dict[str, str], cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    """``klingflow ARGS`` without a terminal, in its own session, its output in ``log``."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [*KLINGFLOW, *args],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 # ---- 1. on a terminal ---------------------------------------------------------------------------
 
 
@@ -179,16 +193,7 @@ def served(
     """`klingflow serve` of two gated pipelines (the second gives up after 3 s), through the proxy."""
     env = run_env(fault_proxy, tmp_path / "home", session_prefect, tmp_path / "prefect-home")
     files = [gated(tmp_path, "gated_deployed"), gated(tmp_path, "gated_impatient", "{timeout: 3}")]
-    with open(tmp_path / "serve.log", "wb") as log:
-        server = subprocess.Popen(
-            [*KLINGFLOW, "serve", *map(str, files)],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    server = in_background(["serve", *map(str, files)], env, tmp_path, tmp_path / "serve.log")
     try:
         yield env
     finally:
@@ -307,29 +312,10 @@ def test_a_batch_s_waiting_rows_are_answered_by_row_and_all_at_once(
     table = tmp_path / "rows.csv"
     table.write_text("shot,next\nalpha,the boat spins\nbeta,the boat sinks\ngamma,the boat flies\n")
     env = run_env(fault_proxy, tmp_path / "home", session_prefect, tmp_path / "prefect-home")
-    with open(tmp_path / "batch.log", "wb") as log:
-        batch = subprocess.Popen(
-            [
-                *KLINGFLOW,
-                "run",
-                str(pipeline),
-                "--batch",
-                str(table),
-                "--key-column",
-                "shot",
-                "--ignore-extra",
-                "--backend",
-                "fal",
-                "--out",
-                str(tmp_path / "out"),
-            ],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    args = ["run", str(pipeline), "--batch", str(table), "--key-column", "shot", "--ignore-extra"]
+    batch = in_background(
+        [*args, "--backend", "fal", "--out", str(tmp_path / "out")], env, tmp_path, tmp_path / "batch.log"
+    )
     try:
         with _api(env):
             deadline = time.monotonic() + 180
@@ -404,16 +390,12 @@ def test_the_prefect_ui_resume_form_approves_a_paused_run(
 
     pipeline = gated(tmp_path, "gated_ui")
     env = run_env(fault_proxy, tmp_path / "home", session_prefect, tmp_path / "prefect-home")
-    with open(tmp_path / "run.log", "wb") as log:
-        run = subprocess.Popen(
-            [*KLINGFLOW, "run", str(pipeline), "--backend", "fal", "--out", str(tmp_path / "out")],
-            env=env,
-            cwd=tmp_path,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    run = in_background(
+        ["run", str(pipeline), "--backend", "fal", "--out", str(tmp_path / "out")],
+        env,
+        tmp_path,
+        tmp_path / "run.log",
+    )
     try:
         deadline = time.monotonic() + 180
         while not (
