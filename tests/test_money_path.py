@@ -168,3 +168,13 @@ async def test_a_result_fal_no_longer_keeps_is_said_plainly_and_paid_again_only_
         else:
             assert again.billing_note and again.billing_note.startswith("result_gone")
             assert again.request_id != record.request_id
+
+
+async def test_one_key_wanted_twice_at_once_in_one_process_is_paid_once(options: RunOptions, emulator) -> None:
+    """Two executions of one run (or two rows of a batch) with the same cache key at the same time:
+    the process's claim is its own, so only the in-process wait keeps the second from submitting."""
+    same = {"uses": "tts", "with": {"text": "Said once, wanted twice."}}
+    result = await arun(_pipeline({"id": "one", **same}, {"id": "two", **same}), None, options)
+    assert result.status == "completed", result.failures
+    assert emulator.stats()["submits"] == {TTS: 1}, "the second execution reused the first one's request"
+    assert sorted(r.status for r in result.records) == ["cached", "completed"]

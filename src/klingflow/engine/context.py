@@ -91,6 +91,7 @@ class StepContext:
     _limiter: asyncio.Semaphore | None = None
     _fal_prices: dict[str, float | None] = field(default_factory=dict)
     _verified: set[tuple[str, str]] = field(default_factory=set)
+    _generating: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     @property
     def backend(self) -> FalBackend:
@@ -156,6 +157,15 @@ class StepContext:
         """Whether the journal still holds ``key`` as paid but not stored (submitted or interrupted)."""
         entry = self.journal.get(key)
         return entry is not None and entry.status != "done"
+
+    def generating(self, key: str) -> asyncio.Lock:
+        """The lock one execution of this process holds while it generates ``key``.
+
+        A claim is per process (its owner is this process), so it cannot keep two executions of
+        one run, or two rows of a batch, from both submitting the same key at once: the second
+        waits here, then finds the first one's result in the cache. Rows share it (:meth:`for_row`).
+        """
+        return self._generating.setdefault(key, asyncio.Lock())
 
     def look_up(self, key: str, *, regenerate: bool = False) -> CacheLookup:
         """The one cache decision, for a generation, a media operation and the plan alike.

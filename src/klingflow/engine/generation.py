@@ -152,47 +152,48 @@ async def run_generation(
         on_ambiguous_submit or ctx.on_ambiguous_submit,
         log,
     )
-    while True:
-        # Capacity first, then the claim: a worker claims only what it can start now, so the keys it
-        # cannot reach yet stay free for another worker to generate instead of waiting behind it.
-        async with _Slot(ctx.limiter, ctx.team_slot) as slot:
-            held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
+    async with ctx.generating(key):  # one execution of this process per key at a time
+        while True:
+            # Capacity first, then the claim: a worker claims only what it can start now, so the keys it
+            # cannot reach yet stay free for another worker to generate instead of waiting behind it.
+            async with _Slot(ctx.limiter, ctx.team_slot) as slot:
+                held = ctx.claims.acquire(key, ctx.owner, ctx.claim_ttl)
+                if held:
+                    try:
+                        # a dead holder may have left a request id (resume it), or stored the outputs
+                        lookup = await ctx.alook_up(key)
+                        if lookup.state == "cached":
+                            await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
+                        else:
+                            entry = generation.refetching(lookup)
+                            async with _renewing(ctx, key, log):
+                                await generation.run(entry, may_submit=True, slot=slot)
+                            generation.price(model)
+                            if record.billable_units is not None and generation.healed is None:
+                                record.cost_usd = billed_cost(
+                                    info.id,
+                                    canonical_arguments(model),
+                                    record.billable_units,
+                                    await ctx.unit_price(info.id),
+                                )
+                    finally:
+                        ctx.claims.release(key, ctx.owner)
             if held:
+                break
+            lookup = await ctx.alook_up(key)
+            if lookup.state == "cached":
+                await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
+                break
+            entry = lookup.entry
+            if lookup.state == "recoverable" and entry is not None and entry.request_id:
+                log(f"{step_id}: joining request {entry.request_id}, in flight for {ctx.claims.holder(key)}")
                 try:
-                    # a dead holder may have left a request id (resume it), or stored the outputs
-                    lookup = await ctx.alook_up(key)
-                    if lookup.state == "cached":
-                        await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
-                    else:
-                        entry = generation.refetching(lookup)
-                        async with _renewing(ctx, key, log):
-                            await generation.run(entry, may_submit=True, slot=slot)
-                        generation.price(model)
-                        if record.billable_units is not None and generation.healed is None:
-                            record.cost_usd = billed_cost(
-                                info.id,
-                                canonical_arguments(model),
-                                record.billable_units,
-                                await ctx.unit_price(info.id),
-                            )
-                finally:
-                    ctx.claims.release(key, ctx.owner)
-        if held:
-            break
-        lookup = await ctx.alook_up(key)
-        if lookup.state == "cached":
-            await asyncio.to_thread(ctx.fill_cached, lookup, record, kinds)
-            break
-        entry = lookup.entry
-        if lookup.state == "recoverable" and entry is not None and entry.request_id:
-            log(f"{step_id}: joining request {entry.request_id}, in flight for {ctx.claims.holder(key)}")
-            try:
-                await generation.run(entry, may_submit=False)
-            except _JoinedRequestEnded:
-                continue
-            record.status = Status.JOINED
-            break
-        await asyncio.sleep(0.2)  # the holder is submitting; its request id is about to appear
+                    await generation.run(entry, may_submit=False)
+                except _JoinedRequestEnded:
+                    continue
+                record.status = Status.JOINED
+                break
+            await asyncio.sleep(0.2)  # the holder is submitting; its request id is about to appear
     record.finished_at = datetime.now(UTC)
     return record
 
